@@ -1,0 +1,1073 @@
+//! One event of a batch: the contract's field rules, checked one event at a time so that a bad
+//! event is reported by index while the good ones of the same batch are accepted.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+use time::{Duration, OffsetDateTime};
+use uuid::Uuid;
+
+use crate::timestamp::parse_timestamp;
+
+/// The configurable limits of the contract. `Default` gives the contract's defaults.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Longest `name`, `device_id`, `session_id`, `user_id`, in Unicode scalar values.
+    pub max_string_chars: usize,
+    /// Largest `properties` JSON text as sent, in bytes.
+    pub max_properties_bytes: usize,
+    /// Deepest nesting of `properties` (the object itself is depth 1).
+    pub max_properties_depth: usize,
+    /// Earliest accepted `timestamp`.
+    pub min_timestamp: OffsetDateTime,
+    /// How far past the server's clock a `timestamp` may be.
+    pub max_future: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_string_chars: 200,
+            max_properties_bytes: 32 * 1024,
+            max_properties_depth: 32,
+            min_timestamp: time::macros::datetime!(2000-01-01 00:00:00 UTC),
+            max_future: Duration::hours(24),
+        }
+    }
+}
+
+/// Why one event was rejected: the field and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventError {
+    pub field: String,
+    pub problem: String,
+}
+
+impl EventError {
+    fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        EventError {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl fmt::Display for EventError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.problem)
+    }
+}
+
+/// An event that passed every rule. `properties` borrows the JSON text the client sent.
+#[derive(Debug, Clone)]
+pub struct ValidEvent<'a> {
+    /// `None` when the client sent none: ingest-api assigns a UUIDv7.
+    pub event_id: Option<Uuid>,
+    pub name: String,
+    /// In UTC, truncated to the microsecond.
+    pub time: OffsetDateTime,
+    pub device_id: Option<String>,
+    pub session_id: Option<String>,
+    pub user_id: Option<String>,
+    /// `None` means the default `{}`.
+    pub properties: Option<&'a RawValue>,
+}
+
+const FIELDS: [&str; 7] = [
+    "event_id",
+    "name",
+    "timestamp",
+    "device_id",
+    "session_id",
+    "user_id",
+    "properties",
+];
+
+/// Checks one event of a batch against the contract, with `now` as the server's clock.
+pub fn validate_event<'a>(
+    raw: &'a RawValue,
+    limits: &Limits,
+    now: OffsetDateTime,
+) -> Result<ValidEvent<'a>, EventError> {
+    let fields: HashMap<String, &'a RawValue> = serde_json::from_str(raw.get())
+        .map_err(|_| EventError::new("event", "must be a JSON object"))?;
+    if let Some(unknown) = fields
+        .keys()
+        .filter(|k| !FIELDS.contains(&k.as_str()))
+        .min()
+    {
+        return Err(EventError::new(
+            printable(unknown),
+            "unknown field (expected one of event_id, name, timestamp, device_id, session_id, user_id, properties)",
+        ));
+    }
+    let get = |name: &str| fields.get(name).copied().filter(|v| v.get() != "null");
+
+    let event_id = match get("event_id") {
+        None => None,
+        Some(v) => Some(parse_uuid(&string_field("event_id", v)?)?),
+    };
+    let name = match get("name") {
+        None => return Err(EventError::new("name", "is required")),
+        Some(v) => text_field("name", v, limits)?,
+    };
+    if name.is_empty() {
+        return Err(EventError::new("name", "must not be empty"));
+    }
+    let time = match get("timestamp") {
+        None => return Err(EventError::new("timestamp", "is required")),
+        Some(v) => {
+            let s = string_field("timestamp", v)?;
+            let t = parse_timestamp(&s).map_err(|e| EventError::new("timestamp", e))?;
+            if t < limits.min_timestamp {
+                return Err(EventError::new(
+                    "timestamp",
+                    format!(
+                        "is before {}",
+                        crate::timestamp::format_timestamp(limits.min_timestamp)
+                    ),
+                ));
+            }
+            if t > now + limits.max_future {
+                return Err(EventError::new(
+                    "timestamp",
+                    format!(
+                        "is more than {} seconds ahead of the server's clock",
+                        limits.max_future.whole_seconds()
+                    ),
+                ));
+            }
+            t
+        }
+    };
+    let optional_text = |field: &str| -> Result<Option<String>, EventError> {
+        get(field).map(|v| text_field(field, v, limits)).transpose()
+    };
+    let device_id = optional_text("device_id")?;
+    let session_id = optional_text("session_id")?;
+    let user_id = optional_text("user_id")?;
+    let properties = match get("properties") {
+        None => None,
+        Some(v) => {
+            check_properties(v, limits)?;
+            Some(v)
+        }
+    };
+    Ok(ValidEvent {
+        event_id,
+        name,
+        time,
+        device_id,
+        session_id,
+        user_id,
+        properties,
+    })
+}
+
+/// A key as it can be shown back to the client: NULs escaped, long keys cut.
+fn printable(key: &str) -> String {
+    let mut s: String = key
+        .chars()
+        .take(64)
+        .collect::<String>()
+        .replace('\0', "\\u0000");
+    if key.chars().count() > 64 {
+        s.push('…');
+    }
+    s
+}
+
+fn string_field(field: &str, v: &RawValue) -> Result<String, EventError> {
+    serde_json::from_str::<String>(v.get()).map_err(|_| EventError::new(field, "must be a string"))
+}
+
+fn text_field(field: &str, v: &RawValue, limits: &Limits) -> Result<String, EventError> {
+    let s = string_field(field, v)?;
+    if s.contains('\0') {
+        return Err(EventError::new(field, "must not contain NUL (U+0000)"));
+    }
+    if s.chars().count() > limits.max_string_chars {
+        return Err(EventError::new(
+            field,
+            format!("longer than {} characters", limits.max_string_chars),
+        ));
+    }
+    Ok(s)
+}
+
+/// A UUID in the hyphenated 8-4-4-4-12 form, any letter case (not braced, not URN, not simple).
+fn parse_uuid(s: &str) -> Result<Uuid, EventError> {
+    let b = s.as_bytes();
+    let shape_ok = b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        });
+    if !shape_ok {
+        return Err(EventError::new(
+            "event_id",
+            "must be a UUID in the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx",
+        ));
+    }
+    Uuid::parse_str(s).map_err(|_| EventError::new("event_id", "must be a UUID"))
+}
+
+fn check_properties(v: &RawValue, limits: &Limits) -> Result<(), EventError> {
+    let text = v.get();
+    if !text.starts_with('{') {
+        return Err(EventError::new("properties", "must be a JSON object"));
+    }
+    if text.len() > limits.max_properties_bytes {
+        return Err(EventError::new(
+            "properties",
+            format!("larger than {} bytes", limits.max_properties_bytes),
+        ));
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let check = PropertiesCheck {
+        depth: 1,
+        max_depth: limits.max_properties_depth,
+    };
+    match de::DeserializeSeed::deserialize(check, &mut de) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let msg = e.to_string();
+            // serde_json appends " at line L column C"; the position inside one value helps nobody.
+            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+            Err(EventError::new("properties", msg))
+        }
+    }
+}
+
+/// Walks a JSON value without building it: checks depth and that no key or string holds NUL.
+struct PropertiesCheck {
+    depth: usize,
+    max_depth: usize,
+}
+
+impl PropertiesCheck {
+    fn nested(&self) -> Self {
+        PropertiesCheck {
+            depth: self.depth + 1,
+            max_depth: self.max_depth,
+        }
+    }
+}
+
+impl<'de> de::DeserializeSeed<'de> for PropertiesCheck {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// A map key or string value: only checked for NUL.
+struct NoNul;
+
+impl<'de> de::DeserializeSeed<'de> for NoNul {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for NoNul {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<(), E> {
+        if s.contains('\0') {
+            Err(E::custom(
+                "must not contain NUL (U+0000) in any key or string",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for PropertiesCheck {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<(), E> {
+        NoNul.visit_str(s)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if self.depth > self.max_depth {
+            return Err(de::Error::custom(format!(
+                "nested deeper than {} levels",
+                self.max_depth
+            )));
+        }
+        while seq.next_element_seed(self.nested())?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        if self.depth > self.max_depth {
+            return Err(de::Error::custom(format!(
+                "nested deeper than {} levels",
+                self.max_depth
+            )));
+        }
+        while map.next_key_seed(NoNul)?.is_some() {
+            map.next_value_seed(self.nested())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::timestamp::format_timestamp;
+    use time::macros::datetime;
+
+    /// The server's clock in every test (not on a whole second, so the window edges are exact).
+    const NOW: OffsetDateTime = datetime!(2026-03-04 05:06:07.123456 UTC);
+    const TS: &str = r#""2026-03-04T05:06:07Z""#;
+
+    fn raw(json: &str) -> &RawValue {
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("test input is not JSON: {e}: {json}"))
+    }
+
+    fn check_with<'a>(json: &'a str, limits: &Limits) -> Result<ValidEvent<'a>, EventError> {
+        validate_event(raw(json), limits, NOW)
+    }
+
+    fn check(json: &str) -> Result<ValidEvent<'_>, EventError> {
+        check_with(json, &Limits::default())
+    }
+
+    /// A valid minimal event (`name`, `timestamp`) with `field` set to the JSON text `value`.
+    fn event_with(field: &str, value: &str) -> String {
+        let mut fields = vec![
+            ("name", r#""app_open""#.to_string()),
+            ("timestamp", TS.to_string()),
+        ];
+        match fields.iter_mut().find(|(k, _)| *k == field) {
+            Some(f) => f.1 = value.to_string(),
+            None => fields.push((field, value.to_string())),
+        }
+        let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+        format!("{{{}}}", body.join(","))
+    }
+
+    /// The minimal event without `field`.
+    fn event_without(field: &str) -> String {
+        event_with(field, "null")
+            .replace(&format!(",\"{field}\":null"), "")
+            .replace(&format!("\"{field}\":null,"), "")
+    }
+
+    /// A JSON string literal of `n` copies of `c`.
+    fn string_of(c: &str, n: usize) -> String {
+        format!("\"{}\"", c.repeat(n))
+    }
+
+    #[track_caller]
+    fn assert_rejected(result: Result<ValidEvent<'_>, EventError>, field: &str, problem: &str) {
+        match result {
+            Ok(e) => panic!("accepted, expected `{field}: …{problem}…`: {e:?}"),
+            Err(e) => {
+                assert_eq!(e.field, field, "{e}");
+                assert!(
+                    e.problem.contains(problem),
+                    "{e:?} should mention {problem:?}"
+                );
+                assert_eq!(e.to_string(), format!("{}: {}", e.field, e.problem));
+            }
+        }
+    }
+
+    #[test]
+    fn minimal_event_gets_the_defaults() {
+        let json = event_with("name", r#""app_open""#);
+        assert_eq!(
+            json,
+            r#"{"name":"app_open","timestamp":"2026-03-04T05:06:07Z"}"#
+        );
+        assert_eq!(
+            event_without("name"),
+            r#"{"timestamp":"2026-03-04T05:06:07Z"}"#
+        );
+        assert_eq!(event_without("user_id"), json);
+        let e = check(&json).unwrap();
+        assert_eq!(e.event_id, None);
+        assert_eq!(e.name, "app_open");
+        assert_eq!(e.time, datetime!(2026-03-04 05:06:07 UTC));
+        assert_eq!((e.device_id, e.session_id, e.user_id), (None, None, None));
+        assert!(e.properties.is_none());
+    }
+
+    #[test]
+    fn full_event_keeps_every_field() {
+        let json = r#"{
+            "event_id": "0190C5D5-9a6e-7c1f-8e4a-6f1b2c3d4e5f",
+            "name": "level_up",
+            "timestamp": "2026-03-04T06:06:07.123456789+01:00",
+            "device_id": "dev-1",
+            "session_id": "sess-1",
+            "user_id": "ünïcödé",
+            "properties": { "level": 3, "tags": ["a", {"b": null}] }
+        }"#;
+        let e = check(json).unwrap();
+        assert_eq!(
+            e.event_id,
+            Some(Uuid::parse_str("0190c5d5-9a6e-7c1f-8e4a-6f1b2c3d4e5f").unwrap())
+        );
+        assert_eq!(e.name, "level_up");
+        assert_eq!(
+            e.time,
+            datetime!(2026-03-04 05:06:07.123456 UTC),
+            "UTC, truncated to the one_us"
+        );
+        assert_eq!(e.time.offset(), time::UtcOffset::UTC);
+        assert_eq!(e.device_id.as_deref(), Some("dev-1"));
+        assert_eq!(e.session_id.as_deref(), Some("sess-1"));
+        assert_eq!(e.user_id.as_deref(), Some("ünïcödé"));
+        // The text as sent, whitespace included: it is passed on, never rebuilt.
+        assert_eq!(
+            e.properties.map(RawValue::get),
+            Some(r#"{ "level": 3, "tags": ["a", {"b": null}] }"#)
+        );
+    }
+
+    #[test]
+    fn event_must_be_an_object() {
+        for json in ["[]", r#"[{"name":"a"}]"#, r#""event""#, "1", "true", "null"] {
+            assert_rejected(check(json), "event", "must be a JSON object");
+        }
+    }
+
+    #[test]
+    fn unknown_field_is_rejected_and_named() {
+        let long = "k".repeat(100);
+        let cases = [
+            (event_with("foo", "1"), "foo".to_string()),
+            (event_with("Name", r#""x""#), "Name".to_string()),
+            (event_with("eventId", "null"), "eventId".to_string()),
+            (event_with("properties ", "{}"), "properties ".to_string()),
+            // Several unknown fields: the first in sorted order, so the answer is stable.
+            (
+                event_with("zz", "1").replace('}', r#","aa":1,"mm":1}"#),
+                "aa".to_string(),
+            ),
+            // Reported before anything else is checked (here `name` and `timestamp` are missing).
+            (r#"{"foo": 1}"#.to_string(), "foo".to_string()),
+            // Shown back safely: NUL escaped, long names cut at 64 characters.
+            (event_with("a\\u0000b", "1"), "a\\u0000b".to_string()),
+            (event_with(&long, "1"), format!("{}…", &long[..64])),
+        ];
+        for (json, field) in cases {
+            assert_rejected(check(&json), &field, "unknown field");
+        }
+        let err = check(&event_with("foo", "1")).unwrap_err();
+        assert!(err.to_string().starts_with("foo: unknown field ("), "{err}");
+    }
+
+    #[test]
+    fn event_id_accepts_hyphenated_uuids_in_any_case() {
+        let want = Uuid::parse_str("0190c5d5-9a6e-7c1f-8e4a-6f1b2c3d4e5f").unwrap();
+        for id in [
+            "0190c5d5-9a6e-7c1f-8e4a-6f1b2c3d4e5f",
+            "0190C5D5-9A6E-7C1F-8E4A-6F1B2C3D4E5F",
+            "0190c5D5-9A6e-7c1F-8e4A-6f1B2c3D4e5F",
+        ] {
+            let json = event_with("event_id", &format!("\"{id}\""));
+            assert_eq!(check(&json).unwrap().event_id, Some(want), "{id}");
+        }
+        // Any version is fine, nil included: it is the client's idempotency key.
+        let nil = event_with("event_id", r#""00000000-0000-0000-0000-000000000000""#);
+        assert_eq!(check(&nil).unwrap().event_id, Some(Uuid::nil()));
+        assert_eq!(
+            check(&event_with("event_id", "null")).unwrap().event_id,
+            None
+        );
+        assert_eq!(check(&event_without("event_id")).unwrap().event_id, None);
+    }
+
+    #[test]
+    fn event_id_rejects_every_other_form() {
+        let rejected = [
+            (
+                r#""0190c5d59a6e7c1f8e4a6f1b2c3d4e5f""#,
+                "must be a UUID in the form",
+            ), // simple
+            (
+                r#""{0190c5d5-9a6e-7c1f-8e4a-6f1b2c3d4e5f}""#,
+                "must be a UUID in the form",
+            ), // braced
+            (
+                r#""urn:uuid:0190c5d5-9a6e-7c1f-8e4a-6f1b2c3d4e5f""#,
+                "must be a UUID in the form",
+            ),
+            (
+                r#""0190c5d5-9a6e-7c1f-8e4a-6f1b2c3d4e5""#,
+                "must be a UUID in the form",
+            ), // 35
+            (
+                r#""0190c5d5-9a6e-7c1f-8e4a-6f1b2c3d4e5ff""#,
+                "must be a UUID in the form",
+            ), // 37
+            (
+                r#""0190c5d5-9a6e-7c1f-8e4a-6f1b2c3d4e5g""#,
+                "must be a UUID in the form",
+            ), // non-hex
+            (
+                r#""0190c5d5-9a6e-7c1f-8e4a6-f1b2c3d4e5f""#,
+                "must be a UUID in the form",
+            ), // hyphen moved
+            (
+                r#"" 0190c5d5-9a6e-7c1f-8e4a-6f1b2c3d4e5f""#,
+                "must be a UUID in the form",
+            ),
+            (
+                r#""０190c5d5-9a6e-7c1f-8e4a-6f1b2c3d4e5f""#,
+                "must be a UUID in the form",
+            ), // full-width 0
+            (r#""""#, "must be a UUID in the form"),
+            ("12345", "must be a string"),
+            ("true", "must be a string"),
+            (
+                r#"["0190c5d5-9a6e-7c1f-8e4a-6f1b2c3d4e5f"]"#,
+                "must be a string",
+            ),
+            (
+                r#"{"id": "0190c5d5-9a6e-7c1f-8e4a-6f1b2c3d4e5f"}"#,
+                "must be a string",
+            ),
+        ];
+        for (value, problem) in rejected {
+            assert_rejected(check(&event_with("event_id", value)), "event_id", problem);
+        }
+    }
+
+    #[test]
+    fn name_rules() {
+        let accepted = [
+            (r#""a""#.to_string(), "a".to_string()),
+            (string_of("n", 200), "n".repeat(200)),
+            (string_of("é", 200), "é".repeat(200)), // 400 bytes
+            (string_of("🎉", 200), "🎉".repeat(200)), // 800 bytes
+            (string_of("\\u00e9", 200), "é".repeat(200)), // counted after unescaping
+            (string_of("\\ud83c\\udf89", 200), "🎉".repeat(200)), // surrogate pairs are one char
+            (r#"" ""#.to_string(), " ".to_string()),
+        ];
+        for (value, want) in accepted {
+            let json = event_with("name", &value);
+            assert_eq!(check(&json).map(|e| e.name), Ok(want));
+        }
+        let rejected = [
+            (string_of("n", 201), "longer than 200 characters"),
+            (string_of("é", 201), "longer than 200 characters"),
+            (string_of("🎉", 201), "longer than 200 characters"),
+            // Scalar values, not graphemes: 101 × (e + combining acute) is 202.
+            (string_of("e\u{301}", 101), "longer than 200 characters"),
+            (r#""""#.to_string(), "must not be empty"),
+            (r#""a\u0000b""#.to_string(), "must not contain NUL"),
+            (r#""\u0000""#.to_string(), "must not contain NUL"),
+            ("null".to_string(), "is required"),
+            ("42".to_string(), "must be a string"),
+            ("false".to_string(), "must be a string"),
+            (r#"["a"]"#.to_string(), "must be a string"),
+            (r#"{"a":1}"#.to_string(), "must be a string"),
+        ];
+        for (value, problem) in rejected {
+            assert_rejected(check(&event_with("name", &value)), "name", problem);
+        }
+        assert_rejected(check(&event_without("name")), "name", "is required");
+    }
+
+    #[test]
+    fn timestamp_grammar_is_checked() {
+        let accepted = [
+            (
+                r#""2026-03-04T05:06:07Z""#,
+                datetime!(2026-03-04 05:06:07 UTC),
+            ),
+            (
+                r#""2026-03-04T05:06:07""#,
+                datetime!(2026-03-04 05:06:07 UTC),
+            ),
+            (
+                r#""2026-03-04T07:06:07.5+02:00""#,
+                datetime!(2026-03-04 05:06:07.5 UTC),
+            ),
+            (
+                r#""2026-03-04T05:06:07.000000999Z""#,
+                datetime!(2026-03-04 05:06:07 UTC),
+            ),
+        ];
+        for (value, want) in accepted {
+            assert_eq!(
+                check(&event_with("timestamp", value)).map(|e| e.time),
+                Ok(want),
+                "{value}"
+            );
+        }
+        let rejected = [
+            (r#""2026-03-04 05:06:07Z""#, "must look like"),
+            (r#""2026-03-04""#, "must look like"),
+            (r#""yesterday""#, "must look like"),
+            (r#""2026-02-30T05:06:07Z""#, "no such date"),
+            (r#""2026-03-04T05:06:07.Z""#, "fraction of a second"),
+            ("1772600767", "must be a string"),
+            (r#"{"t": "2026-03-04T05:06:07Z"}"#, "must be a string"),
+            ("null", "is required"),
+        ];
+        for (value, problem) in rejected {
+            assert_rejected(check(&event_with("timestamp", value)), "timestamp", problem);
+        }
+        assert_rejected(
+            check(&event_without("timestamp")),
+            "timestamp",
+            "is required",
+        );
+    }
+
+    /// Checks each timestamp against `limits`: `true` when it must be accepted.
+    #[track_caller]
+    fn assert_window(limits: &Limits, cases: &[(&str, OffsetDateTime, bool)]) {
+        for &(what, t, accepted) in cases {
+            let json = event_with("timestamp", &format!("\"{}\"", format_timestamp(t)));
+            match (check_with(&json, limits), accepted) {
+                (Ok(e), true) => assert_eq!(e.time, t, "{what}"),
+                (Err(e), false) => {
+                    assert_eq!(e.field, "timestamp", "{what}: {e}");
+                    assert!(e.problem.starts_with("is "), "{what}: {e}");
+                }
+                (got, _) => panic!("{what} ({}): {got:?}", format_timestamp(t)),
+            }
+        }
+    }
+
+    #[test]
+    fn timestamp_window_with_the_default_limits() {
+        let one_us = Duration::microseconds(1);
+        let day = Duration::hours(24);
+        assert_window(
+            &Limits::default(),
+            &[
+                (
+                    "exactly the minimum",
+                    datetime!(2000-01-01 00:00:00 UTC),
+                    true,
+                ),
+                (
+                    "1 one_us before the minimum",
+                    datetime!(1999-12-31 23:59:59.999999 UTC),
+                    false,
+                ),
+                ("in 1999", datetime!(1999-06-15 12:00:00 UTC), false),
+                ("in year 1", datetime!(0001-01-01 00:00:00 UTC), false),
+                ("now", NOW, true),
+                ("an hour ago", NOW - Duration::hours(1), true),
+                ("now + 24h", NOW + day, true),
+                ("now + 24h + 1one_us", NOW + day + one_us, false),
+                ("now + 24h + 1s", NOW + day + Duration::seconds(1), false),
+                ("3 days ahead", NOW + Duration::days(3), false),
+                ("in 9999", datetime!(9999-01-01 00:00:00 UTC), false),
+            ],
+        );
+        // The window is compared in UTC, whatever offset the client wrote.
+        let cases = [
+            (r#""2000-01-01T01:00:00+01:00""#, true),  // = the minimum
+            (r#""2000-01-01T00:59:59+01:00""#, false), // 1999 in UTC
+            (r#""1999-12-31T23:00:00-01:00""#, true),  // = the minimum
+            (r#""2026-03-05T04:06:07.123456-01:00""#, true), // = now + 24h
+            (r#""2026-03-05T06:06:07.123457+01:00""#, false), // = now + 24h + 1one_us
+        ];
+        for (value, accepted) in cases {
+            assert_eq!(
+                check(&event_with("timestamp", value)).is_ok(),
+                accepted,
+                "{value}"
+            );
+        }
+        assert_rejected(
+            check(&event_with("timestamp", r#""1999-12-31T23:59:59Z""#)),
+            "timestamp",
+            "is before 2000-01-01T00:00:00.000000Z",
+        );
+        assert_rejected(
+            check(&event_with("timestamp", r#""2026-03-07T00:00:00Z""#)),
+            "timestamp",
+            "is more than 86400 seconds ahead of the server's clock",
+        );
+    }
+
+    #[test]
+    fn timestamp_window_follows_the_configured_limits() {
+        let one_us = Duration::microseconds(1);
+        let narrow = Limits {
+            min_timestamp: datetime!(2020-01-01 00:00:00 UTC),
+            max_future: Duration::hours(1),
+            ..Limits::default()
+        };
+        assert_window(
+            &narrow,
+            &[
+                (
+                    "exactly the minimum",
+                    datetime!(2020-01-01 00:00:00 UTC),
+                    true,
+                ),
+                (
+                    "1 one_us before the minimum",
+                    datetime!(2019-12-31 23:59:59.999999 UTC),
+                    false,
+                ),
+                (
+                    "in 2010 (fine by default)",
+                    datetime!(2010-01-01 00:00:00 UTC),
+                    false,
+                ),
+                ("now + 1h", NOW + Duration::hours(1), true),
+                (
+                    "now + 1h + 1one_us",
+                    NOW + Duration::hours(1) + one_us,
+                    false,
+                ),
+                (
+                    "now + 2h (fine by default)",
+                    NOW + Duration::hours(2),
+                    false,
+                ),
+            ],
+        );
+        assert_rejected(
+            check_with(
+                &event_with("timestamp", r#""2019-01-01T00:00:00Z""#),
+                &narrow,
+            ),
+            "timestamp",
+            "is before 2020-01-01T00:00:00.000000Z",
+        );
+        assert_rejected(
+            check_with(
+                &event_with("timestamp", r#""2026-03-04T08:00:00Z""#),
+                &narrow,
+            ),
+            "timestamp",
+            "is more than 3600 seconds ahead",
+        );
+        let wide = Limits {
+            min_timestamp: datetime!(1970-01-01 00:00:00 UTC),
+            max_future: Duration::days(7),
+            ..Limits::default()
+        };
+        assert_window(
+            &wide,
+            &[
+                (
+                    "exactly the minimum",
+                    datetime!(1970-01-01 00:00:00 UTC),
+                    true,
+                ),
+                (
+                    "1 one_us before the minimum",
+                    datetime!(1969-12-31 23:59:59.999999 UTC),
+                    false,
+                ),
+                ("in 1999", datetime!(1999-06-15 12:00:00 UTC), true),
+                ("3 days ahead", NOW + Duration::days(3), true),
+                ("now + 7d", NOW + Duration::days(7), true),
+                (
+                    "now + 7d + 1one_us",
+                    NOW + Duration::days(7) + one_us,
+                    false,
+                ),
+            ],
+        );
+        let no_future = Limits {
+            max_future: Duration::ZERO,
+            ..Limits::default()
+        };
+        assert_window(
+            &no_future,
+            &[("now", NOW, true), ("now + 1one_us", NOW + one_us, false)],
+        );
+    }
+
+    #[test]
+    fn optional_strings_rules() {
+        type Get = fn(&ValidEvent<'_>) -> Option<String>;
+        let fields: [(&str, Get); 3] = [
+            ("device_id", |e| e.device_id.clone()),
+            ("session_id", |e| e.session_id.clone()),
+            ("user_id", |e| e.user_id.clone()),
+        ];
+        for (field, get) in fields {
+            let accepted = [
+                (event_without(field), None),
+                (event_with(field, "null"), None),
+                (
+                    event_with(field, r#""abc-123""#),
+                    Some("abc-123".to_string()),
+                ),
+                (event_with(field, r#""""#), Some(String::new())),
+                (
+                    event_with(field, &string_of("d", 200)),
+                    Some("d".repeat(200)),
+                ),
+                (
+                    event_with(field, &string_of("é", 200)),
+                    Some("é".repeat(200)),
+                ),
+                (
+                    event_with(field, &string_of("🎉", 200)),
+                    Some("🎉".repeat(200)),
+                ),
+            ];
+            for (json, want) in accepted {
+                assert_eq!(check(&json).map(|e| get(&e)), Ok(want), "{json}");
+            }
+            let rejected = [
+                (string_of("d", 201), "longer than 200 characters"),
+                (string_of("é", 201), "longer than 200 characters"),
+                (string_of("🎉", 201), "longer than 200 characters"),
+                (r#""a\u0000""#.to_string(), "must not contain NUL"),
+                ("42".to_string(), "must be a string"),
+                ("4.2".to_string(), "must be a string"),
+                ("true".to_string(), "must be a string"),
+                (r#"["a"]"#.to_string(), "must be a string"),
+                (r#"{"id":"a"}"#.to_string(), "must be a string"),
+            ];
+            for (value, problem) in rejected {
+                assert_rejected(check(&event_with(field, &value)), field, problem);
+            }
+        }
+    }
+
+    #[test]
+    fn string_limit_is_configurable() {
+        // 8 characters: exactly the length of the minimal event's name, "app_open".
+        let limits = Limits {
+            max_string_chars: 8,
+            ..Limits::default()
+        };
+        for field in ["name", "device_id", "session_id", "user_id"] {
+            let at_limit = event_with(field, &string_of("é", 8));
+            assert!(check_with(&at_limit, &limits).is_ok(), "{field}");
+            assert_rejected(
+                check_with(&event_with(field, &string_of("a", 9)), &limits),
+                field,
+                "longer than 8 characters",
+            );
+        }
+    }
+
+    #[test]
+    fn properties_must_be_an_object_when_present() {
+        for json in [
+            event_without("properties"),
+            event_with("properties", "null"),
+        ] {
+            assert!(check(&json).unwrap().properties.is_none(), "{json}");
+        }
+        for value in [
+            "{}",
+            r#"{ "a" : [1, 2.5, -3e2, true, false, null, "x", {}] }"#,
+            "{\n}",
+        ] {
+            let json = event_with("properties", value);
+            assert_eq!(
+                check(&json).unwrap().properties.map(RawValue::get),
+                Some(value)
+            );
+        }
+        for value in ["[]", r#"[{"a":1}]"#, r#""{}""#, "0", "1.5", "true", "false"] {
+            assert_rejected(
+                check(&event_with("properties", value)),
+                "properties",
+                "must be a JSON object",
+            );
+        }
+    }
+
+    /// A properties object whose JSON text is exactly `len` bytes (`len` >= 8).
+    fn properties_of_len(len: usize) -> String {
+        let text = format!(r#"{{"p":"{}"}}"#, "x".repeat(len - 8));
+        assert_eq!(text.len(), len);
+        text
+    }
+
+    #[test]
+    fn properties_size_limit_counts_bytes_as_sent() {
+        let max = Limits::default().max_properties_bytes;
+        assert_eq!(max, 32 * 1024);
+        let at_limit = properties_of_len(max);
+        assert!(check(&event_with("properties", &at_limit)).is_ok());
+        assert_rejected(
+            check(&event_with("properties", &properties_of_len(max + 1))),
+            "properties",
+            "larger than 32768 bytes",
+        );
+
+        let small = |max_properties_bytes| Limits {
+            max_properties_bytes,
+            ..Limits::default()
+        };
+        let cases = [
+            (r#"{"a":"éé"}"#, 12),     // bytes, not characters
+            (r#"{"a":"\u00e9"}"#, 14), // the escape as sent, not the decoded character
+            (r#"{ "a" : 1 }"#, 11),    // whitespace counts
+            ("{}", 2),
+        ];
+        for (value, len) in cases {
+            assert_eq!(value.len(), len);
+            let json = event_with("properties", value);
+            assert!(
+                check_with(&json, &small(len)).is_ok(),
+                "{value} at a limit of {len}"
+            );
+            assert_rejected(
+                check_with(&json, &small(len - 1)),
+                "properties",
+                &format!("larger than {} bytes", len - 1),
+            );
+        }
+    }
+
+    /// A properties object nested `depth` levels deep (the object itself is level 1), level `n`
+    /// being an object or an array as `kind(n)` says (`'{'` or `'['`), with a scalar innermost.
+    fn nested(depth: usize, kind: impl Fn(usize) -> char) -> String {
+        let (mut open, mut close, mut parent) = (String::from("{"), String::from("}"), '{');
+        for level in 2..=depth {
+            if parent == '{' {
+                open.push_str(r#""k":"#);
+            }
+            parent = kind(level);
+            open.push(parent);
+            close.insert(0, if parent == '{' { '}' } else { ']' });
+        }
+        // Scalars are not a level.
+        open.push_str(if parent == '{' { r#""leaf":1"# } else { "1" });
+        open + &close
+    }
+
+    #[test]
+    fn properties_depth_limit() {
+        let objects = |_| '{';
+        let arrays = |_| '[';
+        let alternating = |n: usize| if n % 2 == 1 { '{' } else { '[' };
+        assert_eq!(nested(1, objects), r#"{"leaf":1}"#);
+        assert_eq!(nested(3, objects), r#"{"k":{"k":{"leaf":1}}}"#);
+        assert_eq!(nested(3, arrays), r#"{"k":[[1]]}"#);
+        assert_eq!(nested(4, alternating), r#"{"k":[{"k":[1]}]}"#);
+
+        let kinds: [(&str, &dyn Fn(usize) -> char); 3] = [
+            ("objects", &objects),
+            ("arrays", &arrays),
+            ("alternating", &alternating),
+        ];
+        for (what, kind) in kinds {
+            let ok = event_with("properties", &nested(32, kind));
+            assert!(check(&ok).is_ok(), "{what}: 32 levels");
+            let deep = event_with("properties", &nested(33, kind));
+            assert_rejected(check(&deep), "properties", "nested deeper than 32 levels");
+            // serde_json's " at line L column C" is cut off.
+            assert_eq!(
+                check(&deep).unwrap_err().problem,
+                "nested deeper than 32 levels"
+            );
+        }
+        // Far deeper, still within the size limit: rejected, not a stack overflow.
+        let very_deep = event_with("properties", &nested(10_000, arrays));
+        assert_rejected(
+            check(&very_deep),
+            "properties",
+            "nested deeper than 32 levels",
+        );
+
+        let limits = |max_properties_depth| Limits {
+            max_properties_depth,
+            ..Limits::default()
+        };
+        for (value, max, accepted) in [
+            ("{}", 1, true),
+            (r#"{"a":1,"b":"x"}"#, 1, true),
+            (r#"{"a":{}}"#, 1, false),
+            (r#"{"a":[]}"#, 1, false),
+            (r#"{"a":{},"b":[1]}"#, 2, true),
+            (r#"{"a":{},"b":[[1]]}"#, 2, false),
+        ] {
+            let json = event_with("properties", value);
+            let result = check_with(&json, &limits(max));
+            assert_eq!(
+                result.is_ok(),
+                accepted,
+                "{value} with a depth limit of {max}: {result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn properties_reject_nul_anywhere() {
+        let rejected = [
+            r#"{"a\u0000":1}"#,
+            r#"{"\u0000":1}"#,
+            r#"{"a":"x\u0000y"}"#,
+            r#"{"a":1,"b":"\u0000"}"#,
+            r#"{"a":[1,[2,{"b":["ok","\u0000"]}]]}"#,
+            r#"{"a":[{"b\u0000c":1}]}"#,
+            r#"{"a":{"b":{"c":{"d":"\u0000"}}}}"#,
+        ];
+        for value in rejected {
+            assert_rejected(
+                check(&event_with("properties", value)),
+                "properties",
+                "must not contain NUL (U+0000) in any key or string",
+            );
+        }
+        // An escaped backslash followed by "u0000" is six ordinary characters, not a NUL.
+        for value in [
+            r#"{"a":"\\u0000"}"#,
+            r#"{"\\u0000":"\\u0000"}"#,
+            r#"{"a":"\u0001"}"#,
+        ] {
+            assert!(check(&event_with("properties", value)).is_ok(), "{value}");
+        }
+    }
+
+    #[test]
+    fn error_display_is_field_colon_problem() {
+        let cases = [
+            (event_with("name", r#""""#), "name: must not be empty"),
+            (event_without("timestamp"), "timestamp: is required"),
+            (event_with("user_id", "1"), "user_id: must be a string"),
+            ("[]".to_string(), "event: must be a JSON object"),
+            (
+                event_with("properties", "[]"),
+                "properties: must be a JSON object",
+            ),
+            (
+                event_with("event_id", r#""x""#),
+                "event_id: must be a UUID in the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx",
+            ),
+        ];
+        for (json, want) in cases {
+            assert_eq!(check(&json).unwrap_err().to_string(), want);
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! EventTracker's shared model: what a valid event is, how a request body becomes a batch of
+//! events, and how an accepted event travels through the Redis stream to the flusher.
+//!
+//! This crate is the only place that knows the validation rules of the ingest contract
+//! (`shared/spec/ingest-api.md`). It does no I/O: callers pass the clock in.
+
+pub mod batch;
+pub mod event;
+pub mod queue;
+pub mod timestamp;
+
+pub use batch::{Batch, BatchError, parse_batch};
+pub use event::{EventError, Limits, ValidEvent, validate_event};
+pub use queue::{DecodeError, ENTRY_VERSION, QueuedEvent};

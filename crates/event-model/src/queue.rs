@@ -1,0 +1,183 @@
+//! The Redis stream entry that carries one accepted event from ingest-api to the flusher.
+//!
+//! An entry has two fields: `v`, the format version, and `e`, the event as JSON. A flusher reads
+//! every version it knows, so a rolling upgrade can mix releases; an entry of an unknown version
+//! is dead-lettered rather than guessed at.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// The version this release writes.
+pub const ENTRY_VERSION: &str = "1";
+/// Stream field holding the version.
+pub const VERSION_FIELD: &str = "v";
+/// Stream field holding the event.
+pub const EVENT_FIELD: &str = "e";
+
+/// One accepted event, exactly as its row will be stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueuedEvent {
+    #[serde(rename = "t", with = "unix_micros")]
+    pub time: OffsetDateTime,
+    #[serde(rename = "id")]
+    pub event_id: Uuid,
+    #[serde(rename = "n")]
+    pub name: String,
+    #[serde(rename = "s")]
+    pub source: String,
+    #[serde(rename = "d", default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    #[serde(rename = "ss", default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// The properties object as the client sent it (validated, not rebuilt).
+    #[serde(rename = "p")]
+    pub properties: Box<RawValue>,
+    #[serde(
+        rename = "sa",
+        default,
+        with = "opt_unix_micros",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sent_at: Option<OffsetDateTime>,
+    #[serde(rename = "ra", with = "unix_micros")]
+    pub received_at: OffsetDateTime,
+}
+
+/// Why an entry could not be read back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("entry has no version field")]
+    MissingVersion,
+    #[error("entry version {0:?} is not known to this release")]
+    UnknownVersion(String),
+    #[error("entry has no event field")]
+    MissingEvent,
+    #[error("entry event does not decode: {0}")]
+    Malformed(String),
+}
+
+impl QueuedEvent {
+    /// The `e` field's value.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("a QueuedEvent always serialises")
+    }
+
+    /// Reads an entry back from its `v` and `e` fields.
+    pub fn decode(version: Option<&[u8]>, event: Option<&[u8]>) -> Result<Self, DecodeError> {
+        let version = version.ok_or(DecodeError::MissingVersion)?;
+        if version != ENTRY_VERSION.as_bytes() {
+            return Err(DecodeError::UnknownVersion(
+                String::from_utf8_lossy(version).into_owned(),
+            ));
+        }
+        let event = event.ok_or(DecodeError::MissingEvent)?;
+        let e: QueuedEvent =
+            serde_json::from_slice(event).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        Ok(e)
+    }
+}
+
+/// Microseconds since the Unix epoch: exact for PostgreSQL's `timestamptz` and cheap to parse.
+mod unix_micros {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use time::OffsetDateTime;
+
+    pub fn serialize<S: Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i64((t.unix_timestamp_nanos() / 1000) as i64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OffsetDateTime, D::Error> {
+        let micros = i64::deserialize(d)?;
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+mod opt_unix_micros {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use time::OffsetDateTime;
+
+    pub fn serialize<S: Serializer>(t: &Option<OffsetDateTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => super::unix_micros::serialize(t, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<OffsetDateTime>, D::Error> {
+        match Option::<i64>::deserialize(d)? {
+            None => Ok(None),
+            Some(micros) => OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn sample() -> QueuedEvent {
+        QueuedEvent {
+            time: datetime!(2026-01-02 03:04:05.123456 UTC),
+            event_id: Uuid::parse_str("0190c5d5-9a6e-7c1f-8e4a-6f1b2c3d4e5f").unwrap(),
+            name: "level_up".into(),
+            source: "game".into(),
+            device_id: Some("dev-1".into()),
+            session_id: None,
+            user_id: Some("ünïcödé".into()),
+            properties: RawValue::from_string(r#"{"level": 3, "tags": ["a"]}"#.into()).unwrap(),
+            sent_at: Some(datetime!(2026-01-02 03:04:06 UTC)),
+            received_at: datetime!(2026-01-02 03:04:07.000001 UTC),
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let e = sample();
+        let back = QueuedEvent::decode(Some(b"1"), Some(e.encode().as_bytes())).unwrap();
+        assert_eq!(back.time, e.time);
+        assert_eq!(back.event_id, e.event_id);
+        assert_eq!(back.name, e.name);
+        assert_eq!(back.source, e.source);
+        assert_eq!(back.device_id, e.device_id);
+        assert_eq!(back.session_id, None);
+        assert_eq!(back.user_id, e.user_id);
+        assert_eq!(back.properties.get(), e.properties.get());
+        assert_eq!(back.sent_at, e.sent_at);
+        assert_eq!(back.received_at, e.received_at);
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_read() {
+        let good = sample().encode();
+        assert_eq!(
+            QueuedEvent::decode(None, Some(good.as_bytes())).unwrap_err(),
+            DecodeError::MissingVersion
+        );
+        assert_eq!(
+            QueuedEvent::decode(Some(b"2"), Some(good.as_bytes())).unwrap_err(),
+            DecodeError::UnknownVersion("2".into())
+        );
+        assert_eq!(
+            QueuedEvent::decode(Some(b"1"), None).unwrap_err(),
+            DecodeError::MissingEvent
+        );
+        assert!(matches!(
+            QueuedEvent::decode(Some(b"1"), Some(b"{not json")),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            QueuedEvent::decode(Some(b"1"), Some(br#"{"n":"x"}"#)),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+}

@@ -1,0 +1,116 @@
+//! Configuration: every flag also reads a `FLUSHER_*` environment variable. `--help` is the
+//! reference; the README's table is checked against it.
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "flusher",
+    version,
+    about = "EventTracker writer: drains the Redis stream into TimescaleDB with binary COPY."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: Common,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub run: RunConfig,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Drain the stream into PostgreSQL (the default when no subcommand is given).
+    Run,
+    /// Apply the SQL migrations that are not applied yet, then exit.
+    Migrate,
+}
+
+/// Settings every subcommand needs.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// PostgreSQL URL (may hold a password; never logged).
+    #[arg(
+        long,
+        env = "FLUSHER_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/eventtracker",
+        hide_env_values = true,
+        hide_default_value = true,
+        global = true
+    )]
+    pub database_url: String,
+
+    /// Redis URL (may hold a password; never logged).
+    #[arg(
+        long,
+        env = "FLUSHER_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/",
+        hide_env_values = true,
+        hide_default_value = true,
+        global = true
+    )]
+    pub redis_url: String,
+
+    /// Redis stream key events are queued in; dead letters go to `<stream-key>:dead`.
+    #[arg(
+        long,
+        env = "FLUSHER_STREAM_KEY",
+        default_value = "event_queue",
+        global = true
+    )]
+    pub stream_key: String,
+
+    /// Consumer group shared by all flushers.
+    #[arg(long, env = "FLUSHER_GROUP", default_value = "flushers", global = true)]
+    pub group: String,
+}
+
+/// Settings of the drain loop.
+#[derive(Debug, Clone, Args)]
+pub struct RunConfig {
+    /// Consumer name in the group; defaults to `<hostname>-<pid>`.
+    #[arg(long, env = "FLUSHER_CONSUMER")]
+    pub consumer: Option<String>,
+
+    /// Entries read and written per batch.
+    #[arg(long, env = "FLUSHER_BATCH_SIZE", default_value_t = 100)]
+    pub batch_size: usize,
+
+    /// How long one blocking read waits for new entries, in milliseconds.
+    #[arg(long, env = "FLUSHER_BLOCK_MS", default_value_t = 1000)]
+    pub block_ms: u64,
+
+    /// Timeout of every other Redis call, in milliseconds.
+    #[arg(long, env = "FLUSHER_REDIS_TIMEOUT_MS", default_value_t = 5000)]
+    pub redis_timeout_ms: u64,
+
+    /// Entries pending longer than this (ms) with another consumer are claimed and written.
+    #[arg(long, env = "FLUSHER_CLAIM_IDLE_MS", default_value_t = 30_000)]
+    pub claim_idle_ms: u64,
+
+    /// Consumers idle this long (seconds) with nothing pending are removed from the group.
+    #[arg(long, env = "FLUSHER_CONSUMER_IDLE_SECS", default_value_t = 3600)]
+    pub consumer_idle_secs: u64,
+
+    /// An entry delivered more often than this is retried alone (and dead-lettered only if its data is refused).
+    #[arg(long, env = "FLUSHER_MAX_DELIVERIES", default_value_t = 10)]
+    pub max_deliveries: u64,
+
+    /// First wait after a failed write, in milliseconds; doubles each time.
+    #[arg(long, env = "FLUSHER_BACKOFF_INITIAL_MS", default_value_t = 100)]
+    pub backoff_initial_ms: u64,
+
+    /// Longest wait between retries, in milliseconds.
+    #[arg(long, env = "FLUSHER_BACKOFF_MAX_MS", default_value_t = 10_000)]
+    pub backoff_max_ms: u64,
+
+    /// PostgreSQL connections in the pool.
+    #[arg(long, env = "FLUSHER_PG_POOL_SIZE", default_value_t = 4)]
+    pub pg_pool_size: usize,
+
+    /// Seconds to finish the batch in hand after SIGTERM/SIGINT before exiting anyway.
+    #[arg(long, env = "FLUSHER_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
+    pub shutdown_timeout_secs: u64,
+}

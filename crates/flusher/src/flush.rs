@@ -1,0 +1,337 @@
+//! The drain loop: read a batch, write it, acknowledge it. Also claims a dead flusher's entries,
+//! isolates rows PostgreSQL refuses, backs off while PostgreSQL is down, and prunes consumers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::Pool;
+use event_model::QueuedEvent;
+use event_model::queue::{EVENT_FIELD, VERSION_FIELD};
+use tokio::sync::watch;
+
+use crate::FlusherError;
+use crate::config::RunConfig;
+use crate::sink::{self, WriteError, WritePath};
+use crate::stream::{Entry, Stream};
+
+/// Counters of what this flusher did; logged periodically and read by tests through the log.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub events_written: AtomicU64,
+    pub batches_written: AtomicU64,
+    pub dedup_batches: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub claimed: AtomicU64,
+    pub backoffs: AtomicU64,
+}
+
+impl Stats {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "written={} batches={} dedup_batches={} dead_lettered={} claimed={} backoffs={}",
+            self.events_written.load(Ordering::Relaxed),
+            self.batches_written.load(Ordering::Relaxed),
+            self.dedup_batches.load(Ordering::Relaxed),
+            self.dead_lettered.load(Ordering::Relaxed),
+            self.claimed.load(Ordering::Relaxed),
+            self.backoffs.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Test-only fault hook: with `ET_FAULT_EXIT_AFTER_COMMIT=1` the process exits right after
+/// its first COMMIT, before XACK, as a crash at the worst moment would.
+fn fault_exit_after_commit() -> bool {
+    std::env::var_os("ET_FAULT_EXIT_AFTER_COMMIT").is_some_and(|v| v == "1")
+}
+
+pub struct Flusher {
+    pub stream: Stream,
+    pub pool: Pool,
+    pub config: RunConfig,
+    pub stats: Arc<Stats>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Outcome of trying to write rows while shutting down.
+enum Written {
+    Done,
+    Abandoned,
+}
+
+impl Flusher {
+    pub fn new(
+        stream: Stream,
+        pool: Pool,
+        config: RunConfig,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Flusher {
+            stream,
+            pool,
+            config,
+            stats: Arc::new(Stats::default()),
+            shutdown,
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Runs until shutdown is signalled; the batch in hand is finished first.
+    pub async fn run(&mut self) -> Result<(), FlusherError> {
+        let claim_every = Duration::from_millis((self.config.claim_idle_ms / 2).max(100));
+        let prune_every = Duration::from_secs(60);
+        let summary_every = Duration::from_secs(10);
+        let mut last_claim = Instant::now() - claim_every;
+        let mut last_prune = Instant::now() - prune_every;
+        let mut last_summary = Instant::now();
+        let mut backoff = self.backoff_start();
+        let mut group_ready = false;
+
+        while !self.stopping() {
+            if !group_ready {
+                match self.stream.ensure_group().await {
+                    Ok(()) => group_ready = true,
+                    Err(e) => {
+                        self.redis_trouble(&e, &mut backoff).await;
+                        continue;
+                    }
+                }
+            }
+            if last_prune.elapsed() >= prune_every {
+                last_prune = Instant::now();
+                if let Err(e) = self
+                    .stream
+                    .remove_idle_consumers(Duration::from_secs(self.config.consumer_idle_secs))
+                    .await
+                {
+                    log::warn!("pruning idle consumers: {e}");
+                }
+            }
+            if last_claim.elapsed() >= claim_every {
+                last_claim = Instant::now();
+                match self.claim_and_write().await {
+                    Ok(()) => {}
+                    Err(e) => {
+                        group_ready = !e.is_no_group();
+                        self.redis_trouble(&e, &mut backoff).await;
+                        continue;
+                    }
+                }
+            }
+            if last_summary.elapsed() >= summary_every {
+                last_summary = Instant::now();
+                log::info!("flusher {}: {}", self.stream.consumer, self.stats.summary());
+            }
+            match self.stream.read_new(self.config.batch_size).await {
+                Ok(entries) => {
+                    backoff = self.backoff_start();
+                    if !entries.is_empty()
+                        && let Err(e) = self.process(entries, false).await
+                    {
+                        self.redis_trouble(&e, &mut backoff).await;
+                    }
+                }
+                Err(e) => {
+                    group_ready = !e.is_no_group();
+                    self.redis_trouble(&e, &mut backoff).await;
+                }
+            }
+        }
+        log::info!(
+            "flusher {} stopped: {}",
+            self.stream.consumer,
+            self.stats.summary()
+        );
+        Ok(())
+    }
+
+    fn backoff_start(&self) -> Duration {
+        Duration::from_millis(self.config.backoff_initial_ms)
+    }
+
+    fn next_backoff(&self, current: Duration) -> Duration {
+        (current * 2).min(Duration::from_millis(self.config.backoff_max_ms))
+    }
+
+    /// Waits out a backoff step, waking early on shutdown.
+    async fn sleep(&self, d: Duration) {
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(d) => {}
+            _ = shutdown.wait_for(|s| *s) => {}
+        }
+    }
+
+    async fn redis_trouble(&self, e: &FlusherError, backoff: &mut Duration) {
+        log::warn!("redis: {e}; retrying in {backoff:?}");
+        Stats::add(&self.stats.backoffs, 1);
+        self.sleep(*backoff).await;
+        *backoff = self.next_backoff(*backoff);
+    }
+
+    /// Claims entries a crashed or stuck flusher left pending, and writes them.
+    async fn claim_and_write(&mut self) -> Result<(), FlusherError> {
+        loop {
+            let claimed = self
+                .stream
+                .claim_stale(
+                    Duration::from_millis(self.config.claim_idle_ms),
+                    self.config.batch_size,
+                )
+                .await?;
+            if claimed.is_empty() {
+                return Ok(());
+            }
+            let n = claimed.len();
+            Stats::add(&self.stats.claimed, n as u64);
+            log::info!(
+                "claimed {n} entries idle for over {} ms",
+                self.config.claim_idle_ms
+            );
+            self.process(claimed, true).await?;
+            if n < self.config.batch_size || self.stopping() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Writes one batch of entries and settles each: acknowledged and deleted once its row is
+    /// committed, or moved to the dead-letter stream when it cannot be stored.
+    async fn process(&mut self, entries: Vec<Entry>, claimed: bool) -> Result<(), FlusherError> {
+        let mut dead: Vec<(&Entry, String, Option<String>)> = Vec::new();
+        let mut good: Vec<(&Entry, QueuedEvent)> = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            match QueuedEvent::decode(entry.field(VERSION_FIELD), entry.field(EVENT_FIELD)) {
+                Ok(e) => good.push((entry, e)),
+                Err(err) => dead.push((entry, format!("undecodable entry: {err}"), None)),
+            }
+        }
+        if !dead.is_empty() {
+            for (entry, reason, _) in &dead {
+                log::warn!("dead-lettering entry {}: {reason}", entry.id);
+            }
+            self.stream.dead_letter(&dead).await?;
+            Stats::add(&self.stats.dead_lettered, dead.len() as u64);
+        }
+
+        // Entries delivered many times are retried alone: they may be what broke earlier batches.
+        let mut alone = Vec::new();
+        if claimed && !good.is_empty() {
+            let ids: Vec<String> = good.iter().map(|(e, _)| e.id.clone()).collect();
+            let counts = self.stream.delivery_counts(&ids).await?;
+            let many: Vec<&String> = counts
+                .iter()
+                .filter(|(_, n)| *n > self.config.max_deliveries)
+                .map(|(id, _)| id)
+                .collect();
+            if !many.is_empty() {
+                let (single, rest): (Vec<_>, Vec<_>) =
+                    good.into_iter().partition(|(e, _)| many.contains(&&e.id));
+                alone = single;
+                good = rest;
+            }
+        }
+        let mut groups: Vec<Vec<(&Entry, QueuedEvent)>> = Vec::new();
+        if !good.is_empty() {
+            groups.push(good);
+        }
+        groups.extend(alone.into_iter().map(|one| vec![one]));
+        for group in groups {
+            if let Written::Abandoned = self.write_isolating(group).await? {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes rows, splitting the batch around rows PostgreSQL refuses for their data, and
+    /// settles every entry. Backs off (keeping the claim fresh) while PostgreSQL is unavailable.
+    async fn write_isolating(
+        &self,
+        rows: Vec<(&Entry, QueuedEvent)>,
+    ) -> Result<Written, FlusherError> {
+        let mut todo = vec![rows];
+        let mut backoff = self.backoff_start();
+        let mut last_keep = Instant::now();
+        while let Some(part) = todo.pop() {
+            let events: Vec<QueuedEvent> = part.iter().map(|(_, e)| e.clone()).collect();
+            match sink::write(&self.pool, &events).await {
+                Ok(path) => {
+                    backoff = self.backoff_start();
+                    if fault_exit_after_commit() {
+                        log::error!("fault hook: exiting after COMMIT, before XACK");
+                        std::process::exit(86);
+                    }
+                    let ids: Vec<String> = part.iter().map(|(e, _)| e.id.clone()).collect();
+                    self.stream.ack_delete(&ids).await?;
+                    Stats::add(&self.stats.events_written, events.len() as u64);
+                    Stats::add(&self.stats.batches_written, 1);
+                    if path == WritePath::Dedup {
+                        Stats::add(&self.stats.dedup_batches, 1);
+                        log::info!(
+                            "batch of {} went through the de-duplication path",
+                            events.len()
+                        );
+                    } else {
+                        log::debug!("wrote a batch of {}", events.len());
+                    }
+                }
+                Err(WriteError::Data { sqlstate, message }) if part.len() == 1 => {
+                    let (entry, _) = &part[0];
+                    log::warn!(
+                        "dead-lettering entry {}: PostgreSQL refused it ({sqlstate}): {message}",
+                        entry.id
+                    );
+                    self.stream
+                        .dead_letter(&[(entry, message, Some(sqlstate))])
+                        .await?;
+                    Stats::add(&self.stats.dead_lettered, 1);
+                }
+                Err(WriteError::Data { sqlstate, .. }) => {
+                    log::info!(
+                        "PostgreSQL refused a row of a batch of {} ({sqlstate}); splitting it",
+                        part.len()
+                    );
+                    let mut part = part;
+                    let right = part.split_off(part.len() / 2);
+                    todo.push(right);
+                    todo.push(part);
+                }
+                Err(WriteError::Transient(e)) => {
+                    if self.stopping() {
+                        log::warn!(
+                            "shutting down with {} entries unwritten; they stay pending for another flusher",
+                            part.len() + todo.iter().map(Vec::len).sum::<usize>()
+                        );
+                        return Ok(Written::Abandoned);
+                    }
+                    log::warn!("writing to PostgreSQL failed: {e}; retrying in {backoff:?}");
+                    Stats::add(&self.stats.backoffs, 1);
+                    if last_keep.elapsed() >= Duration::from_millis(self.config.claim_idle_ms / 3) {
+                        last_keep = Instant::now();
+                        let ids: Vec<String> = part
+                            .iter()
+                            .chain(todo.iter().flatten())
+                            .map(|(e, _)| e.id.clone())
+                            .collect();
+                        if let Err(e) = self.stream.keep_claimed(&ids).await {
+                            log::warn!("refreshing the claim on {} entries: {e}", ids.len());
+                        }
+                    }
+                    self.sleep(backoff).await;
+                    backoff = self.next_backoff(backoff);
+                    todo.push(part);
+                }
+            }
+        }
+        Ok(Written::Done)
+    }
+}

@@ -1,0 +1,135 @@
+//! flusher: Redis in, PostgreSQL out. Drains the `event_queue` stream through the consumer group
+//! in batches, writes each batch with binary COPY in one transaction, and acknowledges and
+//! deletes its entries only after COMMIT. Stateless apart from its consumer name: run as many as
+//! PostgreSQL can take.
+
+pub mod config;
+pub mod flush;
+pub mod migrate;
+pub mod sink;
+pub mod stream;
+
+use std::time::Duration;
+
+pub use config::{Cli, Command, Common, RunConfig};
+use tokio::sync::watch;
+
+/// The one error type of the flusher.
+#[derive(Debug, thiserror::Error)]
+pub enum FlusherError {
+    #[error("{0}")]
+    Config(String),
+    #[error("redis: {0}")]
+    Redis(#[from] deadpool_redis::redis::RedisError),
+    #[error("redis unavailable: {0}")]
+    RedisUnavailable(String),
+    #[error("unexpected redis reply: {0}")]
+    Protocol(String),
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("postgres pool: {0}")]
+    PostgresPool(String),
+    #[error("migration {name}: {source}")]
+    Migration {
+        name: &'static str,
+        source: tokio_postgres::Error,
+    },
+}
+
+impl FlusherError {
+    /// The consumer group (or the stream) is gone, e.g. after Redis lost its data: re-create it.
+    pub fn is_no_group(&self) -> bool {
+        matches!(self, FlusherError::Redis(e) if e.code() == Some("NOGROUP"))
+    }
+}
+
+/// `<hostname>-<pid>`: unique per process, readable in `XINFO CONSUMERS`.
+pub fn default_consumer_name() -> String {
+    let host = hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "flusher".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// `flusher migrate`.
+pub async fn migrate(common: &Common) -> Result<(), FlusherError> {
+    let (mut client, connection) =
+        tokio_postgres::connect(&common.database_url, tokio_postgres::NoTls).await?;
+    let conn_task = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            log::warn!("postgres connection: {e}");
+        }
+    });
+    let applied = migrate::migrate(&mut client).await?;
+    if applied.is_empty() {
+        log::info!("schema is up to date");
+    }
+    if !migrate::events_is_hypertable(&client).await? {
+        log::warn!("events is a plain table: TimescaleDB is not installed in this database");
+    }
+    drop(client);
+    let _ = conn_task.await;
+    Ok(())
+}
+
+/// Drains the stream until `shutdown` resolves, then finishes the batch in hand and returns.
+pub async fn run(
+    common: Common,
+    config: RunConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), FlusherError> {
+    if config.batch_size == 0 {
+        return Err(FlusherError::Config(
+            "--batch-size must be at least 1".into(),
+        ));
+    }
+    let consumer = config
+        .consumer
+        .clone()
+        .unwrap_or_else(default_consumer_name);
+    let stream = stream::Stream::new(
+        &common.redis_url,
+        &common.stream_key,
+        &common.group,
+        &consumer,
+        Duration::from_millis(config.redis_timeout_ms),
+        Duration::from_millis(config.block_ms),
+    )?;
+    let pool = sink::pool(&common.database_url, config.pg_pool_size)?;
+    log::info!(
+        "flusher {consumer}: stream {:?}, group {:?}, batch size {}",
+        common.stream_key,
+        common.group,
+        config.batch_size
+    );
+    let (tx, rx) = watch::channel(false);
+    let grace = Duration::from_secs(config.shutdown_timeout_secs);
+    let (deadline_tx, deadline_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        shutdown.await;
+        log::info!("shutting down: finishing the batch in hand");
+        let _ = tx.send(true);
+        tokio::time::sleep(grace).await;
+        let _ = deadline_tx.send(());
+    });
+    let mut flusher = flush::Flusher::new(stream, pool, config, rx);
+    tokio::select! {
+        result = flusher.run() => result,
+        Ok(()) = deadline_rx => {
+            log::warn!("shutdown timeout reached; unfinished entries stay pending for another flusher");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}

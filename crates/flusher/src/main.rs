@@ -1,0 +1,29 @@
+//! flusher binary: parse config, set up logging, run the chosen subcommand.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use flusher::{Cli, Command, migrate, run, shutdown_signal};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(cli.common, cli.run, shutdown_signal()).await,
+        Command::Migrate => migrate(&cli.common).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                msg.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            log::error!("{msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,523 @@
+//! The flusher's side of the Redis stream: the consumer group, reads, claims, acknowledgement
+//! and dead letters. Blocking reads use a connection of their own (a blocking XREADGROUP would
+//! stall every other command on a multiplexed connection); everything else uses a pool.
+
+use std::time::Duration;
+
+use deadpool_redis::redis::{
+    self, AsyncConnectionConfig, Client, Value, aio::MultiplexedConnection,
+};
+use deadpool_redis::{Manager, Pool, Runtime};
+
+use crate::FlusherError;
+
+/// One stream entry: its ID and its field/value pairs.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub id: String,
+    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Entry {
+    pub fn field(&self, name: &str) -> Option<&[u8]> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == name.as_bytes())
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// Names and connections for one stream + consumer group + consumer.
+pub struct Stream {
+    client: Client,
+    pool: Pool,
+    reader: Option<MultiplexedConnection>,
+    pub key: String,
+    pub dead_key: String,
+    pub group: String,
+    pub consumer: String,
+    timeout: Duration,
+    block: Duration,
+}
+
+impl Stream {
+    pub fn new(
+        redis_url: &str,
+        key: &str,
+        group: &str,
+        consumer: &str,
+        timeout: Duration,
+        block: Duration,
+    ) -> Result<Self, FlusherError> {
+        let client = Client::open(redis_url).map_err(FlusherError::Redis)?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let manager = Manager::new_with_config(redis_url, config).map_err(FlusherError::Redis)?;
+        let pool = Pool::builder(manager)
+            .max_size(4)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout))
+            .recycle_timeout(Some(timeout))
+            .build()
+            .map_err(|e| FlusherError::Config(format!("redis pool: {e}")))?;
+        Ok(Stream {
+            client,
+            pool,
+            reader: None,
+            key: key.to_string(),
+            dead_key: format!("{key}:dead"),
+            group: group.to_string(),
+            consumer: consumer.to_string(),
+            timeout,
+            block,
+        })
+    }
+
+    /// Runs one command or pipeline on a pooled connection, within the timeout.
+    pub async fn query<T: redis::FromRedisValue>(
+        &self,
+        run: impl AsyncFnOnce(&mut MultiplexedConnection) -> redis::RedisResult<T>,
+    ) -> Result<T, FlusherError> {
+        let fut = async {
+            let mut conn = self.pool.get().await.map_err(|e| match e {
+                deadpool_redis::PoolError::Backend(e) => FlusherError::Redis(e),
+                other => FlusherError::RedisUnavailable(other.to_string()),
+            })?;
+            run(&mut conn).await.map_err(FlusherError::Redis)
+        };
+        tokio::time::timeout(self.timeout, fut).await.map_err(|_| {
+            FlusherError::RedisUnavailable(format!("no answer within {:?}", self.timeout))
+        })?
+    }
+
+    /// Creates the consumer group at ID 0 (so nothing queued before the first flusher is
+    /// skipped), creating the stream too if needed. An existing group is left as it is.
+    pub async fn ensure_group(&self) -> Result<(), FlusherError> {
+        let (key, group) = (&self.key, &self.group);
+        let result = self
+            .query(async |c| {
+                redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(key)
+                    .arg(group)
+                    .arg("0")
+                    .arg("MKSTREAM")
+                    .query_async::<()>(c)
+                    .await
+            })
+            .await;
+        match result {
+            Err(FlusherError::Redis(e)) if e.code() == Some("BUSYGROUP") => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Reads up to `count` new entries, waiting up to the block time when none are there.
+    /// Returns at once with what is there when fewer than `count` are waiting.
+    pub async fn read_new(&mut self, count: usize) -> Result<Vec<Entry>, FlusherError> {
+        if self.reader.is_none() {
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(self.timeout))
+                .set_response_timeout(Some(self.block + self.timeout));
+            let conn = tokio::time::timeout(
+                self.timeout,
+                self.client
+                    .get_multiplexed_async_connection_with_config(&config),
+            )
+            .await
+            .map_err(|_| FlusherError::RedisUnavailable("connecting timed out".into()))?
+            .map_err(FlusherError::Redis)?;
+            self.reader = Some(conn);
+        }
+        let conn = self.reader.as_mut().expect("set above");
+        let reply = tokio::time::timeout(
+            self.block + self.timeout,
+            redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg("COUNT")
+                .arg(count)
+                .arg("BLOCK")
+                .arg(self.block.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&self.key)
+                .arg(">")
+                .query_async::<Value>(conn),
+        )
+        .await;
+        let reply = match reply {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
+                    self.reader = None;
+                }
+                return Err(FlusherError::Redis(e));
+            }
+            Err(_) => {
+                self.reader = None;
+                return Err(FlusherError::RedisUnavailable(
+                    "blocking read timed out".into(),
+                ));
+            }
+        };
+        parse_read_reply(reply)
+    }
+
+    /// Claims entries idle longer than `min_idle` from any consumer (a crashed flusher's),
+    /// looping on the XAUTOCLAIM cursor, up to `max` entries.
+    pub async fn claim_stale(
+        &self,
+        min_idle: Duration,
+        max: usize,
+    ) -> Result<Vec<Entry>, FlusherError> {
+        let mut cursor = "0-0".to_string();
+        let mut claimed = Vec::new();
+        loop {
+            let (key, group, consumer, start) = (&self.key, &self.group, &self.consumer, &cursor);
+            let reply: Value = self
+                .query(async |c| {
+                    redis::cmd("XAUTOCLAIM")
+                        .arg(key)
+                        .arg(group)
+                        .arg(consumer)
+                        .arg(min_idle.as_millis() as u64)
+                        .arg(start)
+                        .arg("COUNT")
+                        .arg(max.saturating_sub(claimed.len()).max(1))
+                        .query_async(c)
+                        .await
+                })
+                .await?;
+            let (next, entries) = parse_autoclaim_reply(reply)?;
+            claimed.extend(entries);
+            if next == "0-0" || claimed.len() >= max {
+                return Ok(claimed);
+            }
+            cursor = next;
+        }
+    }
+
+    /// How often each of these pending entries has been delivered.
+    pub async fn delivery_counts(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<(String, u64)>, FlusherError> {
+        let (Some(first), Some(last)) = (
+            ids.iter().min_by(|a, b| cmp_ids(a, b)),
+            ids.iter().max_by(|a, b| cmp_ids(a, b)),
+        ) else {
+            return Ok(Vec::new());
+        };
+        let (key, group) = (&self.key, &self.group);
+        let reply: Value = self
+            .query(async |c| {
+                redis::cmd("XPENDING")
+                    .arg(key)
+                    .arg(group)
+                    .arg(first)
+                    .arg(last)
+                    .arg(ids.len().max(1) * 4)
+                    .query_async(c)
+                    .await
+            })
+            .await?;
+        let mut out = Vec::new();
+        for item in as_array(reply) {
+            let fields = as_array(item);
+            if let (Some(id), Some(Value::Int(n))) =
+                (fields.first().and_then(as_string), fields.get(3))
+                && ids.contains(&id)
+            {
+                out.push((id, *n as u64));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Re-claims our own entries with idle 0, so other flushers do not take over entries we
+    /// are still retrying (while PostgreSQL is down, say).
+    pub async fn keep_claimed(&self, ids: &[String]) -> Result<(), FlusherError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let (key, group, consumer) = (&self.key, &self.group, &self.consumer);
+        self.query(async |c| {
+            redis::cmd("XCLAIM")
+                .arg(key)
+                .arg(group)
+                .arg(consumer)
+                .arg(0)
+                .arg(ids)
+                .arg("JUSTID")
+                .query_async::<()>(c)
+                .await
+        })
+        .await
+    }
+
+    /// Acknowledges and deletes entries whose rows are committed, in one MULTI/EXEC.
+    pub async fn ack_delete(&self, ids: &[String]) -> Result<(), FlusherError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("XACK")
+            .arg(&self.key)
+            .arg(&self.group)
+            .arg(ids)
+            .ignore()
+            .cmd("XDEL")
+            .arg(&self.key)
+            .arg(ids)
+            .ignore();
+        self.query(async |c| pipe.query_async::<()>(c).await).await
+    }
+
+    /// Moves entries to the dead-letter stream with the reason, in one MULTI/EXEC with their
+    /// acknowledgement and deletion from the main stream.
+    pub async fn dead_letter(
+        &self,
+        dead: &[(&Entry, String, Option<String>)],
+    ) -> Result<(), FlusherError> {
+        if dead.is_empty() {
+            return Ok(());
+        }
+        let now = time::OffsetDateTime::now_utc();
+        let at = event_model::timestamp::format_timestamp(now);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let mut ids = Vec::new();
+        for (entry, reason, sqlstate) in dead {
+            let cmd = pipe.cmd("XADD").arg(&self.dead_key).arg("*");
+            for (k, v) in &entry.fields {
+                cmd.arg(k).arg(v);
+            }
+            cmd.arg(DL_ORIGINAL_ID)
+                .arg(&entry.id)
+                .arg(DL_REASON)
+                .arg(reason)
+                .arg(DL_SQLSTATE)
+                .arg(sqlstate.as_deref().unwrap_or(""))
+                .arg(DL_AT)
+                .arg(&at)
+                .arg(DL_CONSUMER)
+                .arg(&self.consumer)
+                .ignore();
+            ids.push(entry.id.clone());
+        }
+        pipe.cmd("XACK")
+            .arg(&self.key)
+            .arg(&self.group)
+            .arg(&ids)
+            .ignore()
+            .cmd("XDEL")
+            .arg(&self.key)
+            .arg(&ids)
+            .ignore();
+        self.query(async |c| pipe.query_async::<()>(c).await).await
+    }
+
+    /// Removes consumers idle longer than `max_idle` that hold no pending entries.
+    pub async fn remove_idle_consumers(&self, max_idle: Duration) -> Result<usize, FlusherError> {
+        let (key, group) = (&self.key, &self.group);
+        let reply: Value = self
+            .query(async |c| {
+                redis::cmd("XINFO")
+                    .arg("CONSUMERS")
+                    .arg(key)
+                    .arg(group)
+                    .query_async(c)
+                    .await
+            })
+            .await?;
+        let mut removed = 0;
+        for consumer in as_array(reply) {
+            let info = key_values(consumer);
+            let name = info
+                .iter()
+                .find(|(k, _)| k == "name")
+                .and_then(|(_, v)| as_string(v));
+            let pending = info
+                .iter()
+                .find(|(k, _)| k == "pending")
+                .and_then(|(_, v)| as_int(v));
+            let idle = info
+                .iter()
+                .find(|(k, _)| k == "idle")
+                .and_then(|(_, v)| as_int(v));
+            let (Some(name), Some(0), Some(idle)) = (name, pending, idle) else {
+                continue;
+            };
+            if name == self.consumer || (idle as u128) < max_idle.as_millis() {
+                continue;
+            }
+            let deleted: i64 = self
+                .query(async |c| {
+                    redis::cmd("XGROUP")
+                        .arg("DELCONSUMER")
+                        .arg(key)
+                        .arg(group)
+                        .arg(&name)
+                        .query_async(c)
+                        .await
+                })
+                .await?;
+            // A consumer that got entries since XINFO still has them: DELCONSUMER would drop
+            // their pending state, but they are still in the stream and nothing is lost.
+            if deleted == 0 {
+                log::info!("removed idle consumer {name}");
+                removed += 1;
+            } else {
+                log::warn!(
+                    "removed consumer {name} that held {deleted} pending entries; they stay in the stream"
+                );
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Dead-letter entry fields added to the original ones.
+pub const DL_ORIGINAL_ID: &str = "dl_original_id";
+pub const DL_REASON: &str = "dl_reason";
+pub const DL_SQLSTATE: &str = "dl_sqlstate";
+pub const DL_AT: &str = "dl_at";
+pub const DL_CONSUMER: &str = "dl_consumer";
+
+/// Orders stream IDs (`ms-seq`) numerically.
+pub fn cmp_ids(a: &str, b: &str) -> std::cmp::Ordering {
+    let parse = |s: &str| {
+        let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
+        (
+            ms.parse::<u64>().unwrap_or(0),
+            seq.parse::<u64>().unwrap_or(0),
+        )
+    };
+    parse(a).cmp(&parse(b))
+}
+
+fn as_array(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(items) | Value::Set(items) => items,
+        Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn as_bytes(v: Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.into_bytes()),
+        Value::VerbatimString { text, .. } => Some(text.into_bytes()),
+        _ => None,
+    }
+}
+
+fn as_string(v: &Value) -> Option<String> {
+    as_bytes(v.clone()).and_then(|b| String::from_utf8(b).ok())
+}
+
+fn as_int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(n) => Some(*n),
+        other => as_string(other).and_then(|s| s.parse().ok()),
+    }
+}
+
+fn key_values(v: Value) -> Vec<(String, Value)> {
+    let items = as_array(v);
+    let mut out = Vec::new();
+    let mut it = items.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        if let Some(k) = as_string(&k) {
+            out.push((k, v));
+        }
+    }
+    out
+}
+
+fn parse_entry(v: Value) -> Option<Entry> {
+    let mut parts = as_array(v).into_iter();
+    let id = as_string(&parts.next()?)?;
+    let mut fields = Vec::new();
+    let mut raw = as_array(parts.next().unwrap_or(Value::Nil)).into_iter();
+    while let (Some(k), Some(v)) = (raw.next(), raw.next()) {
+        fields.push((as_bytes(k)?, as_bytes(v)?));
+    }
+    Some(Entry { id, fields })
+}
+
+fn parse_entries(v: Value) -> Vec<Entry> {
+    as_array(v).into_iter().filter_map(parse_entry).collect()
+}
+
+/// `XREADGROUP` reply: nil on timeout, else `[[key, [entry, ...]]]` (a map in RESP3).
+fn parse_read_reply(v: Value) -> Result<Vec<Entry>, FlusherError> {
+    match v {
+        Value::Nil => Ok(Vec::new()),
+        Value::Map(pairs) => Ok(pairs
+            .into_iter()
+            .flat_map(|(_, e)| parse_entries(e))
+            .collect()),
+        Value::Array(streams) => Ok(streams
+            .into_iter()
+            .flat_map(|s| {
+                let mut it = as_array(s).into_iter();
+                it.next();
+                it.next().map(parse_entries).unwrap_or_default()
+            })
+            .collect()),
+        other => Err(FlusherError::Protocol(format!(
+            "unexpected XREADGROUP reply {other:?}"
+        ))),
+    }
+}
+
+/// `XAUTOCLAIM` reply: `[next-cursor, [entry, ...], [deleted-id, ...]]`.
+fn parse_autoclaim_reply(v: Value) -> Result<(String, Vec<Entry>), FlusherError> {
+    let mut it = as_array(v).into_iter();
+    let next = it
+        .next()
+        .as_ref()
+        .and_then(as_string)
+        .ok_or_else(|| FlusherError::Protocol("XAUTOCLAIM reply without a cursor".into()))?;
+    let entries = it.next().map(parse_entries).unwrap_or_default();
+    Ok((next, entries))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_order_numerically() {
+        use std::cmp::Ordering::*;
+        assert_eq!(cmp_ids("9-0", "10-0"), Less);
+        assert_eq!(cmp_ids("10-2", "10-10"), Less);
+        assert_eq!(cmp_ids("10-2", "10-2"), Equal);
+    }
+
+    #[test]
+    fn parses_a_read_reply() {
+        let entry = Value::Array(vec![
+            Value::BulkString(b"1-1".to_vec()),
+            Value::Array(vec![
+                Value::BulkString(b"v".to_vec()),
+                Value::BulkString(b"1".to_vec()),
+            ]),
+        ]);
+        let reply = Value::Array(vec![Value::Array(vec![
+            Value::BulkString(b"event_queue".to_vec()),
+            Value::Array(vec![entry]),
+        ])]);
+        let entries = parse_read_reply(reply).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].id, "1-1");
+        assert_eq!(entries[0].field("v"), Some(&b"1"[..]));
+        assert!(parse_read_reply(Value::Nil).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,94 @@
+//! Configuration: every flag also reads an `INGEST_*` environment variable. `--help` is the
+//! reference; the README's table is checked against it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ingest-api",
+    version,
+    about = "EventTracker HTTP intake: authenticates, validates and queues event batches in a Redis stream."
+)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "INGEST_BIND", default_value = "0.0.0.0:8080")]
+    pub bind: SocketAddr,
+
+    /// Redis URL (may hold a password; never logged).
+    #[arg(
+        long,
+        env = "INGEST_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub redis_url: String,
+
+    /// Redis stream key events are queued in.
+    #[arg(long, env = "INGEST_STREAM_KEY", default_value = "event_queue")]
+    pub stream_key: String,
+
+    /// API tokens as `source=secret` pairs, comma-separated. The source name is stored with every event.
+    #[arg(
+        long,
+        env = "INGEST_TOKENS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub tokens: Vec<String>,
+
+    /// File with one `source=secret` or `source=sha256:<64 hex>` a line (`#` starts a comment).
+    #[arg(long, env = "INGEST_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+
+    /// Timeout of every Redis call, in milliseconds; past it a request gets 503 queue_unavailable.
+    #[arg(long, env = "INGEST_REDIS_TIMEOUT_MS", default_value_t = 2000)]
+    pub redis_timeout_ms: u64,
+
+    /// Largest request body as received (compressed or not), in bytes.
+    #[arg(long, env = "INGEST_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Largest request body after gzip decompression, in bytes.
+    #[arg(long, env = "INGEST_MAX_DECOMPRESSED_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub max_decompressed_bytes: usize,
+
+    /// Most events in one batch.
+    #[arg(long, env = "INGEST_MAX_EVENTS", default_value_t = 1000)]
+    pub max_events: usize,
+
+    /// Largest `properties` JSON text of one event, in bytes.
+    #[arg(long, env = "INGEST_MAX_PROPERTIES_BYTES", default_value_t = 32 * 1024)]
+    pub max_properties_bytes: usize,
+
+    /// Earliest accepted event timestamp (RFC 3339).
+    #[arg(
+        long,
+        env = "INGEST_MIN_TIMESTAMP",
+        default_value = "2000-01-01T00:00:00Z"
+    )]
+    pub min_timestamp: String,
+
+    /// How far ahead of the server's clock an event timestamp may be, in seconds.
+    #[arg(long, env = "INGEST_MAX_FUTURE_SECS", default_value_t = 86_400)]
+    pub max_future_secs: i64,
+
+    /// Above this many entries in the stream, requests get 503 queue_full.
+    #[arg(long, env = "INGEST_MAX_QUEUE_LEN", default_value_t = 1_000_000)]
+    pub max_queue_len: u64,
+
+    /// Seconds a client is told to wait (Retry-After) on a 503.
+    #[arg(long, env = "INGEST_RETRY_AFTER_SECS", default_value_t = 1)]
+    pub retry_after_secs: u32,
+
+    /// HTTP worker threads (0 = one per CPU core).
+    #[arg(long, env = "INGEST_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "INGEST_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
+    pub shutdown_timeout_secs: u64,
+}

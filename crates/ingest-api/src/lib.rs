@@ -1,0 +1,157 @@
+//! ingest-api: HTTP in, Redis out. Authenticates a batch, validates each event with
+//! `event-model`, and queues the valid ones in one atomic write before answering.
+//! Stateless: run as many as the load needs behind any load balancer.
+
+pub mod auth;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod queue;
+pub mod routes;
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix_web::{App, HttpServer, web};
+use event_model::Limits;
+
+pub use config::Config;
+
+use crate::auth::TokenStore;
+use crate::body::BodyLimits;
+use crate::queue::EventQueue;
+
+/// What every request handler shares.
+pub struct AppState {
+    pub tokens: TokenStore,
+    pub queue: EventQueue,
+    pub limits: Limits,
+    pub body_limits: BodyLimits,
+    pub max_events: usize,
+    pub max_queue_len: u64,
+    pub retry_after_secs: u32,
+}
+
+/// Why ingest-api could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("tokens: {0}")]
+    Tokens(#[from] auth::TokenConfigError),
+    #[error("no API tokens configured: give --tokens or --tokens-file")]
+    NoTokens,
+    #[error("--min-timestamp: {0}")]
+    MinTimestamp(&'static str),
+    #[error("{0}")]
+    Queue(#[from] queue::QueueError),
+    #[error("http server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl AppState {
+    pub fn from_config(config: &Config) -> Result<Self, StartError> {
+        let tokens = TokenStore::load(&config.tokens, config.tokens_file.as_deref())?;
+        if tokens.is_empty() {
+            return Err(StartError::NoTokens);
+        }
+        let min_timestamp = event_model::timestamp::parse_timestamp(&config.min_timestamp)
+            .map_err(StartError::MinTimestamp)?;
+        let queue = EventQueue::new(
+            &config.redis_url,
+            &config.stream_key,
+            Duration::from_millis(config.redis_timeout_ms),
+        )?;
+        Ok(AppState {
+            tokens,
+            queue,
+            limits: Limits {
+                max_properties_bytes: config.max_properties_bytes,
+                min_timestamp,
+                max_future: time::Duration::seconds(config.max_future_secs),
+                ..Limits::default()
+            },
+            body_limits: BodyLimits {
+                wire_bytes: config.max_body_bytes,
+                decompressed_bytes: config.max_decompressed_bytes,
+            },
+            max_events: config.max_events,
+            max_queue_len: config.max_queue_len,
+            retry_after_secs: config.retry_after_secs,
+        })
+    }
+}
+
+/// Serves until `shutdown` resolves, then stops taking connections and lets in-flight requests
+/// finish (up to `--shutdown-timeout-secs`).
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let state = web::Data::new(AppState::from_config(&config)?);
+    log::info!(
+        "ingest-api: stream {:?}, sources {:?}",
+        config.stream_key,
+        state.tokens.sources()
+    );
+    let length_task = tokio::spawn(track_queue_length(state.clone()));
+    let data = state.clone();
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/v1/events", web::post().to(routes::ingest))
+            .route("/test", web::post().to(routes::ingest))
+            .route("/healthz", web::get().to(routes::healthz))
+            .route("/readyz", web::get().to(routes::readyz))
+            .default_service(web::to(routes::not_found))
+    })
+    .disable_signals()
+    .shutdown_timeout(config.shutdown_timeout_secs);
+    if config.workers > 0 {
+        server = server.workers(config.workers);
+    }
+    let server = server.listen(listener)?.run();
+    let handle = server.handle();
+    let stopper = async move {
+        shutdown.await;
+        log::info!("shutting down: no new connections, finishing in-flight requests");
+        handle.stop(true).await;
+    };
+    let (served, ()) = tokio::join!(server, stopper);
+    length_task.abort();
+    served?;
+    log::info!("ingest-api stopped");
+    Ok(())
+}
+
+/// Keeps the cached stream length fresh, so backpressure costs no Redis call per request.
+async fn track_queue_length(state: web::Data<AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        match state.queue.refresh_length().await {
+            Ok(_) if failing => {
+                failing = false;
+                log::info!("redis reachable again");
+            }
+            Ok(_) => {}
+            Err(e) if !failing => {
+                failing = true;
+                log::warn!("reading the queue length: {e}");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}

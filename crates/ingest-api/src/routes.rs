@@ -1,0 +1,167 @@
+//! The HTTP handlers. The ingest handler runs the contract's checks in its order:
+//! 401 (before any of the body is read), 415, 413, 400; then 503 if the queue cannot take it.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use event_model::{QueuedEvent, parse_batch, validate_event};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::body::{Encoding, read_body, too_large_on_wire};
+use crate::error::{ApiError, Rejected};
+
+#[derive(Serialize)]
+struct Accepted {
+    accepted: usize,
+    rejected: Vec<Rejected>,
+}
+
+/// `POST /v1/events` and `POST /test`.
+pub async fn ingest(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let source = state
+        .tokens
+        .authenticate(
+            req.headers()
+                .get(header::AUTHORIZATION)
+                .map(|v| v.as_bytes()),
+        )
+        .ok_or(ApiError::Unauthorized)?
+        .to_string();
+    check_content_type(&req)?;
+    let encoding = content_encoding(&req)?;
+    let limits = state.body_limits;
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limits.wire_bytes as u64
+    {
+        return Err(too_large_on_wire(limits));
+    }
+    let body = read_body(payload, encoding, limits).await?;
+    let received_at = OffsetDateTime::now_utc();
+    let batch = parse_batch(&body, state.max_events).map_err(|e| match e {
+        event_model::BatchError::InvalidJson(m) => ApiError::InvalidJson(m),
+        event_model::BatchError::InvalidBatch(m) => ApiError::InvalidBatch(m),
+        event_model::BatchError::Empty => ApiError::EmptyBatch,
+        e @ event_model::BatchError::TooManyEvents { .. } => {
+            ApiError::PayloadTooLarge(e.to_string())
+        }
+    })?;
+
+    let mut accepted = Vec::with_capacity(batch.events.len());
+    let mut rejected = Vec::new();
+    for (index, raw) in batch.events.iter().enumerate() {
+        match validate_event(raw, &state.limits, received_at) {
+            Ok(e) => accepted.push(QueuedEvent {
+                time: e.time,
+                event_id: e.event_id.unwrap_or_else(Uuid::now_v7),
+                name: e.name,
+                source: source.clone(),
+                device_id: e.device_id,
+                session_id: e.session_id,
+                user_id: e.user_id,
+                properties: e.properties.map_or_else(empty_object, RawValue::to_owned),
+                sent_at: batch.sent_at,
+                received_at,
+            }),
+            Err(err) => rejected.push(Rejected {
+                index,
+                error: err.to_string(),
+            }),
+        }
+    }
+    if accepted.is_empty() {
+        return Err(ApiError::InvalidEvents(rejected));
+    }
+    if state.queue.cached_length() > state.max_queue_len {
+        return Err(ApiError::QueueFull {
+            retry_after: state.retry_after_secs,
+        });
+    }
+    if let Err(e) = state.queue.push(&accepted).await {
+        log::warn!("queueing {} events failed: {e}", accepted.len());
+        return Err(ApiError::QueueUnavailable {
+            retry_after: state.retry_after_secs,
+        });
+    }
+    Ok(HttpResponse::Ok().json(Accepted {
+        accepted: accepted.len(),
+        rejected,
+    }))
+}
+
+fn empty_object() -> Box<RawValue> {
+    RawValue::from_string("{}".to_string()).expect("{} is JSON")
+}
+
+/// `application/json`, parameters such as `charset=utf-8` allowed.
+fn check_content_type(req: &HttpRequest) -> Result<(), ApiError> {
+    let value = req.headers().get(header::CONTENT_TYPE).ok_or_else(|| {
+        ApiError::UnsupportedMediaType("Content-Type must be application/json".into())
+    })?;
+    let mime = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split(';').next())
+        .map(str::trim)
+        .unwrap_or_default();
+    if mime.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(
+            "Content-Type must be application/json".into(),
+        ))
+    }
+}
+
+/// Absent, `identity` or `gzip`; anything else (other codings, a list, several headers) is 415.
+fn content_encoding(req: &HttpRequest) -> Result<Encoding, ApiError> {
+    let mut values = req.headers().get_all(header::CONTENT_ENCODING);
+    let unsupported = || {
+        ApiError::UnsupportedMediaType("Content-Encoding must be absent, identity or gzip".into())
+    };
+    let Some(first) = values.next() else {
+        return Ok(Encoding::Identity);
+    };
+    if values.next().is_some() {
+        return Err(unsupported());
+    }
+    let v = first.to_str().map_err(|_| unsupported())?.trim();
+    if v.eq_ignore_ascii_case("gzip") {
+        Ok(Encoding::Gzip)
+    } else if v.eq_ignore_ascii_case("identity") || v.is_empty() {
+        Ok(Encoding::Identity)
+    } else {
+        Err(unsupported())
+    }
+}
+
+/// `GET /healthz`: the process serves requests.
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: Redis answers a PING within its timeout.
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    match state.queue.ping().await {
+        Ok(()) => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
+        Err(e) => HttpResponse::ServiceUnavailable().json(serde_json::json!({
+            "status": "unavailable",
+            "reason": e.to_string(),
+        })),
+    }
+}
+
+/// Any other path.
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound)
+}
