@@ -1,1 +1,613 @@
+//! Test harness: starts the real `ingest-api` and `flusher` binaries against real Redis and real
+//! PostgreSQL + TimescaleDB, and gives each test its own stream key and database.
+//!
+//! `scripts/test` starts the shared services and exports `ET_TEST_REDIS_URL` and
+//! `ET_TEST_DATABASE_URL`. Tests that stop, kill or freeze a service start one of their own
+//! ([`RedisServer`], [`PgServer`]), so parallel tests never see a shared one vanish.
+//! Silent unless a test fails: then the logs of the processes it started are printed.
 
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use deadpool_redis::redis;
+use serde_json::{Value, json};
+use tokio_postgres::NoTls;
+
+pub use deadpool_redis::redis::aio::MultiplexedConnection;
+
+/// The shared test Redis started by `scripts/test`.
+pub fn shared_redis_url() -> String {
+    std::env::var("ET_TEST_REDIS_URL").expect("ET_TEST_REDIS_URL is set by scripts/test")
+}
+
+/// The shared test PostgreSQL (maintenance database) started by `scripts/test`.
+pub fn shared_admin_url() -> String {
+    std::env::var("ET_TEST_DATABASE_URL").expect("ET_TEST_DATABASE_URL is set by scripts/test")
+}
+
+/// A name unique to this test run, for stream keys, databases and folders.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Where cargo put the binaries (`target/debug`), found from the test executable's path.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let mut dir = exe.parent().expect("deps dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on 127.0.0.1 (there is a small window in which another process could take it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `limit`.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A child process whose output goes to a log file; killed on drop, log printed if the test fails.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Proc {
+    fn spawn(name: &str, mut cmd: Command) -> Proc {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        cmd.stderr(file.try_clone().expect("log file"))
+            .stdout(file)
+            .stdin(Stdio::null());
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Proc {
+            name: name.to_string(),
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal by name (`TERM`, `KILL`, `STOP`, `CONT`).
+    pub fn signal(&self, sig: &str) {
+        signal(self.pid(), sig);
+    }
+
+    /// Waits for the process to exit; panics after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{} did not exit within {limit:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        self.wait_exit(Duration::from_secs(60))
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            eprintln!("---- last lines of {} ----", self.name);
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// Sends a signal to a process by pid.
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill -{sig} {pid} failed");
+}
+
+/// A running ingest-api.
+pub struct Ingest {
+    pub proc: Proc,
+    pub url: String,
+}
+
+/// The dev token every test server accepts, and its source name.
+pub const TOKEN: &str = "test-token-0123456789";
+pub const SOURCE: &str = "test-source";
+
+impl Ingest {
+    /// Starts ingest-api on a free port with the test token; `extra` adds flags.
+    pub fn start(redis_url: &str, stream_key: &str, extra: &[&str]) -> Ingest {
+        let mut cmd = Command::new(bin("ingest-api"));
+        cmd.args(["--bind", "127.0.0.1:0", "--redis-url", redis_url])
+            .args(["--stream-key", stream_key])
+            .args(["--tokens", &format!("{SOURCE}={TOKEN}")])
+            .args(["--workers", "2"])
+            .args(extra)
+            .env("RUST_LOG", "info");
+        let proc = Proc::spawn("ingest-api", cmd);
+        let url = Self::wait_listening(&proc);
+        Ingest { proc, url }
+    }
+
+    fn wait_listening(proc: &Proc) -> String {
+        let start = Instant::now();
+        loop {
+            let text = proc.log_text();
+            if let Some(line) = text
+                .lines()
+                .find(|l| l.starts_with("ingest-api listening on "))
+            {
+                return line["ingest-api listening on ".len()..].trim().to_string();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "ingest-api did not start:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// POSTs a JSON body to `/v1/events` with the test token.
+    pub async fn post(&self, body: &Value) -> (u16, Value) {
+        post_json(&format!("{}/v1/events", self.url), Some(TOKEN), body).await
+    }
+}
+
+/// POSTs JSON with an optional bearer token; returns status and JSON body.
+pub async fn post_json(url: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
+    let client = http();
+    let mut req = client
+        .post(url)
+        .header("Content-Type", "application/json")
+        .body(body.to_string());
+    if let Some(t) = token {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    let res = req.send().await.expect("request sent");
+    let status = res.status().as_u16();
+    let body = res.json::<Value>().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// An HTTP client with a generous timeout (a hung server fails the test instead of hanging it).
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("http client")
+}
+
+/// A running flusher.
+pub struct Flusher {
+    pub proc: Proc,
+}
+
+impl Flusher {
+    /// Starts `flusher` (run) with fast test timings; `extra` adds flags, `env` adds variables.
+    pub fn start(
+        redis_url: &str,
+        database_url: &str,
+        stream_key: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Flusher {
+        let mut cmd = Command::new(bin("flusher"));
+        cmd.args(["--redis-url", redis_url, "--database-url", database_url])
+            .args(["--stream-key", stream_key])
+            .args(["--block-ms", "200", "--backoff-max-ms", "1000"])
+            .args(extra)
+            .env("RUST_LOG", "info,flusher=debug");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Flusher {
+            proc: Proc::spawn("flusher", cmd),
+        }
+    }
+
+    /// A counter from the flusher's last summary line (`written=…`, `dedup_batches=…`).
+    pub fn last_count(&self, name: &str) -> Option<u64> {
+        last_count(&self.proc.log_text(), name)
+    }
+}
+
+/// A counter from the last summary line of a flusher log.
+pub fn last_count(log: &str, name: &str) -> Option<u64> {
+    let key = format!("{name}=");
+    log.lines()
+        .rev()
+        .filter(|l| l.contains("written=") && l.contains("dedup_batches="))
+        .find_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(&key))
+                .and_then(|v| v.parse().ok())
+        })
+}
+
+/// Runs `flusher migrate` against a database; returns its exit status and output.
+pub fn migrate(database_url: &str) -> (bool, String) {
+    let out = Command::new(bin("flusher"))
+        .args(["migrate", "--database-url", database_url])
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("flusher migrate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// A database of its own for one test, on the shared or a private server; dropped on drop.
+pub struct TestDb {
+    pub url: String,
+    pub name: String,
+    admin_url: String,
+}
+
+impl TestDb {
+    /// A new empty database (no migrations).
+    pub async fn empty(admin_url: &str) -> TestDb {
+        let name = unique("et");
+        let admin = connect(admin_url).await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create database");
+        let url = replace_db(admin_url, &name);
+        TestDb {
+            url,
+            name,
+            admin_url: admin_url.to_string(),
+        }
+    }
+
+    /// A new database with the migrations applied by the real `flusher migrate`.
+    pub async fn migrated(admin_url: &str) -> TestDb {
+        let db = Self::empty(admin_url).await;
+        let (ok, out) = migrate(&db.url);
+        assert!(ok, "flusher migrate failed:\n{out}");
+        db
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        connect(&self.url).await
+    }
+
+    pub async fn count(&self) -> i64 {
+        self.client()
+            .await
+            .query_one("SELECT count(*) FROM events", &[])
+            .await
+            .expect("count")
+            .get(0)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin_url.clone(), self.name.clone());
+        // Best effort, on a thread of its own: Drop cannot be async.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                if let Ok((c, conn)) = tokio_postgres::connect(&admin, NoTls).await {
+                    tokio::spawn(conn);
+                    let _ = c
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn replace_db(url: &str, db: &str) -> String {
+    let (base, _) = url.rsplit_once('/').expect("a database URL ends in /<db>");
+    format!("{base}/{db}")
+}
+
+/// A connected client (its connection driven on a task).
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to postgres: {e}"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// A Redis connection for checks.
+pub async fn redis_conn(url: &str) -> MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection")
+}
+
+/// XLEN of a stream.
+pub async fn xlen(conn: &mut MultiplexedConnection, key: &str) -> u64 {
+    redis::cmd("XLEN")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .expect("XLEN")
+}
+
+/// Pending entries of a consumer group (0 when the group does not exist).
+pub async fn pending(conn: &mut MultiplexedConnection, key: &str, group: &str) -> u64 {
+    let reply: redis::RedisResult<redis::Value> = redis::cmd("XPENDING")
+        .arg(key)
+        .arg(group)
+        .query_async(conn)
+        .await;
+    match reply {
+        Ok(redis::Value::Array(items)) => match items.first() {
+            Some(redis::Value::Int(n)) => *n as u64,
+            _ => 0,
+        },
+        _ => 0,
+    }
+}
+
+/// A valid event with a fresh event_id.
+pub fn event(name: &str, i: usize) -> Value {
+    json!({
+        "event_id": uuid::Uuid::new_v4().to_string(),
+        "name": name,
+        "timestamp": event_model::timestamp::format_timestamp(time::OffsetDateTime::now_utc()),
+        "device_id": format!("device-{}", i % 7),
+        "properties": {"i": i, "level": {"n": i % 10}},
+    })
+}
+
+/// A private Redis server (AOF on, `appendfsync always`), for tests that stop or freeze it.
+pub struct RedisServer {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    proc: Option<Proc>,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut s = RedisServer {
+            port: free_port(),
+            dir,
+            proc: None,
+        };
+        s.launch();
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn launch(&mut self) {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .args(["--maxmemory-policy", "noeviction", "--daemonize", "no"]);
+        self.proc = Some(Proc::spawn("redis-server", cmd));
+        let port = self.port;
+        let start = Instant::now();
+        while Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "ping"])
+            .output()
+            .map(|o| !String::from_utf8_lossy(&o.stdout).contains("PONG"))
+            .unwrap_or(true)
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "redis did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: a crash. AOF with `always` keeps every acknowledged write.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.signal("KILL");
+            p.wait_exit(Duration::from_secs(10));
+        }
+    }
+
+    /// Starts it again on the same port and data folder.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    pub fn freeze(&self) {
+        self.proc.as_ref().expect("running").signal("STOP");
+    }
+
+    pub fn thaw(&self) {
+        self.proc.as_ref().expect("running").signal("CONT");
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.proc.is_some()
+    }
+}
+
+/// A private PostgreSQL + TimescaleDB cluster, for tests that stop or restart it. Runs as the
+/// `postgres` user (initdb and postgres refuse root) in a folder under /tmp that user can reach.
+pub struct PgServer {
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+impl PgServer {
+    pub fn start() -> PgServer {
+        let dir = std::env::temp_dir().join(unique("et-pg"));
+        std::fs::create_dir_all(&dir).expect("pg dir");
+        run_ok(Command::new("chown").arg("postgres:postgres").arg(&dir));
+        let s = PgServer {
+            port: free_port(),
+            dir,
+        };
+        run_ok(
+            as_postgres(&pg_bin("initdb"))
+                .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+                .arg(s.data()),
+        );
+        s.start_server();
+        s
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn start_server(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c shared_preload_libraries=timescaledb \
+             -c timescaledb.telemetry_level=off -c fsync=off",
+            self.port,
+            self.dir.display()
+        );
+        run_ok(
+            as_postgres(&pg_bin("pg_ctl"))
+                .arg("-D")
+                .arg(self.data())
+                .args(["-w", "-t", "60", "-o", &opts, "-l"])
+                .arg(self.dir.join("log"))
+                .arg("start"),
+        );
+    }
+
+    /// `pg_ctl stop -m immediate`: like a crash, connections drop at once.
+    pub fn stop(&self) {
+        run_ok(
+            as_postgres(&pg_bin("pg_ctl"))
+                .arg("-D")
+                .arg(self.data())
+                .args(["-w", "-m", "immediate", "stop"]),
+        );
+    }
+
+    /// The server's log, to show that it really went down.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let _ = as_postgres(&pg_bin("pg_ctl"))
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn pg_bin(name: &str) -> PathBuf {
+    Path::new("/usr/lib/postgresql/15/bin").join(name)
+}
+
+fn as_postgres(program: &Path) -> Command {
+    let mut cmd = Command::new("runuser");
+    cmd.args(["-u", "postgres", "--"]).arg(program);
+    cmd
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -321,65 +321,45 @@ impl Stream {
         self.query(async |c| pipe.query_async::<()>(c).await).await
     }
 
-    /// Removes consumers idle longer than `max_idle` that hold no pending entries.
-    pub async fn remove_idle_consumers(&self, max_idle: Duration) -> Result<usize, FlusherError> {
-        let (key, group) = (&self.key, &self.group);
-        let reply: Value = self
+    /// Removes consumers idle longer than `max_idle` that hold no pending entries. Check and
+    /// removal run as one Lua script: a consumer that read entries between a separate check and
+    /// DELCONSUMER would lose their pending state, and they would never be delivered again.
+    pub async fn remove_idle_consumers(
+        &self,
+        max_idle: Duration,
+    ) -> Result<Vec<String>, FlusherError> {
+        let script = redis::Script::new(PRUNE_CONSUMERS_LUA);
+        let (key, group, me) = (&self.key, &self.group, &self.consumer);
+        let removed: Vec<String> = self
             .query(async |c| {
-                redis::cmd("XINFO")
-                    .arg("CONSUMERS")
-                    .arg(key)
+                script
+                    .key(key)
                     .arg(group)
-                    .query_async(c)
+                    .arg(max_idle.as_millis() as u64)
+                    .arg(me)
+                    .invoke_async(c)
                     .await
             })
             .await?;
-        let mut removed = 0;
-        for consumer in as_array(reply) {
-            let info = key_values(consumer);
-            let name = info
-                .iter()
-                .find(|(k, _)| k == "name")
-                .and_then(|(_, v)| as_string(v));
-            let pending = info
-                .iter()
-                .find(|(k, _)| k == "pending")
-                .and_then(|(_, v)| as_int(v));
-            let idle = info
-                .iter()
-                .find(|(k, _)| k == "idle")
-                .and_then(|(_, v)| as_int(v));
-            let (Some(name), Some(0), Some(idle)) = (name, pending, idle) else {
-                continue;
-            };
-            if name == self.consumer || (idle as u128) < max_idle.as_millis() {
-                continue;
-            }
-            let deleted: i64 = self
-                .query(async |c| {
-                    redis::cmd("XGROUP")
-                        .arg("DELCONSUMER")
-                        .arg(key)
-                        .arg(group)
-                        .arg(&name)
-                        .query_async(c)
-                        .await
-                })
-                .await?;
-            // A consumer that got entries since XINFO still has them: DELCONSUMER would drop
-            // their pending state, but they are still in the stream and nothing is lost.
-            if deleted == 0 {
-                log::info!("removed idle consumer {name}");
-                removed += 1;
-            } else {
-                log::warn!(
-                    "removed consumer {name} that held {deleted} pending entries; they stay in the stream"
-                );
-            }
+        for name in &removed {
+            log::info!("removed idle consumer {name}");
         }
         Ok(removed)
     }
 }
+
+const PRUNE_CONSUMERS_LUA: &str = r#"
+local removed = {}
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if f['pending'] == 0 and f['idle'] >= tonumber(ARGV[2]) and f['name'] ~= ARGV[3] then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    table.insert(removed, f['name'])
+  end
+end
+return removed
+"#;
 
 /// Dead-letter entry fields added to the original ones.
 pub const DL_ORIGINAL_ID: &str = "dl_original_id";
@@ -419,25 +399,6 @@ fn as_bytes(v: Value) -> Option<Vec<u8>> {
 
 fn as_string(v: &Value) -> Option<String> {
     as_bytes(v.clone()).and_then(|b| String::from_utf8(b).ok())
-}
-
-fn as_int(v: &Value) -> Option<i64> {
-    match v {
-        Value::Int(n) => Some(*n),
-        other => as_string(other).and_then(|s| s.parse().ok()),
-    }
-}
-
-fn key_values(v: Value) -> Vec<(String, Value)> {
-    let items = as_array(v);
-    let mut out = Vec::new();
-    let mut it = items.into_iter();
-    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        if let Some(k) = as_string(&k) {
-            out.push((k, v));
-        }
-    }
-    out
 }
 
 fn parse_entry(v: Value) -> Option<Entry> {

@@ -1,0 +1,687 @@
+//! The pipeline end to end: real ingest-api and flusher binaries, real Redis, real TimescaleDB.
+
+use std::time::Duration;
+
+use deadpool_redis::redis;
+use et_tests::*;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::macros::datetime;
+use uuid::Uuid;
+
+const DRAIN: Duration = Duration::from_secs(60);
+
+async fn wait_rows(db: &TestDb, n: i64) {
+    wait_for(&format!("{n} rows"), DRAIN, || async {
+        (db.count().await >= n).then_some(())
+    })
+    .await;
+}
+
+/// 1,000 events in batches of 100 become 1,000 rows with every column as the contract says;
+/// afterwards the stream is empty and nothing is pending.
+#[tokio::test]
+async fn a_thousand_events_become_a_thousand_rows() {
+    let redis_url = shared_redis_url();
+    let key = unique("events");
+    let db = TestDb::migrated(&shared_admin_url()).await;
+    let ingest = Ingest::start(&redis_url, &key, &[]);
+    let _flusher = Flusher::start(&redis_url, &db.url, &key, &[], &[]);
+
+    let sent_at = "2026-01-02T03:04:05.5Z";
+    let mut expected = Vec::new();
+    for b in 0..10 {
+        let events: Vec<Value> = (0..100)
+            .map(|i| {
+                let n = b * 100 + i;
+                let id = Uuid::new_v4();
+                let props = json!({"n": n, "nested": {"list": [1, "two", null, true]}, "s": "ünï"});
+                expected.push((id, n, props.clone()));
+                json!({
+                    "event_id": id.to_string(),
+                    "name": format!("event_{}", n % 5),
+                    // +02:00 on every event: stored as UTC, two hours earlier.
+                    "timestamp": format!("2026-01-02T{:02}:{:02}:{:02}.123456+02:00", 10 + n / 3600, (n / 60) % 60, n % 60),
+                    "device_id": format!("dev-{n}"),
+                    "session_id": if n % 2 == 0 { Value::Null } else { json!("sess") },
+                    "user_id": format!("user-{}", n % 3),
+                    "properties": props,
+                })
+            })
+            .collect();
+        let (status, body) = ingest
+            .post(&json!({"sent_at": sent_at, "events": events}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body, json!({"accepted": 100, "rejected": []}));
+    }
+    wait_rows(&db, 1000).await;
+
+    let client = db.client().await;
+    let hyper: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM timescaledb_information.hypertables WHERE hypertable_name = 'events')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(hyper, "events must be a hypertable");
+    assert_eq!(db.count().await, 1000);
+
+    for (id, n, props) in expected.iter().step_by(37) {
+        let row = client
+            .query_one(
+                "SELECT time, name, source, device_id, session_id, user_id, properties = $2::jsonb,
+                        sent_at, received_at
+                 FROM events WHERE event_id = $1",
+                &[id, props],
+            )
+            .await
+            .unwrap();
+        let t: OffsetDateTime = row.get(0);
+        let want = datetime!(2026-01-02 08:00:00.123456 UTC) + time::Duration::seconds(*n as i64);
+        assert_eq!(t, want, "time of event {n} in UTC");
+        assert_eq!(row.get::<_, String>(1), format!("event_{}", n % 5));
+        assert_eq!(row.get::<_, String>(2), SOURCE);
+        assert_eq!(row.get::<_, Option<String>>(3), Some(format!("dev-{n}")));
+        let session = if n % 2 == 0 {
+            None
+        } else {
+            Some("sess".to_string())
+        };
+        assert_eq!(row.get::<_, Option<String>>(4), session);
+        assert_eq!(
+            row.get::<_, Option<String>>(5),
+            Some(format!("user-{}", n % 3))
+        );
+        assert!(
+            row.get::<_, bool>(6),
+            "properties of event {n} equal as jsonb"
+        );
+        let sent: OffsetDateTime = row.get(7);
+        assert_eq!(sent, datetime!(2026-01-02 03:04:05.5 UTC));
+        let received: OffsetDateTime = row.get(8);
+        let age = OffsetDateTime::now_utc() - received;
+        assert!(
+            age > time::Duration::ZERO && age < time::Duration::hours(1),
+            "received_at {received}"
+        );
+    }
+
+    let mut r = redis_conn(&redis_url).await;
+    wait_for("an empty stream", DRAIN, || {
+        let mut r = r.clone();
+        let key = key.clone();
+        async move { (xlen(&mut r, &key).await == 0).then_some(()) }
+    })
+    .await;
+    assert_eq!(pending(&mut r, &key, "flushers").await, 0);
+}
+
+/// A bare array body and the legacy `/test` path both land rows; server-assigned ids are UUIDv7.
+#[tokio::test]
+async fn bare_array_and_legacy_path() {
+    let redis_url = shared_redis_url();
+    let key = unique("events");
+    let db = TestDb::migrated(&shared_admin_url()).await;
+    let ingest = Ingest::start(&redis_url, &key, &[]);
+    let _flusher = Flusher::start(&redis_url, &db.url, &key, &[], &[]);
+
+    let (status, body) = ingest
+        .post(&json!([event("bare", 1), event("bare", 2)]))
+        .await;
+    assert_eq!(
+        (status, body["accepted"].clone()),
+        (200, json!(2)),
+        "{body}"
+    );
+    let legacy = json!({"events": [{"name": "legacy", "timestamp": "2026-01-02T03:04:05Z"}]});
+    let (status, body) = post_json(&format!("{}/test", ingest.url), Some(TOKEN), &legacy).await;
+    assert_eq!(
+        (status, body["accepted"].clone()),
+        (200, json!(1)),
+        "{body}"
+    );
+    wait_rows(&db, 3).await;
+
+    let row = db
+        .client()
+        .await
+        .query_one(
+            "SELECT event_id, properties::text, sent_at FROM events WHERE name = 'legacy'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let id: Uuid = row.get(0);
+    assert_eq!(
+        id.get_version_num(),
+        7,
+        "a server-assigned event_id is a UUIDv7"
+    );
+    assert_eq!(row.get::<_, String>(1), "{}");
+    assert_eq!(row.get::<_, Option<OffsetDateTime>>(2), None);
+}
+
+/// Each validation rule: a mixed batch answers 200 with each bad event by index and field;
+/// an all-bad batch answers 400 invalid_events listing every event.
+#[tokio::test]
+async fn validation_rules_answer_per_event() {
+    let redis_url = shared_redis_url();
+    let key = unique("events");
+    let ingest = Ingest::start(&redis_url, &key, &[]);
+    let now = OffsetDateTime::now_utc();
+    let ts = event_model::timestamp::format_timestamp(now);
+    let ahead = event_model::timestamp::format_timestamp(now + time::Duration::days(3));
+    let deep = (0..33).fold(json!(1), |v, _| json!({"a": v}));
+    let ok_deep = (0..32).fold(json!(1), |v, _| json!({"a": v}));
+    let bad: Vec<(Value, &str)> = vec![
+        (json!({"timestamp": ts}), "name:"),
+        (json!({"name": "", "timestamp": ts}), "name:"),
+        (json!({"name": "x".repeat(201), "timestamp": ts}), "name:"),
+        (json!({"name": "a\u{0}b", "timestamp": ts}), "name:"),
+        (json!({"name": 5, "timestamp": ts}), "name:"),
+        (json!({"name": "n"}), "timestamp:"),
+        (json!({"name": "n", "timestamp": "yesterday"}), "timestamp:"),
+        (
+            json!({"name": "n", "timestamp": "2026-01-02T03:04:05+25:00"}),
+            "timestamp:",
+        ),
+        (
+            json!({"name": "n", "timestamp": "1999-12-31T23:59:59Z"}),
+            "timestamp:",
+        ),
+        (json!({"name": "n", "timestamp": ahead}), "timestamp:"),
+        (
+            json!({"name": "n", "timestamp": ts, "event_id": "not-a-uuid"}),
+            "event_id:",
+        ),
+        (
+            json!({"name": "n", "timestamp": ts, "device_id": "d".repeat(201)}),
+            "device_id:",
+        ),
+        (
+            json!({"name": "n", "timestamp": ts, "session_id": 7}),
+            "session_id:",
+        ),
+        (
+            json!({"name": "n", "timestamp": ts, "user_id": "u\u{0}"}),
+            "user_id:",
+        ),
+        (
+            json!({"name": "n", "timestamp": ts, "properties": [1]}),
+            "properties:",
+        ),
+        (
+            json!({"name": "n", "timestamp": ts, "properties": deep}),
+            "properties:",
+        ),
+        (
+            json!({"name": "n", "timestamp": ts, "properties": {"k\u{0}": 1}}),
+            "properties:",
+        ),
+        (
+            json!({"name": "n", "timestamp": ts, "properties": {"a": [{"b": "v\u{0}"}]}}),
+            "properties:",
+        ),
+        (
+            json!({"name": "n", "timestamp": ts, "properties": {"big": "x".repeat(33 * 1024)}}),
+            "properties:",
+        ),
+        (
+            json!({"name": "n", "timestamp": ts, "colour": "red"}),
+            "colour:",
+        ),
+        (json!("just a string"), "event:"),
+    ];
+    let good = vec![
+        json!({"name": "ok", "timestamp": ts}),
+        json!({"name": "é".repeat(200), "timestamp": ts, "properties": ok_deep, "event_id": Uuid::new_v4().to_string().to_uppercase(), "device_id": null}),
+    ];
+    let mut events = good.clone();
+    events.extend(bad.iter().map(|(e, _)| e.clone()));
+    let (status, body) = ingest.post(&json!({"events": events})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["accepted"], json!(2), "{body}");
+    let rejected = body["rejected"].as_array().expect("rejected list");
+    assert_eq!(rejected.len(), bad.len(), "{body}");
+    for (k, (_, field)) in bad.iter().enumerate() {
+        assert_eq!(rejected[k]["index"], json!(k + good.len()), "{body}");
+        let error = rejected[k]["error"].as_str().unwrap();
+        assert!(
+            error.starts_with(field),
+            "event {}: {error:?} should name {field}",
+            k + 2
+        );
+    }
+    let mut r = redis_conn(&redis_url).await;
+    assert_eq!(
+        xlen(&mut r, &key).await,
+        2,
+        "only the valid events are queued"
+    );
+
+    let all_bad: Vec<Value> = bad.iter().map(|(e, _)| e.clone()).collect();
+    let (status, body) = ingest.post(&json!(all_bad)).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_events");
+    assert_eq!(body["rejected"].as_array().unwrap().len(), bad.len());
+    assert_eq!(xlen(&mut r, &key).await, 2, "nothing more queued");
+}
+
+/// Body-level errors: each with the contract's status and code.
+#[tokio::test]
+async fn batch_level_errors() {
+    let redis_url = shared_redis_url();
+    let key = unique("events");
+    let ingest = Ingest::start(&redis_url, &key, &["--max-events", "5"]);
+    let url = format!("{}/v1/events", ingest.url);
+    let client = http();
+    let raw = |body: &'static str| {
+        client
+            .post(&url)
+            .header("Authorization", format!("Bearer {TOKEN}"))
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+    };
+    for (body, status, code) in [
+        ("{not json", 400, "invalid_json"),
+        ("", 400, "invalid_json"),
+        (r#"{"events": [{"name": "x""#, 400, "invalid_json"),
+        (
+            r#"{"sent_at": "2026-01-01T00:00:00Z"}"#,
+            400,
+            "invalid_batch",
+        ),
+        ("42", 400, "invalid_batch"),
+        (r#"{"events": [], "extra": 1}"#, 400, "invalid_batch"),
+        (
+            r#"{"events": [{}], "sent_at": "tuesday"}"#,
+            400,
+            "invalid_batch",
+        ),
+        (r#"{"events": []}"#, 400, "empty_batch"),
+        ("[]", 400, "empty_batch"),
+        ("[{},{},{},{},{},{}]", 413, "payload_too_large"),
+    ] {
+        let res = raw(body).await.unwrap();
+        assert_eq!(res.status().as_u16(), status, "{body}");
+        let json: Value = res.json().await.unwrap();
+        assert_eq!(json["error"], code, "{body}: {json}");
+        assert!(
+            json["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{json}"
+        );
+    }
+    // gzip: a valid gzip body is accepted, a broken one is invalid_gzip.
+    let gz = |data: &[u8]| {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    };
+    let body = json!([event("gz", 1)]).to_string();
+    let res = client
+        .post(&url)
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .header("Content-Type", "application/json")
+        .header("Content-Encoding", "gzip")
+        .body(gz(body.as_bytes()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let mut broken = gz(body.as_bytes());
+    broken.truncate(broken.len() / 2);
+    let res = client
+        .post(&url)
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .header("Content-Type", "application/json")
+        .header("Content-Encoding", "gzip")
+        .body(broken)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"], "invalid_gzip");
+}
+
+/// 401 for a missing, wrong or malformed token (with WWW-Authenticate), 415 for a wrong
+/// content type or encoding; nothing is queued.
+#[tokio::test]
+async fn auth_and_media_type() {
+    let redis_url = shared_redis_url();
+    let key = unique("events");
+    let ingest = Ingest::start(&redis_url, &key, &[]);
+    let url = format!("{}/v1/events", ingest.url);
+    let body = json!([event("auth", 1)]).to_string();
+    let client = http();
+    let long = format!("Bearer {}", "x".repeat(10_000));
+    let off_by_one = format!("Bearer {}X", &TOKEN[..TOKEN.len() - 1]);
+    let auth_cases: Vec<Option<&str>> = vec![
+        None,
+        Some(""),
+        Some("Bearer"),
+        Some("Bearer "),
+        Some("Bearer wrong-token"),
+        Some(&off_by_one),
+        Some("Basic dGVzdDp0ZXN0"),
+        Some(TOKEN),
+        Some(&long),
+    ];
+    for auth in auth_cases {
+        let mut req = client
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .body(body.clone());
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status().as_u16(), 401, "{auth:?}");
+        assert_eq!(
+            res.headers()
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap()),
+            Some("Bearer")
+        );
+        assert_eq!(res.json::<Value>().await.unwrap()["error"], "unauthorized");
+    }
+    // 401 comes before 415: a bad token with a bad content type is still 401.
+    let res = client
+        .post(&url)
+        .header("Content-Type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 401);
+
+    let content_cases: Vec<(Option<&str>, Option<&str>)> = vec![
+        (None, None),
+        (Some("text/plain"), None),
+        (Some("application/x-www-form-urlencoded"), None),
+        (Some("application/json"), Some("br")),
+        (Some("application/json"), Some("zstd")),
+        (Some("application/json"), Some("deflate")),
+        (Some("application/json"), Some("gzip, gzip")),
+    ];
+    for (ct, ce) in content_cases {
+        let mut req = client
+            .post(&url)
+            .header("Authorization", format!("Bearer {TOKEN}"))
+            .body(body.clone());
+        if let Some(ct) = ct {
+            req = req.header("Content-Type", ct);
+        }
+        if let Some(ce) = ce {
+            req = req.header("Content-Encoding", ce);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status().as_u16(), 415, "{ct:?} {ce:?}");
+        assert_eq!(
+            res.json::<Value>().await.unwrap()["error"],
+            "unsupported_media_type"
+        );
+    }
+    let res = client
+        .post(&url)
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .header("Content-Type", "Application/JSON; charset=utf-8")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200, "parameters are fine");
+    let mut r = redis_conn(&redis_url).await;
+    assert_eq!(
+        xlen(&mut r, &key).await,
+        1,
+        "only the authorised, well-typed request queued"
+    );
+}
+
+/// Redis stopped: POST 503 with Retry-After, /readyz 503; Redis back: both recover without a
+/// restart. Redis frozen (SIGSTOP): POST answers 503 instead of hanging. Redis of its own.
+#[tokio::test]
+async fn redis_down_or_frozen_gives_503_and_recovers() {
+    let mut redis = RedisServer::start();
+    let key = unique("events");
+    let ingest = Ingest::start(
+        &redis.url(),
+        &key,
+        &["--redis-timeout-ms", "500", "--retry-after-secs", "3"],
+    );
+    let client = http();
+    let ready = |client: reqwest::Client, url: String| async move {
+        client
+            .get(format!("{url}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(ready(client.clone(), ingest.url.clone()).await, 200);
+    let (status, _) = ingest.post(&json!([event("before", 0)])).await;
+    assert_eq!(status, 200);
+
+    redis.kill();
+    assert!(!redis.is_up());
+    let res = client
+        .post(format!("{}/v1/events", ingest.url))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .header("Content-Type", "application/json")
+        .body(json!([event("down", 1)]).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 503);
+    assert_eq!(res.headers().get("retry-after").unwrap(), "3");
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"],
+        "queue_unavailable"
+    );
+    assert_eq!(ready(client.clone(), ingest.url.clone()).await, 503);
+    assert_eq!(
+        client
+            .get(format!("{}/healthz", ingest.url))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200,
+        "liveness does not depend on Redis"
+    );
+
+    redis.restart();
+    wait_for("ingest-api to recover", Duration::from_secs(30), || async {
+        let (status, _) = ingest.post(&json!([event("after", 2)])).await;
+        (status == 200).then_some(())
+    })
+    .await;
+    assert_eq!(ready(client.clone(), ingest.url.clone()).await, 200);
+    let mut r = redis_conn(&redis.url()).await;
+    assert!(
+        xlen(&mut r, &key).await >= 2,
+        "AOF kept the event from before the crash"
+    );
+
+    // Frozen: the request must come back as 503, not hang until the client gives up (30 s).
+    redis.freeze();
+    let (status, body) = ingest.post(&json!([event("frozen", 3)])).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "queue_unavailable");
+    assert_eq!(ready(client.clone(), ingest.url.clone()).await, 503);
+    redis.thaw();
+    wait_for(
+        "ingest-api to recover after SIGCONT",
+        Duration::from_secs(30),
+        || async {
+            let (status, _) = ingest.post(&json!([event("thawed", 4)])).await;
+            (status == 200).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Two flushers on one stream: every event is written exactly once, and both wrote some.
+#[tokio::test]
+async fn two_flushers_share_the_work() {
+    let redis_url = shared_redis_url();
+    let key = unique("events");
+    let db = TestDb::migrated(&shared_admin_url()).await;
+    let ingest = Ingest::start(&redis_url, &key, &[]);
+    let mut a = Flusher::start(
+        &redis_url,
+        &db.url,
+        &key,
+        &["--batch-size", "10", "--consumer", "a"],
+        &[],
+    );
+    let mut b = Flusher::start(
+        &redis_url,
+        &db.url,
+        &key,
+        &["--batch-size", "10", "--consumer", "b"],
+        &[],
+    );
+    // Both must be reading before the load starts (a blocked XREADGROUP creates no consumer
+    // in Redis 7.0, so watch their logs, then give both a few read cycles).
+    wait_for("both flushers started", Duration::from_secs(30), || async {
+        (a.proc.log_text().contains("batch size 10") && b.proc.log_text().contains("batch size 10"))
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut r = redis_conn(&redis_url).await;
+    let total = 3000;
+    for chunk in 0..total / 100 {
+        let events: Vec<Value> = (0..100).map(|i| event("shared", chunk * 100 + i)).collect();
+        let (status, body) = ingest.post(&json!(events)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    wait_rows(&db, total as i64).await;
+    assert!(a.proc.terminate().success());
+    assert!(b.proc.terminate().success());
+    let (wa, wb) = (
+        a.last_count("written").unwrap(),
+        b.last_count("written").unwrap(),
+    );
+    assert!(wa > 0 && wb > 0, "both flushers wrote: a={wa} b={wb}");
+    assert_eq!(wa + wb, total as u64, "each event written once");
+    assert_eq!(a.last_count("dedup_batches"), Some(0));
+    assert_eq!(b.last_count("dedup_batches"), Some(0));
+    let distinct: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(DISTINCT event_id) FROM events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!((db.count().await, distinct), (total as i64, total as i64));
+    assert_eq!(xlen(&mut r, &key).await, 0);
+    assert_eq!(pending(&mut r, &key, "flushers").await, 0);
+}
+
+/// Two `flusher migrate` runs started at the same moment both succeed and leave one schema.
+#[tokio::test]
+async fn concurrent_migrations_leave_one_schema() {
+    let db = TestDb::empty(&shared_admin_url()).await;
+    let url = db.url.clone();
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || migrate(&url))
+        })
+        .collect();
+    for run in runs {
+        let (ok, out) = run.join().unwrap();
+        assert!(ok, "migrate failed:\n{out}");
+    }
+    let client = db.client().await;
+    let versions: Vec<i32> = client
+        .query(
+            "SELECT version FROM schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, vec![1]);
+    let tables: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'events'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 1);
+    // A third run is a no-op.
+    let (ok, out) = migrate(&url);
+    assert!(ok && out.contains("up to date"), "{out}");
+}
+
+/// A consumer idle past --consumer-idle-secs with nothing pending is removed from the group.
+#[tokio::test]
+async fn idle_consumers_are_pruned() {
+    let redis_url = shared_redis_url();
+    let key = unique("events");
+    let db = TestDb::migrated(&shared_admin_url()).await;
+    let mut r = redis_conn(&redis_url).await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&key)
+        .arg("flushers")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg(&key)
+        .arg("flushers")
+        .arg("ghost")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let flusher = Flusher::start(
+        &redis_url,
+        &db.url,
+        &key,
+        &["--consumer-idle-secs", "0"],
+        &[],
+    );
+    wait_for(
+        "the ghost consumer to be removed",
+        Duration::from_secs(30),
+        || {
+            let mut r = r.clone();
+            let key = key.clone();
+            async move {
+                let v: redis::Value = redis::cmd("XINFO")
+                    .arg("CONSUMERS")
+                    .arg(&key)
+                    .arg("flushers")
+                    .query_async(&mut r)
+                    .await
+                    .unwrap();
+                (!format!("{v:?}").contains("ghost")).then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(
+        flusher
+            .proc
+            .log_text()
+            .contains("removed idle consumer ghost")
+    );
+}
