@@ -26,6 +26,35 @@ pub enum Command {
     Run,
     /// Apply the SQL migrations that are not applied yet, then exit.
     Migrate,
+    /// Look at, replay or delete the entries in the dead-letter stream `<stream-key>:dead`.
+    #[command(subcommand)]
+    DeadLetters(DeadLetterCommand),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum DeadLetterCommand {
+    /// Print dead letters, oldest first, one JSON object a line (with the reason and SQLSTATE).
+    List {
+        /// Print at most this many.
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+    },
+    /// Put dead letters back on the queue (after fixing what made them fail).
+    Requeue {
+        /// Dead-letter entry IDs (as printed by `list`).
+        ids: Vec<String>,
+        /// Every dead letter.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+    /// Delete dead letters for good.
+    Purge {
+        /// Dead-letter entry IDs (as printed by `list`).
+        ids: Vec<String>,
+        /// Every dead letter.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
 }
 
 /// Settings every subcommand needs.
@@ -37,7 +66,6 @@ pub struct Common {
         env = "FLUSHER_DATABASE_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/eventtracker",
         hide_env_values = true,
-        hide_default_value = true,
         global = true
     )]
     pub database_url: String,
@@ -48,7 +76,6 @@ pub struct Common {
         env = "FLUSHER_REDIS_URL",
         default_value = "redis://127.0.0.1:6379/",
         hide_env_values = true,
-        hide_default_value = true,
         global = true
     )]
     pub redis_url: String,

@@ -4,6 +4,7 @@
 //! PostgreSQL can take.
 
 pub mod config;
+pub mod deadletters;
 pub mod flush;
 pub mod migrate;
 pub mod sink;
@@ -11,7 +12,7 @@ pub mod stream;
 
 use std::time::Duration;
 
-pub use config::{Cli, Command, Common, RunConfig};
+pub use config::{Cli, Command, Common, DeadLetterCommand, RunConfig};
 use tokio::sync::watch;
 
 /// The one error type of the flusher.
@@ -70,6 +71,41 @@ pub async fn migrate(common: &Common) -> Result<(), FlusherError> {
     }
     drop(client);
     let _ = conn_task.await;
+    Ok(())
+}
+
+/// `flusher dead-letters …`; prints what it did.
+pub async fn dead_letters(common: &Common, command: DeadLetterCommand) -> Result<(), FlusherError> {
+    use deadletters::Selection;
+    let stream = stream::Stream::new(
+        &common.redis_url,
+        &common.stream_key,
+        &common.group,
+        "dead-letters-cli",
+        Duration::from_secs(10),
+        Duration::from_secs(1),
+    )?;
+    let pick = |ids: Vec<String>, all: bool| -> Result<Selection, FlusherError> {
+        match (all, ids.is_empty()) {
+            (true, _) => Ok(Selection::All),
+            (false, false) => Ok(Selection::Ids(ids)),
+            (false, true) => Err(FlusherError::Config("give dead-letter IDs or --all".into())),
+        }
+    };
+    match command {
+        DeadLetterCommand::List { count } => {
+            let n = deadletters::list(&stream, count).await?;
+            log::info!("{n} dead letters listed from {}", stream.dead_key);
+        }
+        DeadLetterCommand::Requeue { ids, all } => {
+            let n = deadletters::requeue(&stream, pick(ids, all)?).await?;
+            println!("requeued {n} dead letters to {}", stream.key);
+        }
+        DeadLetterCommand::Purge { ids, all } => {
+            let n = deadletters::purge(&stream, pick(ids, all)?).await?;
+            println!("purged {n} dead letters from {}", stream.dead_key);
+        }
+    }
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use flusher::{Cli, Command, migrate, run, shutdown_signal};
+use flusher::{Cli, Command, dead_letters, migrate, run, shutdown_signal};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -12,6 +12,7 @@ async fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.common, cli.run, shutdown_signal()).await,
         Command::Migrate => migrate(&cli.common).await,
+        Command::DeadLetters(command) => dead_letters(&cli.common, command).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -412,7 +412,7 @@ fn parse_entry(v: Value) -> Option<Entry> {
     Some(Entry { id, fields })
 }
 
-fn parse_entries(v: Value) -> Vec<Entry> {
+pub(crate) fn parse_entries(v: Value) -> Vec<Entry> {
     as_array(v).into_iter().filter_map(parse_entry).collect()
 }
 

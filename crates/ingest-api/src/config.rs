@@ -22,8 +22,7 @@ pub struct Config {
         long,
         env = "INGEST_REDIS_URL",
         default_value = "redis://127.0.0.1:6379/",
-        hide_env_values = true,
-        hide_default_value = true
+        hide_env_values = true
     )]
     pub redis_url: String,
 

@@ -1,0 +1,411 @@
+//! Nothing lost, nothing twice: each test injects a fault, proves it happened, and checks that
+//! every accepted event is stored exactly once.
+
+use std::process::Command;
+use std::time::Duration;
+
+use deadpool_redis::redis;
+use et_tests::*;
+use serde_json::{Value, json};
+
+const DRAIN: Duration = Duration::from_secs(90);
+
+async fn wait_rows(db: &TestDb, n: i64) {
+    wait_for(&format!("{n} rows"), DRAIN, || async {
+        (db.count().await >= n).then_some(())
+    })
+    .await;
+}
+
+async fn distinct_ids(db: &TestDb) -> i64 {
+    db.client()
+        .await
+        .query_one("SELECT count(DISTINCT (event_id, time)) FROM events", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+fn batch(name: &str, n: usize) -> Value {
+    json!((0..n).map(|i| event(name, i)).collect::<Vec<_>>())
+}
+
+/// A flusher killed after COMMIT and before XACK leaves its rows committed and its entries
+/// pending; another flusher claims them, takes the de-duplication path, and nothing is doubled.
+#[tokio::test]
+async fn crash_after_commit_before_ack_is_deduplicated() {
+    let redis_url = shared_redis_url();
+    let key = unique("events");
+    let db = TestDb::migrated(&shared_admin_url()).await;
+    let ingest = Ingest::start(&redis_url, &key, &[]);
+    let (status, _) = ingest.post(&batch("crash", 100)).await;
+    assert_eq!(status, 200);
+
+    let mut doomed = Flusher::start(
+        &redis_url,
+        &db.url,
+        &key,
+        &["--consumer", "doomed"],
+        &[("ET_FAULT_EXIT_AFTER_COMMIT", "1")],
+    );
+    let status = doomed.proc.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(86), "the fault hook fired");
+    assert!(
+        doomed
+            .proc
+            .log_text()
+            .contains("fault hook: exiting after COMMIT")
+    );
+    // The fault really happened at that instant: rows committed, entries still pending.
+    assert_eq!(db.count().await, 100, "the batch was committed");
+    let mut r = redis_conn(&redis_url).await;
+    assert_eq!(
+        pending(&mut r, &key, "flushers").await,
+        100,
+        "and not acknowledged"
+    );
+    assert_eq!(xlen(&mut r, &key).await, 100);
+
+    let mut rescuer = Flusher::start(
+        &redis_url,
+        &db.url,
+        &key,
+        &["--consumer", "rescuer", "--claim-idle-ms", "500"],
+        &[],
+    );
+    wait_for("the stream to drain", DRAIN, || {
+        let mut r = r.clone();
+        let key = key.clone();
+        async move { (xlen(&mut r, &key).await == 0).then_some(()) }
+    })
+    .await;
+    assert!(rescuer.proc.terminate().success());
+    assert_eq!(rescuer.last_count("claimed"), Some(100));
+    assert!(
+        rescuer.last_count("dedup_batches").unwrap() > 0,
+        "the de-duplication path ran"
+    );
+    assert_eq!(db.count().await, 100, "no row duplicated");
+    assert_eq!(distinct_ids(&db).await, 100);
+    assert_eq!(pending(&mut r, &key, "flushers").await, 0);
+}
+
+/// One undecodable entry and one row PostgreSQL refuses, among 98 good ones: 98 rows and two
+/// dead letters with their reasons; after the cause is fixed, `dead-letters requeue` stores it.
+#[tokio::test]
+async fn poison_entries_are_dead_lettered_and_requeued() {
+    let redis_url = shared_redis_url();
+    let key = unique("events");
+    let db = TestDb::migrated(&shared_admin_url()).await;
+    db.client()
+        .await
+        .batch_execute("ALTER TABLE events ADD CONSTRAINT no_poison CHECK (name <> 'poison')")
+        .await
+        .unwrap();
+    let ingest = Ingest::start(&redis_url, &key, &[]);
+    let mut events: Vec<Value> = (0..98).map(|i| event("good", i)).collect();
+    events.insert(41, event("poison", 0));
+    let (status, body) = ingest.post(&json!(events)).await;
+    assert_eq!((status, body["accepted"].clone()), (200, json!(99)));
+    let mut r = redis_conn(&redis_url).await;
+    let garbage_id: String = redis::cmd("XADD")
+        .arg(&key)
+        .arg("*")
+        .arg("v")
+        .arg("1")
+        .arg("e")
+        .arg("{this is not an event")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+
+    let mut flusher = Flusher::start(&redis_url, &db.url, &key, &[], &[]);
+    let dead_key = format!("{key}:dead");
+    wait_for("two dead letters", DRAIN, || {
+        let mut r = r.clone();
+        let dead_key = dead_key.clone();
+        async move { (xlen(&mut r, &dead_key).await == 2).then_some(()) }
+    })
+    .await;
+    wait_rows(&db, 98).await;
+    assert!(flusher.proc.terminate().success());
+    assert_eq!(db.count().await, 98);
+    assert_eq!(
+        xlen(&mut r, &key).await,
+        0,
+        "bad entries left the main stream"
+    );
+    assert_eq!(flusher.last_count("dead_lettered"), Some(2));
+
+    let cli = |args: &[&str]| {
+        let out = Command::new(bin("flusher"))
+            .args([
+                "--redis-url",
+                &redis_url,
+                "--stream-key",
+                &key,
+                "dead-letters",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let listed: Vec<Value> = cli(&["list"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 2);
+    let undecodable = listed
+        .iter()
+        .find(|d| d["original_id"] == json!(garbage_id))
+        .expect("the undecodable entry");
+    assert!(
+        undecodable["reason"]
+            .as_str()
+            .unwrap()
+            .contains("undecodable"),
+        "{undecodable}"
+    );
+    let refused = listed
+        .iter()
+        .find(|d| d["sqlstate"] == json!("23514"))
+        .expect("the refused row, with its SQLSTATE");
+    assert!(
+        refused["reason"].as_str().unwrap().contains("no_poison"),
+        "{refused}"
+    );
+    assert_eq!(refused["event"]["n"], json!("poison"));
+
+    // Fix the cause, replay the refused one, and it is stored.
+    db.client()
+        .await
+        .batch_execute("ALTER TABLE events DROP CONSTRAINT no_poison")
+        .await
+        .unwrap();
+    let out = cli(&["requeue", refused["id"].as_str().unwrap()]);
+    assert!(out.contains("requeued 1"), "{out}");
+    assert_eq!(xlen(&mut r, &dead_key).await, 1);
+    let _flusher = Flusher::start(&redis_url, &db.url, &key, &[], &[]);
+    wait_rows(&db, 99).await;
+    let poison: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM events WHERE name = 'poison'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(poison, 1);
+    let out = cli(&["purge", "--all"]);
+    assert!(out.contains("purged 1"), "{out}");
+    assert_eq!(xlen(&mut r, &dead_key).await, 0);
+}
+
+/// PostgreSQL stopped for 10 s under load: the flusher backs off, nothing is lost, writing
+/// resumes by itself. PostgreSQL of its own.
+#[tokio::test]
+async fn postgres_down_for_ten_seconds_under_load() {
+    let pg = PgServer::start();
+    let redis_url = shared_redis_url();
+    let key = unique("events");
+    let db = TestDb::migrated(&pg.admin_url()).await;
+    let ingest = Ingest::start(&redis_url, &key, &[]);
+    let flusher = Flusher::start(&redis_url, &db.url, &key, &["--batch-size", "50"], &[]);
+
+    let mut accepted = 0i64;
+    for _ in 0..5 {
+        let (status, body) = ingest.post(&batch("before", 100)).await;
+        assert_eq!(status, 200, "{body}");
+        accepted += 100;
+    }
+    wait_rows(&db, accepted).await;
+    pg.stop();
+    let down_at = std::time::Instant::now();
+    // Keep the load on while PostgreSQL is down: ingest does not depend on it.
+    while down_at.elapsed() < Duration::from_secs(10) {
+        let (status, body) = ingest.post(&batch("during", 100)).await;
+        assert_eq!(status, 200, "{body}");
+        accepted += 100;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut r = redis_conn(&redis_url).await;
+    assert!(
+        xlen(&mut r, &key).await > 0,
+        "entries waited in Redis while PostgreSQL was down"
+    );
+    pg.start_server();
+    assert!(
+        pg.log_text().contains("immediate shutdown"),
+        "PostgreSQL really went down:\n{}",
+        pg.log_text()
+    );
+    wait_rows(&db, accepted).await;
+    assert_eq!(db.count().await, accepted);
+    assert_eq!(distinct_ids(&db).await, accepted);
+    let log = flusher.proc.log_text();
+    assert!(
+        log.contains("writing to PostgreSQL failed"),
+        "the flusher backed off"
+    );
+    wait_for("the stream to drain", DRAIN, || {
+        let mut r = r.clone();
+        let key = key.clone();
+        async move { (xlen(&mut r, &key).await == 0).then_some(()) }
+    })
+    .await;
+}
+
+/// Redis crashes (SIGKILL) with entries queued and is restarted: AOF `always` kept every
+/// accepted event, the flusher reconnects, and each is stored once. Redis of its own.
+#[tokio::test]
+async fn redis_crash_and_restart_loses_nothing() {
+    let mut redis = RedisServer::start();
+    let key = unique("events");
+    let db = TestDb::migrated(&shared_admin_url()).await;
+    let ingest = Ingest::start(&redis.url(), &key, &["--redis-timeout-ms", "500"]);
+    let (status, _) = ingest.post(&batch("queued", 300)).await;
+    assert_eq!(status, 200);
+    // Kill Redis before any flusher ran: all 300 exist only in Redis.
+    redis.kill();
+    let (status, body) = ingest.post(&batch("refused", 10)).await;
+    assert_eq!(status, 503, "Redis is really down: {body}");
+    redis.restart();
+    let flusher = Flusher::start(
+        &redis.url(),
+        &db.url,
+        &key,
+        &["--claim-idle-ms", "2000"],
+        &[],
+    );
+    wait_rows(&db, 300).await;
+    // And a crash with the flusher running, mid-stream.
+    let (status, _) = ingest.post(&batch("second", 200)).await;
+    assert_eq!(status, 200);
+    redis.kill();
+    redis.restart();
+    wait_for("ingest-api to recover", Duration::from_secs(30), || async {
+        let (status, _) = ingest.post(&batch("third", 100)).await;
+        (status == 200).then_some(())
+    })
+    .await;
+    wait_rows(&db, 600).await;
+    assert_eq!(db.count().await, 600);
+    assert_eq!(distinct_ids(&db).await, 600);
+    let log = flusher.proc.log_text();
+    assert!(
+        log.contains("redis:"),
+        "the flusher saw Redis go away:\n{log}"
+    );
+    let r = redis_conn(&redis.url()).await;
+    wait_for("nothing pending", DRAIN, || {
+        let mut r = r.clone();
+        let key = key.clone();
+        async move {
+            (xlen(&mut r, &key).await == 0 && pending(&mut r, &key, "flushers").await == 0)
+                .then_some(())
+        }
+    })
+    .await;
+}
+
+/// A stream longer than --max-queue-len answers 503 queue_full with Retry-After; once the
+/// flusher drains it, requests are accepted again.
+#[tokio::test]
+async fn backpressure_when_the_queue_is_full() {
+    let redis_url = shared_redis_url();
+    let key = unique("events");
+    let db = TestDb::migrated(&shared_admin_url()).await;
+    let ingest = Ingest::start(
+        &redis_url,
+        &key,
+        &["--max-queue-len", "150", "--retry-after-secs", "2"],
+    );
+    for _ in 0..2 {
+        let (status, _) = ingest.post(&batch("fill", 100)).await;
+        assert_eq!(status, 200);
+    }
+    let client = http();
+    // Until the cached length catches up (it is refreshed in the background), requests pass.
+    let extra = std::cell::Cell::new(0u64);
+    let res = wait_for("queue_full", Duration::from_secs(30), || async {
+        let res = client
+            .post(format!("{}/v1/events", ingest.url))
+            .header("Authorization", format!("Bearer {TOKEN}"))
+            .header("Content-Type", "application/json")
+            .body(batch("over", 1).to_string())
+            .send()
+            .await
+            .unwrap();
+        if res.status().as_u16() == 200 {
+            extra.set(extra.get() + 1);
+        }
+        (res.status().as_u16() == 503).then_some(res)
+    })
+    .await;
+    assert_eq!(res.headers().get("retry-after").unwrap(), "2");
+    assert_eq!(res.json::<Value>().await.unwrap()["error"], "queue_full");
+    let mut r = redis_conn(&redis_url).await;
+    assert_eq!(
+        xlen(&mut r, &key).await,
+        200 + extra.get(),
+        "the refused batch was not queued, nothing trimmed"
+    );
+
+    let _flusher = Flusher::start(&redis_url, &db.url, &key, &[], &[]);
+    wait_for("200 again after the drain", DRAIN, || async {
+        let (status, _) = ingest.post(&batch("after", 1)).await;
+        (status == 200).then_some(())
+    })
+    .await;
+    wait_rows(&db, 201 + extra.get() as i64).await;
+}
+
+/// SIGTERM during load: both binaries exit 0; the flusher acknowledges what it wrote (nothing
+/// is left pending), and a later flusher stores the rest exactly once.
+#[tokio::test]
+async fn sigterm_during_load_loses_nothing() {
+    let redis_url = shared_redis_url();
+    let key = unique("events");
+    let db = TestDb::migrated(&shared_admin_url()).await;
+    let mut ingest = Ingest::start(&redis_url, &key, &[]);
+    let mut flusher = Flusher::start(&redis_url, &db.url, &key, &["--batch-size", "20"], &[]);
+    let url = ingest.url.clone();
+    let load = tokio::spawn(async move {
+        let mut accepted = 0;
+        for _ in 0..40 {
+            match post_json(
+                &format!("{url}/v1/events"),
+                Some(TOKEN),
+                &batch("load", 100),
+            )
+            .await
+            {
+                (200, body) => accepted += body["accepted"].as_i64().unwrap(),
+                _ => break,
+            }
+        }
+        accepted
+    });
+    wait_rows(&db, 200).await;
+    let status = flusher.proc.terminate();
+    assert!(status.success(), "flusher exit: {status:?}");
+    assert!(flusher.proc.log_text().contains("stopped: written="));
+    let mut r = redis_conn(&redis_url).await;
+    assert_eq!(
+        pending(&mut r, &key, "flushers").await,
+        0,
+        "the stopping flusher acknowledged its batch"
+    );
+    let accepted = load.await.unwrap();
+    let status = ingest.proc.terminate();
+    assert!(status.success(), "ingest-api exit: {status:?}");
+    let _next = Flusher::start(&redis_url, &db.url, &key, &[], &[]);
+    wait_rows(&db, accepted).await;
+    assert_eq!(db.count().await, accepted);
+    assert_eq!(distinct_ids(&db).await, accepted);
+}
