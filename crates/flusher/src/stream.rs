@@ -151,9 +151,8 @@ impl Stream {
         let reply = match reply {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
-                if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
-                    self.reader = None;
-                }
+                // Reconnecting is cheap; a connection that saw an error is not trusted again.
+                self.reader = None;
                 return Err(FlusherError::Redis(e));
             }
             Err(_) => {
