@@ -259,6 +259,7 @@ impl Flusher {
         cmd.args(["--redis-url", redis_url, "--database-url", database_url])
             .args(["--stream-key", stream_key])
             .args(["--block-ms", "200", "--backoff-max-ms", "1000"])
+            .args(["--metrics-bind", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "info,flusher=debug");
         for (k, v) in env {
@@ -266,6 +267,22 @@ impl Flusher {
         }
         Flusher {
             proc: Proc::spawn("flusher", cmd),
+        }
+    }
+
+    /// The base URL of the flusher's /metrics, /healthz and /readyz (waits for it to start).
+    pub fn metrics_url(&self) -> String {
+        let start = Instant::now();
+        loop {
+            let text = self.proc.log_text();
+            if let Some(line) = text.lines().find(|l| l.starts_with("flusher metrics on ")) {
+                return line["flusher metrics on ".len()..].trim().to_string();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "flusher did not start its metrics endpoint:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -19,9 +19,10 @@ fn options(help: &str) -> BTreeSet<(String, String, String)> {
         let flag = format!("--{}", rest.split_whitespace().next().unwrap_or_default());
         let mut text = line.to_string();
         i += 1;
+        // The text runs on, blank lines included, until the next option or an unindented line.
         while i < lines.len()
             && !lines[i].trim_start().starts_with('-')
-            && !lines[i].trim().is_empty()
+            && (lines[i].starts_with(' ') || lines[i].is_empty())
         {
             text.push(' ');
             text.push_str(lines[i].trim());

@@ -1,7 +1,13 @@
 //! Configuration: every flag also reads a `FLUSHER_*` environment variable. `--help` is the
 //! reference; the README's table is checked against it.
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use clap::{Args, Parser, Subcommand};
+
+use crate::retention::parse_duration;
+use crate::telemetry::LogFormat;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -26,6 +32,8 @@ pub enum Command {
     Run,
     /// Apply the SQL migrations that are not applied yet, then exit.
     Migrate,
+    /// Drop chunks older than --retention once, then exit (for a cron job).
+    Retention,
     /// Look at, replay or delete the entries in the dead-letter stream `<stream-key>:dead`.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
@@ -92,6 +100,14 @@ pub struct Common {
     /// Consumer group shared by all flushers.
     #[arg(long, env = "FLUSHER_GROUP", default_value = "flushers", global = true)]
     pub group: String,
+
+    /// Drop event chunks older than this (e.g. `30d`, `12h`); off when not set.
+    #[arg(long, env = "FLUSHER_RETENTION", value_parser = parse_duration, global = true)]
+    pub retention: Option<Duration>,
+
+    /// Log lines as `text` or `json` (one object a line); the level comes from RUST_LOG.
+    #[arg(long, env = "FLUSHER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
 }
 
 /// Settings of the drain loop.
@@ -132,6 +148,10 @@ pub struct RunConfig {
     /// Longest wait between retries, in milliseconds.
     #[arg(long, env = "FLUSHER_BACKOFF_MAX_MS", default_value_t = 10_000)]
     pub backoff_max_ms: u64,
+
+    /// Address of the /metrics, /healthz and /readyz endpoints.
+    #[arg(long, env = "FLUSHER_METRICS_BIND", default_value = "0.0.0.0:9100")]
+    pub metrics_bind: SocketAddr,
 
     /// PostgreSQL connections in the pool.
     #[arg(long, env = "FLUSHER_PG_POOL_SIZE", default_value_t = 4)]

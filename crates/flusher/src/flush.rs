@@ -14,6 +14,7 @@ use crate::FlusherError;
 use crate::config::RunConfig;
 use crate::sink::{self, WriteError, WritePath};
 use crate::stream::{Entry, Stream};
+use crate::telemetry;
 
 /// Counters of what this flusher did; logged periodically and read by tests through the log.
 #[derive(Debug, Default)]
@@ -27,8 +28,34 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+    fn written(&self, events: usize, path: WritePath, took: Duration) {
+        self.events_written
+            .fetch_add(events as u64, Ordering::Relaxed);
+        self.batches_written.fetch_add(1, Ordering::Relaxed);
+        let label = match path {
+            WritePath::Copy => "copy",
+            WritePath::Dedup => {
+                self.dedup_batches.fetch_add(1, Ordering::Relaxed);
+                "dedup"
+            }
+        };
+        telemetry::batch_written(events, label, took);
+        telemetry::backoff(false);
+    }
+
+    fn dead(&self, n: usize) {
+        self.dead_lettered.fetch_add(n as u64, Ordering::Relaxed);
+        telemetry::dead_lettered(n);
+    }
+
+    fn claimed(&self, n: usize) {
+        self.claimed.fetch_add(n as u64, Ordering::Relaxed);
+        telemetry::claimed(n);
+    }
+
+    fn backoff(&self) {
+        self.backoffs.fetch_add(1, Ordering::Relaxed);
+        telemetry::backoff(true);
     }
 
     pub fn summary(&self) -> String {
@@ -92,6 +119,10 @@ impl Flusher {
         let mut last_claim = Instant::now() - claim_every;
         let mut last_prune = Instant::now() - prune_every;
         let mut last_summary = Instant::now();
+        let gauges_every = Duration::from_secs(5);
+        let mut last_gauges = Instant::now() - gauges_every;
+        let mut queue = telemetry::QueueState::default();
+        let mut written_at_summary = 0u64;
         let mut backoff = self.backoff_start();
         let mut group_ready = false;
 
@@ -126,9 +157,29 @@ impl Flusher {
                     }
                 }
             }
+            if last_gauges.elapsed() >= gauges_every {
+                last_gauges = Instant::now();
+                match self.stream.queue_state().await {
+                    Ok(q) => {
+                        q.publish();
+                        queue = q;
+                    }
+                    Err(e) => log::debug!("reading the queue state: {e}"),
+                }
+            }
             if last_summary.elapsed() >= summary_every {
+                let written = self.stats.events_written.load(Ordering::Relaxed);
+                let rate =
+                    (written - written_at_summary) as f64 / last_summary.elapsed().as_secs_f64();
+                written_at_summary = written;
                 last_summary = Instant::now();
-                log::info!("flusher {}: {}", self.stream.consumer, self.stats.summary());
+                log::info!(
+                    "flusher {}: {rate:.0} events/s, backlog {}, lag {:.1}s, {}",
+                    self.stream.consumer,
+                    queue.backlog,
+                    queue.lag.as_secs_f64(),
+                    self.stats.summary()
+                );
             }
             match self.stream.read_new(self.config.batch_size).await {
                 Ok(entries) => {
@@ -172,7 +223,8 @@ impl Flusher {
 
     async fn redis_trouble(&self, e: &FlusherError, backoff: &mut Duration) {
         log::warn!("redis: {e}; retrying in {backoff:?}");
-        Stats::add(&self.stats.backoffs, 1);
+        telemetry::redis_error();
+        self.stats.backoff();
         self.sleep(*backoff).await;
         *backoff = self.next_backoff(*backoff);
     }
@@ -191,7 +243,7 @@ impl Flusher {
                 return Ok(());
             }
             let n = claimed.len();
-            Stats::add(&self.stats.claimed, n as u64);
+            self.stats.claimed(n);
             log::info!(
                 "claimed {n} entries idle for over {} ms",
                 self.config.claim_idle_ms
@@ -219,7 +271,7 @@ impl Flusher {
                 log::warn!("dead-lettering entry {}: {reason}", entry.id);
             }
             self.stream.dead_letter(&dead).await?;
-            Stats::add(&self.stats.dead_lettered, dead.len() as u64);
+            self.stats.dead(dead.len());
         }
 
         // Entries delivered many times are retried alone: they may be what broke earlier batches.
@@ -263,6 +315,7 @@ impl Flusher {
         let mut last_keep = Instant::now();
         while let Some(part) = todo.pop() {
             let events: Vec<QueuedEvent> = part.iter().map(|(_, e)| e.clone()).collect();
+            let started = Instant::now();
             match sink::write(&self.pool, &events).await {
                 Ok(path) => {
                     backoff = self.backoff_start();
@@ -272,10 +325,8 @@ impl Flusher {
                     }
                     let ids: Vec<String> = part.iter().map(|(e, _)| e.id.clone()).collect();
                     self.stream.ack_delete(&ids).await?;
-                    Stats::add(&self.stats.events_written, events.len() as u64);
-                    Stats::add(&self.stats.batches_written, 1);
+                    self.stats.written(events.len(), path, started.elapsed());
                     if path == WritePath::Dedup {
-                        Stats::add(&self.stats.dedup_batches, 1);
                         log::info!(
                             "batch of {} went through the de-duplication path",
                             events.len()
@@ -293,7 +344,7 @@ impl Flusher {
                     self.stream
                         .dead_letter(&[(entry, message, Some(sqlstate))])
                         .await?;
-                    Stats::add(&self.stats.dead_lettered, 1);
+                    self.stats.dead(1);
                 }
                 Err(WriteError::Data { sqlstate, .. }) => {
                     log::info!(
@@ -314,7 +365,8 @@ impl Flusher {
                         return Ok(Written::Abandoned);
                     }
                     log::warn!("writing to PostgreSQL failed: {e}; retrying in {backoff:?}");
-                    Stats::add(&self.stats.backoffs, 1);
+                    telemetry::postgres_error();
+                    self.stats.backoff();
                     if last_keep.elapsed() >= Duration::from_millis(self.config.claim_idle_ms / 3) {
                         last_keep = Instant::now();
                         let ids: Vec<String> = part

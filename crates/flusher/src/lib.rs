@@ -7,8 +7,10 @@ pub mod config;
 pub mod deadletters;
 pub mod flush;
 pub mod migrate;
+pub mod retention;
 pub mod sink;
 pub mod stream;
+pub mod telemetry;
 
 use std::time::Duration;
 
@@ -30,6 +32,8 @@ pub enum FlusherError {
     Postgres(#[from] tokio_postgres::Error),
     #[error("postgres pool: {0}")]
     PostgresPool(String),
+    #[error("metrics endpoint: {0}")]
+    Io(#[from] std::io::Error),
     #[error("migration {name}: {source}")]
     Migration {
         name: &'static str,
@@ -72,6 +76,45 @@ pub async fn migrate(common: &Common) -> Result<(), FlusherError> {
     drop(client);
     let _ = conn_task.await;
     Ok(())
+}
+
+/// `flusher retention`: drops old chunks once.
+pub async fn retention(common: &Common) -> Result<(), FlusherError> {
+    let keep = common
+        .retention
+        .ok_or_else(|| FlusherError::Config("give --retention (e.g. 30d)".into()))?;
+    let (client, connection) =
+        tokio_postgres::connect(&common.database_url, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            log::warn!("postgres connection: {e}");
+        }
+    });
+    let dropped = retention::drop_old_chunks(&client, keep).await?;
+    println!("dropped {} chunks", dropped.unwrap_or(0));
+    Ok(())
+}
+
+/// Runs retention now and then every hour, until shutdown.
+async fn retention_loop(
+    pool: deadpool_postgres::Pool,
+    keep: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        match pool.get().await {
+            Ok(client) => {
+                if let Err(e) = retention::drop_old_chunks(&client, keep).await {
+                    log::warn!("retention: {e}");
+                }
+            }
+            Err(e) => log::warn!("retention: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 /// `flusher dead-letters …`; prints what it did.
@@ -133,6 +176,18 @@ pub async fn run(
         Duration::from_millis(config.block_ms),
     )?;
     let pool = sink::pool(&common.database_url, config.pg_pool_size)?;
+    let listener = std::net::TcpListener::bind(config.metrics_bind)?;
+    // Tests and scripts read this line to learn the port when --metrics-bind ends in :0.
+    println!("flusher metrics on http://{}", listener.local_addr()?);
+    let probes = telemetry::Probes {
+        redis: deadpool_redis::redis::Client::open(common.redis_url.as_str())?,
+        pool: pool.clone(),
+        timeout: Duration::from_millis(config.redis_timeout_ms),
+        metrics: telemetry::install_metrics(),
+    };
+    let server = telemetry::serve(listener, probes)?;
+    let server_handle = server.handle();
+    tokio::spawn(server);
     log::info!(
         "flusher {consumer}: stream {:?}, group {:?}, batch size {}",
         common.stream_key,
@@ -149,14 +204,19 @@ pub async fn run(
         tokio::time::sleep(grace).await;
         let _ = deadline_tx.send(());
     });
+    if let Some(keep) = common.retention {
+        tokio::spawn(retention_loop(pool.clone(), keep, rx.clone()));
+    }
     let mut flusher = flush::Flusher::new(stream, pool, config, rx);
-    tokio::select! {
+    let result = tokio::select! {
         result = flusher.run() => result,
         Ok(()) = deadline_rx => {
             log::warn!("shutdown timeout reached; unfinished entries stay pending for another flusher");
             Ok(())
         }
-    }
+    };
+    server_handle.stop(true).await;
+    result
 }
 
 /// Resolves on SIGTERM or SIGINT.

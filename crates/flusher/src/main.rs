@@ -3,15 +3,16 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use flusher::{Cli, Command, dead_letters, migrate, run, shutdown_signal};
+use flusher::{Cli, Command, dead_letters, migrate, retention, run, shutdown_signal};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    flusher::telemetry::init_logging(cli.common.log_format);
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(cli.common, cli.run, shutdown_signal()).await,
         Command::Migrate => migrate(&cli.common).await,
+        Command::Retention => retention(&cli.common).await,
         Command::DeadLetters(command) => dead_letters(&cli.common, command).await,
     };
     match result {

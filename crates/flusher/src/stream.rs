@@ -320,6 +320,57 @@ impl Stream {
         self.query(async |c| pipe.query_async::<()>(c).await).await
     }
 
+    /// Backlog, lag, pending and dead-letter counts, for metrics and the periodic log line.
+    pub async fn queue_state(&self) -> Result<crate::telemetry::QueueState, FlusherError> {
+        let (key, dead) = (&self.key, &self.dead_key);
+        let mut pipe = redis::pipe();
+        pipe.cmd("XLEN")
+            .arg(key)
+            .cmd("XRANGE")
+            .arg(key)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .cmd("XLEN")
+            .arg(dead);
+        let (backlog, oldest, dead_len): (u64, Value, u64) =
+            self.query(async |c| pipe.query_async(c).await).await?;
+        let group = &self.group;
+        // Without a group yet there is nothing pending.
+        let pending = self
+            .query(async |c| {
+                redis::cmd("XPENDING")
+                    .arg(key)
+                    .arg(group)
+                    .query_async::<Value>(c)
+                    .await
+            })
+            .await
+            .ok()
+            .and_then(|v| match as_array(v).first() {
+                Some(Value::Int(n)) => Some(*n as u64),
+                _ => None,
+            })
+            .unwrap_or(0);
+        let lag = parse_entries(oldest)
+            .first()
+            .and_then(|e| e.id.split('-').next()?.parse::<u64>().ok())
+            .map(|ms| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                now.saturating_sub(Duration::from_millis(ms))
+            })
+            .unwrap_or_default();
+        Ok(crate::telemetry::QueueState {
+            backlog,
+            lag,
+            pending,
+            dead: dead_len,
+        })
+    }
+
     /// Removes consumers idle longer than `max_idle` that hold no pending entries. Check and
     /// removal run as one Lua script: a consumer that read entries between a separate check and
     /// DELCONSUMER would lose their pending state, and they would never be delivered again.

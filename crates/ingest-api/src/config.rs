@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::telemetry::LogFormat;
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "ingest-api",
@@ -86,6 +88,10 @@ pub struct Config {
     /// HTTP worker threads (0 = one per CPU core).
     #[arg(long, env = "INGEST_WORKERS", default_value_t = 0)]
     pub workers: usize,
+
+    /// Log lines as `text` or `json` (one object a line); the level comes from RUST_LOG.
+    #[arg(long, env = "INGEST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 
     /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
     #[arg(long, env = "INGEST_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]

@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod queue;
 pub mod routes;
+pub mod telemetry;
 
 use std::net::TcpListener;
 use std::time::Duration;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub max_events: usize,
     pub max_queue_len: u64,
     pub retry_after_secs: u32,
+    /// Renders `/metrics`; `None` when another recorder owns the process.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// Why ingest-api could not start.
@@ -76,6 +79,7 @@ impl AppState {
             max_events: config.max_events,
             max_queue_len: config.max_queue_len,
             retry_after_secs: config.retry_after_secs,
+            metrics: None,
         })
     }
 }
@@ -87,7 +91,9 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
-    let state = web::Data::new(AppState::from_config(&config)?);
+    let mut state = AppState::from_config(&config)?;
+    state.metrics = telemetry::install_metrics();
+    let state = web::Data::new(state);
     log::info!(
         "ingest-api: stream {:?}, sources {:?}",
         config.stream_key,
@@ -98,10 +104,25 @@ pub async fn run(
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
+            .wrap_fn(|req, srv| {
+                let start = std::time::Instant::now();
+                let fut = actix_web::dev::Service::call(srv, req);
+                async move {
+                    let res = fut.await?;
+                    let route = res.request().match_pattern();
+                    telemetry::request(
+                        route.as_deref().unwrap_or("unmatched"),
+                        res.status().as_u16(),
+                        start.elapsed(),
+                    );
+                    Ok(res)
+                }
+            })
             .route("/v1/events", web::post().to(routes::ingest))
             .route("/test", web::post().to(routes::ingest))
             .route("/healthz", web::get().to(routes::healthz))
             .route("/readyz", web::get().to(routes::readyz))
+            .route("/metrics", web::get().to(routes::metrics))
             .default_service(web::to(routes::not_found))
     })
     .disable_signals()
@@ -130,7 +151,12 @@ async fn track_queue_length(state: web::Data<AppState>) {
     let mut failing = false;
     loop {
         tick.tick().await;
-        match state.queue.refresh_length().await {
+        let result = state.queue.refresh_length().await;
+        match &result {
+            Ok((len, lag)) => telemetry::queue(*len, *lag),
+            Err(_) => telemetry::redis_error(),
+        }
+        match result {
             Ok(_) if failing => {
                 failing = false;
                 log::info!("redis reachable again");

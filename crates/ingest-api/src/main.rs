@@ -8,8 +8,8 @@ use ingest_api::{Config, run, shutdown_signal};
 
 #[actix_web::main]
 async fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let config = Config::parse();
+    ingest_api::telemetry::init_logging(config.log_format);
     let listener = match TcpListener::bind(config.bind) {
         Ok(l) => l,
         Err(e) => {

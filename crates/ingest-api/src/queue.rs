@@ -110,18 +110,35 @@ impl EventQueue {
         self.length.load(Ordering::Relaxed)
     }
 
-    /// Reads XLEN once and caches it; requests compare against the cache, not Redis.
-    pub async fn refresh_length(&self) -> Result<u64, QueueError> {
-        let len = self
+    /// Reads the stream length (cached for backpressure) and the age of its oldest entry (the
+    /// flushers' lag: an entry ID starts with its creation time in milliseconds).
+    pub async fn refresh_length(&self) -> Result<(u64, Duration), QueueError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("XLEN")
+            .arg(&self.stream_key)
+            .cmd("XRANGE")
+            .arg(&self.stream_key)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1);
+        let (len, oldest): (u64, Vec<(String, redis::Value)>) = self
             .bounded(async {
                 let mut conn = self.conn().await?;
-                Ok(redis::cmd("XLEN")
-                    .arg(&self.stream_key)
-                    .query_async::<u64>(&mut *conn)
-                    .await?)
+                Ok(pipe.query_async(&mut *conn).await?)
             })
             .await?;
         self.length.store(len, Ordering::Relaxed);
-        Ok(len)
+        let lag = oldest
+            .first()
+            .and_then(|(id, _)| id.split('-').next()?.parse::<u64>().ok())
+            .map(|ms| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                now.saturating_sub(Duration::from_millis(ms))
+            })
+            .unwrap_or_default();
+        Ok((len, lag))
     }
 }

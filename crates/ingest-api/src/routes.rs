@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::body::{Encoding, read_body, too_large_on_wire};
 use crate::error::{ApiError, Rejected};
+use crate::telemetry;
 
 #[derive(Serialize)]
 struct Accepted {
@@ -73,10 +74,13 @@ pub async fn ingest(
                 sent_at: batch.sent_at,
                 received_at,
             }),
-            Err(err) => rejected.push(Rejected {
-                index,
-                error: err.to_string(),
-            }),
+            Err(err) => {
+                telemetry::rejected(&err.field);
+                rejected.push(Rejected {
+                    index,
+                    error: err.to_string(),
+                })
+            }
         }
     }
     if accepted.is_empty() {
@@ -88,11 +92,13 @@ pub async fn ingest(
         });
     }
     if let Err(e) = state.queue.push(&accepted).await {
+        telemetry::redis_error();
         log::warn!("queueing {} events failed: {e}", accepted.len());
         return Err(ApiError::QueueUnavailable {
             retry_after: state.retry_after_secs,
         });
     }
+    telemetry::accepted(accepted.len());
     Ok(HttpResponse::Ok().json(Accepted {
         accepted: accepted.len(),
         rejected,
@@ -158,6 +164,16 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             "status": "unavailable",
             "reason": e.to_string(),
         })),
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    match &state.metrics {
+        Some(handle) => HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4")
+            .body(handle.render()),
+        None => HttpResponse::NotFound().finish(),
     }
 }
 

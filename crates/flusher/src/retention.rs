@@ -1,0 +1,81 @@
+//! Retention: drops `events` chunks older than `--retention` with TimescaleDB's `drop_chunks`
+//! (the Apache build has no retention policies). One flusher at a time: an advisory lock.
+
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+use crate::FlusherError;
+
+/// Arbitrary constant naming EventTracker's retention lock.
+const RETENTION_LOCK: i64 = 0x4576_656e_7452_6574;
+
+/// Parses `30d`, `12h`, `90m`, `3600s` (a whole number and one unit).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number and a unit, like 30d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        "w" => n * 7 * 86_400,
+        _ => return Err(format!("{s:?}: the unit must be s, m, h, d or w")),
+    };
+    if secs == 0 {
+        return Err(format!("{s:?}: must be more than zero"));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+/// Drops chunks whose every row is older than `keep`. Returns the number of chunks dropped, or
+/// `None` when another flusher holds the lock or `events` is not a hypertable.
+pub async fn drop_old_chunks(client: &Client, keep: Duration) -> Result<Option<u64>, FlusherError> {
+    if !crate::migrate::events_is_hypertable(client).await? {
+        log::warn!("retention needs TimescaleDB: events is a plain table, nothing dropped");
+        return Ok(None);
+    }
+    let locked: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&RETENTION_LOCK])
+        .await?
+        .get(0);
+    if !locked {
+        log::info!("retention: another flusher is running it");
+        return Ok(None);
+    }
+    let interval = format!("{} seconds", keep.as_secs());
+    let result = client
+        .query(
+            "SELECT drop_chunks('events', older_than => now() - $1::text::interval)",
+            &[&interval],
+        )
+        .await;
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&RETENTION_LOCK])
+        .await?;
+    let dropped = result?.len() as u64;
+    if dropped > 0 {
+        log::info!("retention: dropped {dropped} chunks older than {interval}");
+    }
+    Ok(Some(dropped))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_durations() {
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("2w"), Ok(Duration::from_secs(14 * 86_400)));
+        for bad in ["", "d", "30", "30x", "0d", "-1d", "1.5d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! The flusher's Prometheus metrics, its probe/metrics HTTP endpoint, and logging.
+//! Label values come from fixed sets only.
+
+use std::time::Duration;
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use deadpool_postgres::Pool;
+use deadpool_redis::redis;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+pub fn install_metrics() -> Option<PrometheusHandle> {
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), DURATION_BUCKETS)
+        .expect("buckets are not empty");
+    match builder.install_recorder() {
+        Ok(handle) => {
+            describe();
+            Some(handle)
+        }
+        Err(e) => {
+            log::warn!("metrics recorder not installed: {e}");
+            None
+        }
+    }
+}
+
+fn describe() {
+    use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge};
+    describe_counter!(
+        "eventtracker_flusher_events_written_total",
+        "Rows committed to PostgreSQL"
+    );
+    describe_counter!(
+        "eventtracker_flusher_batches_written_total",
+        "Batches committed, by path (copy or dedup)"
+    );
+    describe_histogram!(
+        "eventtracker_flusher_batch_duration_seconds",
+        "Time to write and commit one batch"
+    );
+    describe_counter!(
+        "eventtracker_flusher_dead_lettered_total",
+        "Entries moved to the dead-letter stream"
+    );
+    describe_counter!(
+        "eventtracker_flusher_claimed_total",
+        "Entries claimed from other (crashed or stuck) consumers"
+    );
+    describe_counter!(
+        "eventtracker_flusher_postgres_errors_total",
+        "Failed PostgreSQL writes not caused by the data"
+    );
+    describe_counter!(
+        "eventtracker_flusher_redis_errors_total",
+        "Failed or timed-out Redis calls"
+    );
+    describe_gauge!(
+        "eventtracker_flusher_backoff_active",
+        "1 while this flusher is backing off"
+    );
+    describe_counter!("eventtracker_flusher_backoffs_total", "Backoff waits");
+    describe_gauge!(
+        "eventtracker_queue_backlog",
+        "Entries in the stream: the backlog"
+    );
+    describe_gauge!(
+        "eventtracker_queue_lag_seconds",
+        "Age of the oldest entry still in the stream"
+    );
+    describe_gauge!(
+        "eventtracker_queue_pending",
+        "Entries delivered to a flusher and not yet acknowledged (no backlog signal)"
+    );
+    describe_gauge!(
+        "eventtracker_queue_dead_letters",
+        "Entries in the dead-letter stream"
+    );
+    // Every series exists from the start: dashboards and alerts see zeros, not gaps.
+    for c in [
+        "eventtracker_flusher_events_written_total",
+        "eventtracker_flusher_dead_lettered_total",
+        "eventtracker_flusher_claimed_total",
+        "eventtracker_flusher_postgres_errors_total",
+        "eventtracker_flusher_redis_errors_total",
+        "eventtracker_flusher_backoffs_total",
+    ] {
+        counter!(c).absolute(0);
+    }
+    for path in ["copy", "dedup"] {
+        counter!("eventtracker_flusher_batches_written_total", "path" => path).absolute(0);
+    }
+    gauge!("eventtracker_flusher_backoff_active").set(0.0);
+}
+
+pub fn batch_written(events: usize, path: &'static str, took: Duration) {
+    metrics::counter!("eventtracker_flusher_events_written_total").increment(events as u64);
+    metrics::counter!("eventtracker_flusher_batches_written_total", "path" => path).increment(1);
+    metrics::histogram!("eventtracker_flusher_batch_duration_seconds").record(took.as_secs_f64());
+}
+
+pub fn dead_lettered(n: usize) {
+    metrics::counter!("eventtracker_flusher_dead_lettered_total").increment(n as u64);
+}
+
+pub fn claimed(n: usize) {
+    metrics::counter!("eventtracker_flusher_claimed_total").increment(n as u64);
+}
+
+pub fn postgres_error() {
+    metrics::counter!("eventtracker_flusher_postgres_errors_total").increment(1);
+}
+
+pub fn redis_error() {
+    metrics::counter!("eventtracker_flusher_redis_errors_total").increment(1);
+}
+
+pub fn backoff(active: bool) {
+    metrics::gauge!("eventtracker_flusher_backoff_active").set(if active { 1.0 } else { 0.0 });
+    if active {
+        metrics::counter!("eventtracker_flusher_backoffs_total").increment(1);
+    }
+}
+
+/// What the queue looks like, read every few seconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueueState {
+    pub backlog: u64,
+    pub lag: Duration,
+    pub pending: u64,
+    pub dead: u64,
+}
+
+impl QueueState {
+    pub fn publish(&self) {
+        metrics::gauge!("eventtracker_queue_backlog").set(self.backlog as f64);
+        metrics::gauge!("eventtracker_queue_lag_seconds").set(self.lag.as_secs_f64());
+        metrics::gauge!("eventtracker_queue_pending").set(self.pending as f64);
+        metrics::gauge!("eventtracker_queue_dead_letters").set(self.dead as f64);
+    }
+}
+
+/// Probes and metrics share one small server on `--metrics-bind`.
+pub struct Probes {
+    pub redis: redis::Client,
+    pub pool: Pool,
+    pub timeout: Duration,
+    pub metrics: Option<PrometheusHandle>,
+}
+
+impl Probes {
+    async fn redis_ok(&self) -> Result<(), String> {
+        let check = async {
+            let mut c = self
+                .redis
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(|e| e.to_string())?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut c)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(self.timeout, check).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("redis: {e}")),
+            Err(_) => Err("redis: no answer in time".into()),
+        }
+    }
+
+    async fn postgres_ok(&self) -> Result<(), String> {
+        let check = async {
+            let client = self.pool.get().await.map_err(|e| e.to_string())?;
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(self.timeout, check).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("postgres: {e}")),
+            Err(_) => Err("postgres: no answer in time".into()),
+        }
+    }
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(probes: web::Data<Probes>) -> HttpResponse {
+    let (r, p) = tokio::join!(probes.redis_ok(), probes.postgres_ok());
+    let problems: Vec<String> = [r.err(), p.err()].into_iter().flatten().collect();
+    if problems.is_empty() {
+        HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"status": "unavailable", "reasons": problems}))
+    }
+}
+
+async fn render(probes: web::Data<Probes>) -> HttpResponse {
+    match &probes.metrics {
+        Some(h) => HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4")
+            .body(h.render()),
+        None => HttpResponse::NotFound().finish(),
+    }
+}
+
+/// Starts the probe/metrics server; returns its handle so shutdown can stop it.
+pub fn serve(
+    listener: std::net::TcpListener,
+    probes: Probes,
+) -> std::io::Result<actix_web::dev::Server> {
+    let probes = web::Data::new(probes);
+    Ok(HttpServer::new(move || {
+        App::new()
+            .app_data(probes.clone())
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+            .route("/metrics", web::get().to(render))
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .listen(listener)?
+    .run())
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    // Plain comments, not doc comments: clap would turn those into a long multi-line --help.
+    // Human-readable lines.
+    Text,
+    // One JSON object a line, for log shippers.
+    Json,
+}
+
+/// env_logger with `RUST_LOG` (default `info`), as text or one JSON object a line.
+pub fn init_logging(format: LogFormat) {
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if format == LogFormat::Json {
+        builder.format(|buf, record| {
+            use std::io::Write;
+            let line = serde_json::json!({
+                "ts": event_model::timestamp::format_timestamp(time::OffsetDateTime::now_utc()),
+                "level": record.level().as_str(),
+                "target": record.target(),
+                "msg": record.args().to_string(),
+            });
+            writeln!(buf, "{line}")
+        });
+    }
+    let _ = builder.try_init();
+}

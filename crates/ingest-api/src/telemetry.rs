@@ -1,0 +1,134 @@
+//! Prometheus metrics and logging. Label values come from fixed sets (route patterns, status
+//! codes, field names): never raw paths, tokens or event names.
+
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Request duration buckets, in seconds.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Installs the process-wide recorder; `None` if one is installed already (a second `run` in
+/// the same process shares the first one's metrics).
+pub fn install_metrics() -> Option<PrometheusHandle> {
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), DURATION_BUCKETS)
+        .expect("buckets are not empty");
+    match builder.install_recorder() {
+        Ok(handle) => {
+            describe();
+            Some(handle)
+        }
+        Err(e) => {
+            log::warn!("metrics recorder not installed: {e}");
+            None
+        }
+    }
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "eventtracker_ingest_requests_total",
+        "HTTP requests by route pattern and status"
+    );
+    describe_histogram!(
+        "eventtracker_ingest_request_duration_seconds",
+        "HTTP request duration by route pattern"
+    );
+    describe_counter!(
+        "eventtracker_ingest_events_accepted_total",
+        "Events accepted and queued"
+    );
+    describe_counter!(
+        "eventtracker_ingest_events_rejected_total",
+        "Events rejected, by the field that was wrong"
+    );
+    describe_counter!(
+        "eventtracker_ingest_redis_errors_total",
+        "Redis calls that failed or timed out"
+    );
+    describe_gauge!(
+        "eventtracker_queue_backlog",
+        "Entries in the stream (the flushers' backlog), as last read"
+    );
+    describe_gauge!(
+        "eventtracker_queue_lag_seconds",
+        "Age of the oldest entry still in the stream"
+    );
+    // Make every series exist from the start, so dashboards and alerts see zeros, not gaps.
+    metrics::counter!("eventtracker_ingest_events_accepted_total").absolute(0);
+    metrics::counter!("eventtracker_ingest_redis_errors_total").absolute(0);
+}
+
+pub fn request(route: &str, status: u16, took: Duration) {
+    let route = route.to_string();
+    metrics::counter!("eventtracker_ingest_requests_total", "route" => route.clone(), "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!("eventtracker_ingest_request_duration_seconds", "route" => route)
+        .record(took.as_secs_f64());
+}
+
+pub fn accepted(n: usize) {
+    metrics::counter!("eventtracker_ingest_events_accepted_total").increment(n as u64);
+}
+
+/// `field` is the field an event was rejected for; unknown fields count as `unknown_field`.
+pub fn rejected(field: &str) {
+    const KNOWN: [&str; 8] = [
+        "event",
+        "event_id",
+        "name",
+        "timestamp",
+        "device_id",
+        "session_id",
+        "user_id",
+        "properties",
+    ];
+    let reason = KNOWN
+        .iter()
+        .find(|k| **k == field)
+        .copied()
+        .unwrap_or("unknown_field");
+    metrics::counter!("eventtracker_ingest_events_rejected_total", "reason" => reason).increment(1);
+}
+
+pub fn redis_error() {
+    metrics::counter!("eventtracker_ingest_redis_errors_total").increment(1);
+}
+
+pub fn queue(backlog: u64, lag: Duration) {
+    metrics::gauge!("eventtracker_queue_backlog").set(backlog as f64);
+    metrics::gauge!("eventtracker_queue_lag_seconds").set(lag.as_secs_f64());
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    // Plain comments, not doc comments: clap would turn those into a long multi-line --help.
+    // Human-readable lines.
+    Text,
+    // One JSON object a line, for log shippers.
+    Json,
+}
+
+/// env_logger with `RUST_LOG` (default `info`), as text or one JSON object a line.
+pub fn init_logging(format: LogFormat) {
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if format == LogFormat::Json {
+        builder.format(|buf, record| {
+            use std::io::Write;
+            let line = serde_json::json!({
+                "ts": event_model::timestamp::format_timestamp(time::OffsetDateTime::now_utc()),
+                "level": record.level().as_str(),
+                "target": record.target(),
+                "msg": record.args().to_string(),
+            });
+            writeln!(buf, "{line}")
+        });
+    }
+    let _ = builder.try_init();
+}

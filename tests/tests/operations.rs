@@ -1,0 +1,271 @@
+//! Running it in production: metrics with exact counts (checked by promtool), backlog and lag,
+//! flusher probes, JSON logs, retention, and the dashboard's metrics existing for real.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use et_tests::*;
+use serde_json::{Value, json};
+
+async fn scrape(base: &str) -> String {
+    http()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of one series (`name{labels}` exactly as rendered, or a bare name).
+fn value(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let (name, v) = l.rsplit_once(' ')?;
+        (name == series).then(|| v.parse().ok())?
+    })
+}
+
+fn promtool_check(metrics: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package, installed by scripts/setup)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// After a known load, both binaries' /metrics show the exact counts and pass promtool; backlog
+/// and lag rise while no flusher runs and fall to zero when one does.
+#[tokio::test]
+async fn metrics_count_exactly_and_track_backlog() {
+    let redis_url = shared_redis_url();
+    let key = unique("events");
+    let db = TestDb::migrated(&shared_admin_url()).await;
+    let ingest = Ingest::start(&redis_url, &key, &[]);
+    let ts = event_model::timestamp::format_timestamp(time::OffsetDateTime::now_utc());
+    for _ in 0..4 {
+        // Fresh event_ids each time: a repeat would be de-duplicated, not counted.
+        let mut events: Vec<Value> = (0..25).map(|i| event("metric", i)).collect();
+        events.push(json!({"name": "", "timestamp": ts}));
+        events.push(json!({"name": "x", "timestamp": ts, "colour": "red"}));
+        events.push(json!({"name": "x", "timestamp": "never"}));
+        let (status, _) = ingest.post(&json!(events)).await;
+        assert_eq!(status, 200);
+    }
+    let (status, _) = post_json(&format!("{}/v1/events", ingest.url), None, &json!([])).await;
+    assert_eq!(status, 401);
+
+    // No flusher yet: the backlog is all 100 events and the lag grows.
+    let first = wait_for("backlog 100", Duration::from_secs(30), || async {
+        let m = scrape(&ingest.url).await;
+        (value(&m, "eventtracker_queue_backlog") == Some(100.0)).then_some(m)
+    })
+    .await;
+    let lag1 = value(&first, "eventtracker_queue_lag_seconds").unwrap();
+    let m = wait_for("the lag to grow", Duration::from_secs(30), || async {
+        let m = scrape(&ingest.url).await;
+        (value(&m, "eventtracker_queue_lag_seconds").unwrap() > lag1 + 0.5).then_some(m)
+    })
+    .await;
+    assert_eq!(
+        value(&m, "eventtracker_ingest_events_accepted_total"),
+        Some(100.0)
+    );
+    assert_eq!(
+        value(
+            &m,
+            r#"eventtracker_ingest_events_rejected_total{reason="name"}"#
+        ),
+        Some(4.0)
+    );
+    assert_eq!(
+        value(
+            &m,
+            r#"eventtracker_ingest_events_rejected_total{reason="unknown_field"}"#
+        ),
+        Some(4.0)
+    );
+    assert_eq!(
+        value(
+            &m,
+            r#"eventtracker_ingest_events_rejected_total{reason="timestamp"}"#
+        ),
+        Some(4.0)
+    );
+    assert_eq!(
+        value(
+            &m,
+            r#"eventtracker_ingest_requests_total{route="/v1/events",status="200"}"#
+        ),
+        Some(4.0)
+    );
+    assert_eq!(
+        value(
+            &m,
+            r#"eventtracker_ingest_requests_total{route="/v1/events",status="401"}"#
+        ),
+        Some(1.0)
+    );
+    assert!(!m.contains(TOKEN), "no token in metrics");
+    promtool_check(&m);
+
+    let flusher = Flusher::start(&redis_url, &db.url, &key, &[], &[]);
+    let furl = flusher.metrics_url();
+    let fm = wait_for("100 written", Duration::from_secs(60), || async {
+        let m = scrape(&furl).await;
+        (value(&m, "eventtracker_flusher_events_written_total") == Some(100.0)).then_some(m)
+    })
+    .await;
+    assert_eq!(
+        value(
+            &fm,
+            r#"eventtracker_flusher_batches_written_total{path="dedup"}"#
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&fm, "eventtracker_flusher_dead_lettered_total"),
+        Some(0.0)
+    );
+    promtool_check(&fm);
+    for base in [ingest.url.clone(), furl.clone()] {
+        wait_for(
+            "backlog and lag back to 0",
+            Duration::from_secs(30),
+            || async {
+                let m = scrape(&base).await;
+                (value(&m, "eventtracker_queue_backlog") == Some(0.0)
+                    && value(&m, "eventtracker_queue_lag_seconds") == Some(0.0))
+                .then_some(())
+            },
+        )
+        .await;
+    }
+    assert_eq!(db.count().await, 100);
+}
+
+/// The flusher's /readyz is 503 while PostgreSQL is stopped and 200 once it is back; /healthz
+/// stays 200 throughout. PostgreSQL of its own.
+#[tokio::test]
+async fn flusher_readiness_follows_postgres() {
+    let pg = PgServer::start();
+    let db = TestDb::migrated(&pg.admin_url()).await;
+    let flusher = Flusher::start(&shared_redis_url(), &db.url, &unique("events"), &[], &[]);
+    let base = flusher.metrics_url();
+    let status = |path: &'static str| {
+        let url = format!("{base}{path}");
+        async move { http().get(url).send().await.unwrap().status().as_u16() }
+    };
+    wait_for("ready", Duration::from_secs(30), || async {
+        (status("/readyz").await == 200).then_some(())
+    })
+    .await;
+    pg.stop();
+    wait_for("not ready", Duration::from_secs(30), || async {
+        (status("/readyz").await == 503).then_some(())
+    })
+    .await;
+    assert_eq!(status("/healthz").await, 200);
+    pg.start_server();
+    wait_for("ready again", Duration::from_secs(60), || async {
+        (status("/readyz").await == 200).then_some(())
+    })
+    .await;
+}
+
+/// `--log-format json` writes one JSON object a line.
+#[tokio::test]
+async fn json_logs() {
+    let db = TestDb::migrated(&shared_admin_url()).await;
+    let flusher = Flusher::start(
+        &shared_redis_url(),
+        &db.url,
+        &unique("events"),
+        &["--log-format", "json"],
+        &[],
+    );
+    let ingest = Ingest::start(
+        &shared_redis_url(),
+        &unique("events"),
+        &["--log-format", "json"],
+    );
+    flusher.metrics_url();
+    for text in [flusher.proc.log_text(), ingest.proc.log_text()] {
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with('{')).collect();
+        assert!(!lines.is_empty(), "{text}");
+        for l in lines {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"));
+            assert!(
+                v["level"].is_string() && v["msg"].is_string() && v["ts"].is_string(),
+                "{l}"
+            );
+        }
+    }
+}
+
+/// Rows older than --retention disappear with their chunks; newer ones stay.
+#[tokio::test]
+async fn retention_drops_old_chunks_only() {
+    let db = TestDb::migrated(&shared_admin_url()).await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "INSERT INTO events (time, event_id, name, source, received_at)
+             SELECT now() - d * interval '1 day', gen_random_uuid(), 'old' || d, 's', now()
+             FROM generate_series(0, 60, 5) AS d",
+        )
+        .await
+        .unwrap();
+    let before = chunk_count(&client).await;
+    let out = Command::new(bin("flusher"))
+        .args(["retention", "--database-url", &db.url, "--retention", "30d"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let left: Vec<i32> = client
+        .query(
+            "SELECT (extract(day from now() - time))::int FROM events ORDER BY time",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        !left.is_empty() && left.iter().all(|d| *d <= 30),
+        "kept {left:?}"
+    );
+    assert_eq!(left.len(), 7, "0, 5, …, 30 days old stay: {left:?}");
+    assert!(chunk_count(&client).await < before, "chunks were dropped");
+}
+
+async fn chunk_count(c: &tokio_postgres::Client) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_name = 'events'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
