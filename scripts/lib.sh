@@ -87,7 +87,7 @@ stop_pg() { # NAME PORT
 # True when scripts/setup still has something to install (it is idempotent either way).
 needs_setup() {
   [ ! -f "$ET_TSDB_CONTROL" ] || [ ! -x /usr/bin/redis-server ] || [ ! -x "$ET_PG_BIN/initdb" ] \
-    || [ ! -x /usr/bin/promtool ] \
+    || [ ! -x /usr/bin/promtool ] || [ ! -x /usr/bin/docker-compose ] \
     || ! cargo nextest --version >/dev/null 2>&1
 }
 

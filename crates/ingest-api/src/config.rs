@@ -57,6 +57,26 @@ pub struct Config {
     #[arg(long, env = "INGEST_MAX_DECOMPRESSED_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_decompressed_bytes: usize,
 
+    /// Most bytes all request bodies together may hold in memory (past it: 503 server_busy).
+    #[arg(long, env = "INGEST_MAX_INFLIGHT_BYTES", default_value_t = 128 * 1024 * 1024)]
+    pub max_inflight_bytes: usize,
+
+    /// A request's headers must arrive within this many milliseconds (slowloris guard).
+    #[arg(long, env = "INGEST_HEADER_TIMEOUT_MS", default_value_t = 5000)]
+    pub header_timeout_ms: u64,
+
+    /// A request's whole body must arrive within this many milliseconds (else 408).
+    #[arg(long, env = "INGEST_BODY_TIMEOUT_MS", default_value_t = 30_000)]
+    pub body_timeout_ms: u64,
+
+    /// Seconds an idle keep-alive connection stays open.
+    #[arg(long, env = "INGEST_KEEP_ALIVE_SECS", default_value_t = 30)]
+    pub keep_alive_secs: u64,
+
+    /// Most concurrent connections per worker thread; past it new connections wait in the backlog.
+    #[arg(long, env = "INGEST_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
     /// Most events in one batch.
     #[arg(long, env = "INGEST_MAX_EVENTS", default_value_t = 1000)]
     pub max_events: usize,

@@ -34,6 +34,10 @@ pub enum ApiError {
     QueueUnavailable { retry_after: u32 },
     #[error("the queue is full; retry the whole batch later")]
     QueueFull { retry_after: u32 },
+    #[error("the server is holding as many request bytes as it allows; retry later")]
+    ServerBusy { retry_after: u32 },
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("no such endpoint")]
     NotFound,
 }
@@ -52,6 +56,8 @@ impl ApiError {
             ApiError::InvalidEvents(_) => "invalid_events",
             ApiError::QueueUnavailable { .. } => "queue_unavailable",
             ApiError::QueueFull { .. } => "queue_full",
+            ApiError::ServerBusy { .. } => "server_busy",
+            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::NotFound => "not_found",
         }
     }
@@ -76,9 +82,10 @@ impl ResponseError for ApiError {
             | ApiError::InvalidBatch(_)
             | ApiError::EmptyBatch
             | ApiError::InvalidEvents(_) => StatusCode::BAD_REQUEST,
-            ApiError::QueueUnavailable { .. } | ApiError::QueueFull { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::QueueUnavailable { .. }
+            | ApiError::QueueFull { .. }
+            | ApiError::ServerBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound => StatusCode::NOT_FOUND,
         }
     }
@@ -89,7 +96,9 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => {
                 res.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
             }
-            ApiError::QueueUnavailable { retry_after } | ApiError::QueueFull { retry_after } => {
+            ApiError::QueueUnavailable { retry_after }
+            | ApiError::QueueFull { retry_after }
+            | ApiError::ServerBusy { retry_after } => {
                 res.insert_header((header::RETRY_AFTER, retry_after.to_string()));
             }
             _ => {}

@@ -19,7 +19,7 @@ use event_model::Limits;
 pub use config::Config;
 
 use crate::auth::TokenStore;
-use crate::body::BodyLimits;
+use crate::body::{BodyLimits, SharedBudget};
 use crate::queue::EventQueue;
 
 /// What every request handler shares.
@@ -28,6 +28,7 @@ pub struct AppState {
     pub queue: EventQueue,
     pub limits: Limits,
     pub body_limits: BodyLimits,
+    pub body_budget: SharedBudget,
     pub max_events: usize,
     pub max_queue_len: u64,
     pub retry_after_secs: u32,
@@ -75,7 +76,10 @@ impl AppState {
             body_limits: BodyLimits {
                 wire_bytes: config.max_body_bytes,
                 decompressed_bytes: config.max_decompressed_bytes,
+                timeout: Duration::from_millis(config.body_timeout_ms),
+                retry_after_secs: config.retry_after_secs,
             },
+            body_budget: SharedBudget::new(config.max_inflight_bytes),
             max_events: config.max_events,
             max_queue_len: config.max_queue_len,
             retry_after_secs: config.retry_after_secs,
@@ -126,6 +130,10 @@ pub async fn run(
             .default_service(web::to(routes::not_found))
     })
     .disable_signals()
+    .client_request_timeout(Duration::from_millis(config.header_timeout_ms))
+    .client_disconnect_timeout(Duration::from_secs(1))
+    .keep_alive(Duration::from_secs(config.keep_alive_secs))
+    .max_connections(config.max_connections)
     .shutdown_timeout(config.shutdown_timeout_secs);
     if config.workers > 0 {
         server = server.workers(config.workers);

@@ -47,9 +47,9 @@ pub async fn ingest(
     {
         return Err(too_large_on_wire(limits));
     }
-    let body = read_body(payload, encoding, limits).await?;
+    let body = read_body(payload, encoding, limits, &state.body_budget).await?;
     let received_at = OffsetDateTime::now_utc();
-    let batch = parse_batch(&body, state.max_events).map_err(|e| match e {
+    let batch = parse_batch(&body.bytes, state.max_events).map_err(|e| match e {
         event_model::BatchError::InvalidJson(m) => ApiError::InvalidJson(m),
         event_model::BatchError::InvalidBatch(m) => ApiError::InvalidBatch(m),
         event_model::BatchError::Empty => ApiError::EmptyBatch,
