@@ -685,3 +685,34 @@ async fn idle_consumers_are_pruned() {
             .contains("removed idle consumer ghost")
     );
 }
+
+/// `GET /openapi.json` serves docs/openapi.yaml as JSON, and it describes every endpoint.
+#[tokio::test]
+async fn openapi_description_is_served() {
+    let ingest = Ingest::start(&shared_redis_url(), &unique("events"), &[]);
+    let res = http()
+        .get(format!("{}/openapi.json", ingest.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let doc: Value = res.json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.0.3");
+    for path in [
+        "/v1/events",
+        "/test",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} is described");
+    }
+    let yaml =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.yaml"))
+            .unwrap();
+    assert!(
+        yaml.contains("openapi: 3.0.3"),
+        "served from docs/openapi.yaml"
+    );
+}

@@ -40,6 +40,8 @@ pub enum ApiError {
     RequestTimeout(String),
     #[error("no such endpoint")]
     NotFound,
+    #[error("this endpoint only takes {0}")]
+    MethodNotAllowed(&'static str),
 }
 
 impl ApiError {
@@ -59,6 +61,7 @@ impl ApiError {
             ApiError::ServerBusy { .. } => "server_busy",
             ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
         }
     }
 }
@@ -87,6 +90,7 @@ impl ResponseError for ApiError {
             | ApiError::ServerBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -100,6 +104,9 @@ impl ResponseError for ApiError {
             | ApiError::QueueFull { retry_after }
             | ApiError::ServerBusy { retry_after } => {
                 res.insert_header((header::RETRY_AFTER, retry_after.to_string()));
+            }
+            ApiError::MethodNotAllowed(allow) => {
+                res.insert_header((header::ALLOW, *allow));
             }
             _ => {}
         }

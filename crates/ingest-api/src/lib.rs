@@ -122,11 +122,20 @@ pub async fn run(
                     Ok(res)
                 }
             })
-            .route("/v1/events", web::post().to(routes::ingest))
-            .route("/test", web::post().to(routes::ingest))
-            .route("/healthz", web::get().to(routes::healthz))
-            .route("/readyz", web::get().to(routes::readyz))
-            .route("/metrics", web::get().to(routes::metrics))
+            .service(resource(
+                "/v1/events",
+                web::post().to(routes::ingest),
+                "POST",
+            ))
+            .service(resource("/test", web::post().to(routes::ingest), "POST"))
+            .service(resource("/healthz", web::get().to(routes::healthz), "GET"))
+            .service(resource("/readyz", web::get().to(routes::readyz), "GET"))
+            .service(resource("/metrics", web::get().to(routes::metrics), "GET"))
+            .service(resource(
+                "/openapi.json",
+                web::get().to(routes::openapi),
+                "GET",
+            ))
             .default_service(web::to(routes::not_found))
     })
     .disable_signals()
@@ -150,6 +159,13 @@ pub async fn run(
     served?;
     log::info!("ingest-api stopped");
     Ok(())
+}
+
+/// A path with one method; any other method gets 405 with `Allow` (not the app's 404).
+fn resource(path: &str, route: actix_web::Route, allow: &'static str) -> actix_web::Resource {
+    web::resource(path)
+        .route(route)
+        .default_service(web::to(move || routes::method_not_allowed(allow)))
 }
 
 /// Keeps the cached stream length fresh, so backpressure costs no Redis call per request.

@@ -177,6 +177,18 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+/// `GET /openapi.json`: the API description, built from `docs/openapi.yaml`.
+pub async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(include_str!(concat!(env!("OUT_DIR"), "/openapi.json")))
+}
+
+/// A known path with another method.
+pub async fn method_not_allowed(allow: &'static str) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed(allow))
+}
+
 /// Any other path.
 pub async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound)
