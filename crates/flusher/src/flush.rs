@@ -116,6 +116,7 @@ impl Flusher {
         let claim_every = Duration::from_millis((self.config.claim_idle_ms / 2).max(100));
         let prune_every = Duration::from_secs(60);
         let summary_every = Duration::from_secs(10);
+        let idle_summary_every = Duration::from_secs(300);
         let mut last_claim = Instant::now() - claim_every;
         let mut last_prune = Instant::now() - prune_every;
         let mut last_summary = Instant::now();
@@ -167,8 +168,15 @@ impl Flusher {
                     Err(e) => log::debug!("reading the queue state: {e}"),
                 }
             }
-            if last_summary.elapsed() >= summary_every {
-                let written = self.stats.events_written.load(Ordering::Relaxed);
+            // Every 10 s while there is work, every 5 minutes when idle: a quiet log at rest.
+            let written = self.stats.events_written.load(Ordering::Relaxed);
+            let busy = written != written_at_summary || queue.backlog > 0;
+            let every = if busy {
+                summary_every
+            } else {
+                idle_summary_every
+            };
+            if last_summary.elapsed() >= every {
                 let rate =
                     (written - written_at_summary) as f64 / last_summary.elapsed().as_secs_f64();
                 written_at_summary = written;
