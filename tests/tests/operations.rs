@@ -206,10 +206,14 @@ async fn json_logs() {
         &["--log-format", "json"],
     );
     flusher.metrics_url();
-    for text in [flusher.proc.log_text(), ingest.proc.log_text()] {
-        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with('{')).collect();
-        assert!(!lines.is_empty(), "{text}");
-        for l in lines {
+    for proc in [&flusher.proc, &ingest.proc] {
+        // The start-up lines come a moment after the listening line: wait for them.
+        let text = wait_for("JSON log lines", Duration::from_secs(30), || async {
+            let text = proc.log_text();
+            text.lines().any(|l| l.starts_with('{')).then_some(text)
+        })
+        .await;
+        for l in text.lines().filter(|l| !l.contains(" on http://")) {
             let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"));
             assert!(
                 v["level"].is_string() && v["msg"].is_string() && v["ts"].is_string(),

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use deadpool_redis::redis::{self, AsyncConnectionConfig};
-use deadpool_redis::{Manager, Pool, Runtime};
+use deadpool_redis::redis::{self, AsyncConnectionConfig, Client, aio::MultiplexedConnection};
 use event_model::QueuedEvent;
 use event_model::queue::{ENTRY_VERSION, EVENT_FIELD, VERSION_FIELD};
+use tokio::sync::Mutex;
 
 /// Why the queue could not take a write.
 #[derive(Debug, thiserror::Error)]
@@ -17,60 +17,82 @@ pub enum QueueError {
     Timeout(Duration),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    #[error("redis pool: {0}")]
-    Pool(String),
     #[error("{0}")]
     Config(String),
 }
 
 /// A handle on the event stream; cheap to clone.
+///
+/// Every request shares one multiplexed connection: Redis pipelines the commands of concurrent
+/// requests on it, and taking it costs no round trip (a pool that PINGs on every checkout, as
+/// deadpool-redis does, doubled the round trips per request). After an error or a timeout the
+/// connection is dropped and the next call makes a new one.
 #[derive(Clone)]
 pub struct EventQueue {
-    pool: Pool,
+    client: Client,
+    config: AsyncConnectionConfig,
+    conn: Arc<Mutex<Option<MultiplexedConnection>>>,
     stream_key: String,
     timeout: Duration,
     length: Arc<AtomicU64>,
 }
 
 impl EventQueue {
-    /// Creates the pool. No connection is made yet: ingest-api starts even while Redis is down.
+    /// No connection is made yet: ingest-api starts even while Redis is down.
     pub fn new(redis_url: &str, stream_key: &str, timeout: Duration) -> Result<Self, QueueError> {
+        let client = Client::open(redis_url)
+            .map_err(|e| QueueError::Config(format!("invalid redis URL: {e}")))?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
-        let manager = Manager::new_with_config(redis_url, config)
-            .map_err(|e| QueueError::Config(format!("invalid redis URL: {e}")))?;
-        let pool = Pool::builder(manager)
-            .max_size(64)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(timeout))
-            .create_timeout(Some(timeout))
-            .recycle_timeout(Some(timeout))
-            .build()
-            .map_err(|e| QueueError::Config(format!("redis pool: {e}")))?;
         Ok(EventQueue {
-            pool,
+            client,
+            config,
+            conn: Arc::default(),
             stream_key: stream_key.to_string(),
             timeout,
             length: Arc::new(AtomicU64::new(0)),
         })
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, QueueError> {
-        self.pool.get().await.map_err(|e| match e {
-            deadpool_redis::PoolError::Backend(e) => QueueError::Redis(e),
-            deadpool_redis::PoolError::Timeout(_) => QueueError::Timeout(self.timeout),
-            other => QueueError::Pool(other.to_string()),
-        })
+    async fn conn(&self) -> Result<MultiplexedConnection, QueueError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await?;
+        *slot = Some(c.clone());
+        Ok(c)
     }
 
+    /// Runs `op` on the shared connection within the timeout; a failed connection is dropped.
     async fn bounded<T>(
         &self,
-        fut: impl Future<Output = Result<T, QueueError>>,
+        op: impl AsyncFnOnce(&mut MultiplexedConnection) -> redis::RedisResult<T>,
     ) -> Result<T, QueueError> {
-        tokio::time::timeout(self.timeout, fut)
-            .await
-            .map_err(|_| QueueError::Timeout(self.timeout))?
+        let result = tokio::time::timeout(self.timeout, async {
+            let mut conn = self.conn().await?;
+            op(&mut conn).await.map_err(QueueError::from)
+        })
+        .await
+        .unwrap_or(Err(QueueError::Timeout(self.timeout)));
+        let broken = match &result {
+            Ok(_) => false,
+            Err(QueueError::Redis(e)) => {
+                e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_timeout()
+                    || e.is_unrecoverable_error()
+            }
+            Err(_) => true,
+        };
+        if broken {
+            *self.conn.lock().await = None;
+        }
+        result
     }
 
     /// Appends every event in one MULTI/EXEC: all of them are in the stream, or none.
@@ -87,22 +109,15 @@ impl EventQueue {
                 .arg(e.encode())
                 .ignore();
         }
-        self.bounded(async {
-            let mut conn = self.conn().await?;
-            pipe.query_async::<()>(&mut *conn).await?;
-            Ok(())
-        })
-        .await
+        self.bounded(async |c| pipe.query_async::<()>(c).await)
+            .await
     }
 
     /// PING within the timeout.
     pub async fn ping(&self) -> Result<(), QueueError> {
-        self.bounded(async {
-            let mut conn = self.conn().await?;
-            redis::cmd("PING").query_async::<String>(&mut *conn).await?;
-            Ok(())
-        })
-        .await
+        self.bounded(async |c| redis::cmd("PING").query_async::<String>(c).await)
+            .await
+            .map(|_| ())
     }
 
     /// The stream length as last seen by [`EventQueue::refresh_length`].
@@ -122,12 +137,8 @@ impl EventQueue {
             .arg("+")
             .arg("COUNT")
             .arg(1);
-        let (len, oldest): (u64, Vec<(String, redis::Value)>) = self
-            .bounded(async {
-                let mut conn = self.conn().await?;
-                Ok(pipe.query_async(&mut *conn).await?)
-            })
-            .await?;
+        let (len, oldest): (u64, Vec<(String, redis::Value)>) =
+            self.bounded(async |c| pipe.query_async(c).await).await?;
         self.length.store(len, Ordering::Relaxed);
         let lag = oldest
             .first()
