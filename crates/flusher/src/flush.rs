@@ -322,7 +322,7 @@ impl Flusher {
         let mut backoff = self.backoff_start();
         let mut last_keep = Instant::now();
         while let Some(part) = todo.pop() {
-            let events: Vec<QueuedEvent> = part.iter().map(|(_, e)| e.clone()).collect();
+            let events: Vec<&QueuedEvent> = part.iter().map(|(_, e)| e).collect();
             let started = Instant::now();
             match sink::write(&self.pool, &events).await {
                 Ok(path) => {

@@ -65,7 +65,7 @@ pub fn pool(database_url: &str, size: usize) -> Result<Pool, FlusherError> {
 }
 
 /// Writes the rows in one transaction; on a unique violation, once more through staging.
-pub async fn write(pool: &Pool, rows: &[QueuedEvent]) -> Result<WritePath, WriteError> {
+pub async fn write(pool: &Pool, rows: &[&QueuedEvent]) -> Result<WritePath, WriteError> {
     let mut client = pool
         .get()
         .await
@@ -85,7 +85,7 @@ pub async fn write(pool: &Pool, rows: &[QueuedEvent]) -> Result<WritePath, Write
 async fn copy_into(
     client: &mut deadpool_postgres::Client,
     table: &str,
-    rows: &[QueuedEvent],
+    rows: &[&QueuedEvent],
     dedup: bool,
 ) -> Result<(), tokio_postgres::Error> {
     let tx = client.transaction().await?;
@@ -110,7 +110,7 @@ async fn copy_into(
 async fn copy_rows(
     tx: &Transaction<'_>,
     table: &str,
-    rows: &[QueuedEvent],
+    rows: &[&QueuedEvent],
 ) -> Result<u64, tokio_postgres::Error> {
     let sink = tx
         .copy_in(&format!(

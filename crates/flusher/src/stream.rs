@@ -7,7 +7,6 @@ use std::time::Duration;
 use deadpool_redis::redis::{
     self, AsyncConnectionConfig, Client, Value, aio::MultiplexedConnection,
 };
-use deadpool_redis::{Manager, Pool, Runtime};
 
 use crate::FlusherError;
 
@@ -30,7 +29,10 @@ impl Entry {
 /// Names and connections for one stream + consumer group + consumer.
 pub struct Stream {
     client: Client,
-    pool: Pool,
+    config: AsyncConnectionConfig,
+    /// For every call but the blocking read: one multiplexed connection, re-made after an error
+    /// (a pool that PINGs on every checkout would add a round trip to every acknowledgement).
+    conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     reader: Option<MultiplexedConnection>,
     pub key: String,
     pub dead_key: String,
@@ -53,18 +55,10 @@ impl Stream {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
-        let manager = Manager::new_with_config(redis_url, config).map_err(FlusherError::Redis)?;
-        let pool = Pool::builder(manager)
-            .max_size(4)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(timeout))
-            .create_timeout(Some(timeout))
-            .recycle_timeout(Some(timeout))
-            .build()
-            .map_err(|e| FlusherError::Config(format!("redis pool: {e}")))?;
         Ok(Stream {
             client,
-            pool,
+            config,
+            conn: tokio::sync::Mutex::new(None),
             reader: None,
             key: key.to_string(),
             dead_key: format!("{key}:dead"),
@@ -75,21 +69,40 @@ impl Stream {
         })
     }
 
-    /// Runs one command or pipeline on a pooled connection, within the timeout.
+    /// Runs one command or pipeline on the shared connection, within the timeout; a connection
+    /// that failed or timed out is dropped, and the next call makes a new one.
     pub async fn query<T: redis::FromRedisValue>(
         &self,
         run: impl AsyncFnOnce(&mut MultiplexedConnection) -> redis::RedisResult<T>,
     ) -> Result<T, FlusherError> {
         let fut = async {
-            let mut conn = self.pool.get().await.map_err(|e| match e {
-                deadpool_redis::PoolError::Backend(e) => FlusherError::Redis(e),
-                other => FlusherError::RedisUnavailable(other.to_string()),
-            })?;
-            run(&mut conn).await.map_err(FlusherError::Redis)
+            let mut conn = {
+                let mut slot = self.conn.lock().await;
+                match slot.as_ref() {
+                    Some(c) => c.clone(),
+                    None => {
+                        let c = self
+                            .client
+                            .get_multiplexed_async_connection_with_config(&self.config)
+                            .await?;
+                        *slot = Some(c.clone());
+                        c
+                    }
+                }
+            };
+            run(&mut conn).await
         };
-        tokio::time::timeout(self.timeout, fut).await.map_err(|_| {
-            FlusherError::RedisUnavailable(format!("no answer within {:?}", self.timeout))
-        })?
+        let result = match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) if e.code().is_some() => return Err(FlusherError::Redis(e)),
+            Ok(Err(e)) => FlusherError::Redis(e),
+            Err(_) => {
+                FlusherError::RedisUnavailable(format!("no answer within {:?}", self.timeout))
+            }
+        };
+        // Not an error reply from a healthy server: do not trust this connection again.
+        *self.conn.lock().await = None;
+        Err(result)
     }
 
     /// Creates the consumer group at ID 0 (so nothing queued before the first flusher is
