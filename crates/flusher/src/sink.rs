@@ -2,29 +2,16 @@
 //! a unique violation (a redelivered batch, an SDK retry) the batch goes through a temporary
 //! staging table and `INSERT … ON CONFLICT DO NOTHING`, de-duplicated within the batch first.
 
+use bytes::{BufMut, Bytes, BytesMut};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use event_model::QueuedEvent;
-use futures_util::pin_mut;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use futures_util::{SinkExt, pin_mut};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::{Json, ToSql, Type};
 use tokio_postgres::{NoTls, Transaction};
 
 use crate::FlusherError;
 
 const COLUMNS: &str = "time, event_id, name, source, device_id, session_id, user_id, properties, sent_at, received_at";
-const TYPES: [Type; 10] = [
-    Type::TIMESTAMPTZ,
-    Type::UUID,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::JSONB,
-    Type::TIMESTAMPTZ,
-    Type::TIMESTAMPTZ,
-];
 
 /// Which path a committed batch took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,29 +100,80 @@ async fn copy_rows(
     rows: &[&QueuedEvent],
 ) -> Result<u64, tokio_postgres::Error> {
     let sink = tx
-        .copy_in(&format!(
+        .copy_in::<_, Bytes>(&format!(
             "COPY {table} ({COLUMNS}) FROM STDIN (FORMAT binary)"
         ))
         .await?;
-    let writer = BinaryCopyInWriter::new(sink, &TYPES);
-    pin_mut!(writer);
+    pin_mut!(sink);
+    // The whole batch as one message: one allocation, no per-row future (see `encode_binary`).
+    sink.send(encode_binary(rows).freeze()).await?;
+    sink.as_mut().finish().await
+}
+
+/// Microseconds from the Unix epoch to PostgreSQL's epoch, 2000-01-01T00:00:00Z.
+const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+
+/// Encodes rows in PostgreSQL's binary COPY format, columns in the order of `COLUMNS`.
+///
+/// Binary COPY applies no casts, so each value is written exactly as its column type's binary
+/// form: `timestamptz` as i64 microseconds since 2000-01-01 UTC, `uuid` as 16 bytes, `text` as
+/// UTF-8, `jsonb` as the version byte 1 then the JSON text; NULL as length -1. Hand-written
+/// because tokio-postgres's `BinaryCopyInWriter` awaits a future and boxes a `ToSql` per value.
+pub fn encode_binary(rows: &[&QueuedEvent]) -> BytesMut {
+    let size: usize = rows
+        .iter()
+        .map(|r| {
+            2 + 10 * 4
+                + 8 * 3
+                + 16
+                + r.name.len()
+                + r.source.len()
+                + r.device_id.as_ref().map_or(0, String::len)
+                + r.session_id.as_ref().map_or(0, String::len)
+                + r.user_id.as_ref().map_or(0, String::len)
+                + 1
+                + r.properties.get().len()
+        })
+        .sum();
+    let mut buf = BytesMut::with_capacity(19 + size + 2);
+    buf.put_slice(b"PGCOPY\n\xff\r\n\0");
+    buf.put_i32(0); // flags
+    buf.put_i32(0); // header extension length
+    let micros =
+        |t: time::OffsetDateTime| (t.unix_timestamp_nanos() / 1000) as i64 - PG_EPOCH_UNIX_MICROS;
+    let text = |buf: &mut BytesMut, s: Option<&str>| match s {
+        Some(s) => {
+            buf.put_i32(s.len() as i32);
+            buf.put_slice(s.as_bytes());
+        }
+        None => buf.put_i32(-1),
+    };
+    let timestamp = |buf: &mut BytesMut, t: Option<time::OffsetDateTime>| match t {
+        Some(t) => {
+            buf.put_i32(8);
+            buf.put_i64(micros(t));
+        }
+        None => buf.put_i32(-1),
+    };
     for r in rows {
-        let properties = Json(&*r.properties);
-        let values: [&(dyn ToSql + Sync); 10] = [
-            &r.time,
-            &r.event_id,
-            &r.name,
-            &r.source,
-            &r.device_id,
-            &r.session_id,
-            &r.user_id,
-            &properties,
-            &r.sent_at,
-            &r.received_at,
-        ];
-        writer.as_mut().write(&values).await?;
+        buf.put_i16(10);
+        timestamp(&mut buf, Some(r.time));
+        buf.put_i32(16);
+        buf.put_slice(r.event_id.as_bytes());
+        text(&mut buf, Some(&r.name));
+        text(&mut buf, Some(&r.source));
+        text(&mut buf, r.device_id.as_deref());
+        text(&mut buf, r.session_id.as_deref());
+        text(&mut buf, r.user_id.as_deref());
+        let json = r.properties.get().as_bytes();
+        buf.put_i32(json.len() as i32 + 1);
+        buf.put_u8(1); // jsonb format version
+        buf.put_slice(json);
+        timestamp(&mut buf, r.sent_at);
+        timestamp(&mut buf, Some(r.received_at));
     }
-    writer.finish().await
+    buf.put_i16(-1);
+    buf
 }
 
 /// Data errors are the rows' fault; everything else is PostgreSQL's state.
@@ -159,6 +197,53 @@ fn is_data_error(code: &SqlState) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binary_copy_layout() {
+        use time::macros::datetime;
+        let e = QueuedEvent {
+            time: datetime!(2000-01-01 00:00:00.000001 UTC),
+            event_id: uuid::Uuid::from_bytes([7; 16]),
+            name: "n".into(),
+            source: "s".into(),
+            device_id: None,
+            session_id: Some("ab".into()),
+            user_id: None,
+            properties: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            sent_at: None,
+            received_at: datetime!(1999-12-31 23:59:59 UTC),
+        };
+        let b = encode_binary(&[&e]);
+        assert_eq!(&b[..11], b"PGCOPY\n\xff\r\n\0");
+        assert_eq!(&b[11..19], &[0; 8]);
+        assert_eq!(&b[19..21], &10i16.to_be_bytes());
+        assert_eq!(&b[21..25], &8i32.to_be_bytes());
+        assert_eq!(
+            &b[25..33],
+            &1i64.to_be_bytes(),
+            "1 µs after PostgreSQL's epoch"
+        );
+        assert_eq!(&b[33..37], &16i32.to_be_bytes());
+        assert_eq!(&b[37..53], &[7; 16]);
+        assert_eq!(&b[53..58], &[0, 0, 0, 1, b'n']);
+        assert_eq!(&b[58..63], &[0, 0, 0, 1, b's']);
+        assert_eq!(&b[63..67], &(-1i32).to_be_bytes(), "NULL device_id");
+        assert_eq!(&b[67..73], &[0, 0, 0, 2, b'a', b'b']);
+        assert_eq!(&b[73..77], &(-1i32).to_be_bytes());
+        assert_eq!(
+            &b[77..84],
+            &[0, 0, 0, 3, 1, b'{', b'}'],
+            "jsonb version byte"
+        );
+        assert_eq!(&b[84..88], &(-1i32).to_be_bytes(), "NULL sent_at");
+        assert_eq!(&b[88..92], &8i32.to_be_bytes());
+        assert_eq!(
+            &b[92..100],
+            &(-1_000_000i64).to_be_bytes(),
+            "1 s before the epoch"
+        );
+        assert_eq!(&b[100..], &(-1i16).to_be_bytes(), "trailer");
+    }
 
     #[test]
     fn classifies_sqlstates() {
