@@ -716,3 +716,40 @@ async fn openapi_description_is_served() {
         "served from docs/openapi.yaml"
     );
 }
+
+/// One flusher with `--concurrency 3` keeps three batches in flight and still writes every
+/// event exactly once (no de-duplication needed, nothing pending afterwards).
+#[tokio::test]
+async fn concurrent_batches_in_one_flusher() {
+    let redis_url = shared_redis_url();
+    let key = unique("events");
+    let db = TestDb::migrated(&shared_admin_url()).await;
+    let ingest = Ingest::start(&redis_url, &key, &[]);
+    let mut flusher = Flusher::start(
+        &redis_url,
+        &db.url,
+        &key,
+        &[
+            "--concurrency",
+            "3",
+            "--batch-size",
+            "10",
+            "--consumer",
+            "multi",
+        ],
+        &[],
+    );
+    for chunk in 0..20 {
+        let events: Vec<Value> = (0..100).map(|i| event("multi", chunk * 100 + i)).collect();
+        let (status, _) = ingest.post(&json!(events)).await;
+        assert_eq!(status, 200);
+    }
+    wait_rows(&db, 2000).await;
+    assert!(flusher.proc.terminate().success());
+    assert_eq!(flusher.last_count("written"), Some(2000));
+    assert_eq!(flusher.last_count("dedup_batches"), Some(0));
+    assert!(flusher.proc.log_text().contains("concurrency 3"));
+    let mut r = redis_conn(&redis_url).await;
+    assert_eq!(pending(&mut r, &key, "flushers").await, 0);
+    assert_eq!(db.count().await, 2000);
+}

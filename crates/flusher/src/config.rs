@@ -121,6 +121,11 @@ pub struct RunConfig {
     #[arg(long, env = "FLUSHER_BATCH_SIZE", default_value_t = 100)]
     pub batch_size: usize,
 
+    /// Batches in flight at once: each read by its own consumer (`<consumer>-<n>`) and written
+    /// on its own pooled PostgreSQL connection.
+    #[arg(long, env = "FLUSHER_CONCURRENCY", default_value_t = 1)]
+    pub concurrency: usize,
+
     /// How long one blocking read waits for new entries, in milliseconds.
     #[arg(long, env = "FLUSHER_BLOCK_MS", default_value_t = 1000)]
     pub block_ms: u64,

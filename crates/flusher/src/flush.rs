@@ -82,6 +82,7 @@ pub struct Flusher {
     pub pool: Pool,
     pub config: RunConfig,
     pub stats: Arc<Stats>,
+    reports: bool,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -92,17 +93,21 @@ enum Written {
 }
 
 impl Flusher {
+    /// `stats` is shared by the workers of one process; the one with `reports` logs it.
     pub fn new(
         stream: Stream,
         pool: Pool,
         config: RunConfig,
+        stats: Arc<Stats>,
+        reports: bool,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Flusher {
             stream,
             pool,
             config,
-            stats: Arc::new(Stats::default()),
+            stats,
+            reports,
             shutdown,
         }
     }
@@ -176,7 +181,7 @@ impl Flusher {
             } else {
                 idle_summary_every
             };
-            if last_summary.elapsed() >= every {
+            if self.reports && last_summary.elapsed() >= every {
                 let rate =
                     (written - written_at_summary) as f64 / last_summary.elapsed().as_secs_f64();
                 written_at_summary = written;
@@ -204,11 +209,6 @@ impl Flusher {
                 }
             }
         }
-        log::info!(
-            "flusher {} stopped: {}",
-            self.stream.consumer,
-            self.stats.summary()
-        );
         Ok(())
     }
 

@@ -12,6 +12,7 @@ pub mod sink;
 pub mod stream;
 pub mod telemetry;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use config::{Cli, Command, Common, DeadLetterCommand, RunConfig};
@@ -167,15 +168,32 @@ pub async fn run(
         .consumer
         .clone()
         .unwrap_or_else(default_consumer_name);
-    let stream = stream::Stream::new(
-        &common.redis_url,
-        &common.stream_key,
-        &common.group,
-        &consumer,
-        Duration::from_millis(config.redis_timeout_ms),
-        Duration::from_millis(config.block_ms),
+    if config.concurrency == 0 {
+        return Err(FlusherError::Config(
+            "--concurrency must be at least 1".into(),
+        ));
+    }
+    let streams = (0..config.concurrency)
+        .map(|n| {
+            let name = if config.concurrency == 1 {
+                consumer.clone()
+            } else {
+                format!("{consumer}-{n}")
+            };
+            stream::Stream::new(
+                &common.redis_url,
+                &common.stream_key,
+                &common.group,
+                &name,
+                Duration::from_millis(config.redis_timeout_ms),
+                Duration::from_millis(config.block_ms),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let pool = sink::pool(
+        &common.database_url,
+        config.pg_pool_size.max(config.concurrency),
     )?;
-    let pool = sink::pool(&common.database_url, config.pg_pool_size)?;
     let listener = std::net::TcpListener::bind(config.metrics_bind)?;
     // Tests and scripts read this line to learn the port when --metrics-bind ends in :0.
     println!("flusher metrics on http://{}", listener.local_addr()?);
@@ -189,10 +207,11 @@ pub async fn run(
     let server_handle = server.handle();
     tokio::spawn(server);
     log::info!(
-        "flusher {consumer}: stream {:?}, group {:?}, batch size {}",
+        "flusher {consumer}: stream {:?}, group {:?}, batch size {}, concurrency {}",
         common.stream_key,
         common.group,
-        config.batch_size
+        config.batch_size,
+        config.concurrency
     );
     let (tx, rx) = watch::channel(false);
     let grace = Duration::from_secs(config.shutdown_timeout_secs);
@@ -207,14 +226,42 @@ pub async fn run(
     if let Some(keep) = common.retention {
         tokio::spawn(retention_loop(pool.clone(), keep, rx.clone()));
     }
-    let mut flusher = flush::Flusher::new(stream, pool, config, rx);
+    let stats = Arc::new(flush::Stats::default());
+    let workers: Vec<_> = streams
+        .into_iter()
+        .enumerate()
+        .map(|(n, stream)| {
+            let mut worker = flush::Flusher::new(
+                stream,
+                pool.clone(),
+                config.clone(),
+                stats.clone(),
+                n == 0,
+                rx.clone(),
+            );
+            tokio::spawn(async move { worker.run().await })
+        })
+        .collect();
+    let all = async {
+        let mut result = Ok(());
+        for w in workers {
+            match w.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(e) => result = Err(FlusherError::Config(format!("a worker panicked: {e}"))),
+            }
+        }
+        result
+    };
     let result = tokio::select! {
-        result = flusher.run() => result,
+        result = all => result,
         Ok(()) = deadline_rx => {
             log::warn!("shutdown timeout reached; unfinished entries stay pending for another flusher");
             Ok(())
         }
     };
+    // After every worker is done, so the totals include each one's last batch.
+    log::info!("flusher {consumer} stopped: {}", stats.summary());
     server_handle.stop(true).await;
     result
 }
