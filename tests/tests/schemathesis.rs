@@ -35,7 +35,11 @@ fn schemathesis_finds_no_server_error_and_nothing_outside_the_description() {
         .unwrap_or_else(|| panic!("no 2xx count in the output:\n{stdout}"));
     assert!(accepted > 0, "no 2xx answers:\n{stdout}");
     assert!(
-        ingest.proc.log_text().lines().all(|l| !l.contains("panicked")),
+        ingest
+            .proc
+            .log_text()
+            .lines()
+            .all(|l| !l.contains("panicked")),
         "ingest-api panicked:\n{}",
         ingest.proc.log_text()
     );
