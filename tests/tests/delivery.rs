@@ -409,3 +409,90 @@ async fn sigterm_during_load_loses_nothing() {
     assert_eq!(db.count().await, accepted);
     assert_eq!(distinct_ids(&db).await, accepted);
 }
+
+/// An entry delivered more than --max-deliveries times is retried alone, and stored, not
+/// dead-lettered, when nothing is wrong with its data: delivery counts alone condemn nothing.
+#[tokio::test]
+async fn often_delivered_entries_are_retried_alone_not_condemned() {
+    let redis_url = shared_redis_url();
+    let key = unique("events");
+    let db = TestDb::migrated(&shared_admin_url()).await;
+    let ingest = Ingest::start(&redis_url, &key, &[]);
+    let (status, _) = ingest.post(&batch("worn", 5)).await;
+    assert_eq!(status, 200);
+    // A crashed consumer read them, and they have been claimed 20 times since.
+    let mut r = redis_conn(&redis_url).await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&key)
+        .arg("flushers")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("flushers")
+        .arg("ghost")
+        .arg("COUNT")
+        .arg(10)
+        .arg("STREAMS")
+        .arg(&key)
+        .arg(">")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let ids: Vec<(String, redis::Value)> = redis::cmd("XRANGE")
+        .arg(&key)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let ids: Vec<String> = ids.into_iter().map(|(id, _)| id).collect();
+    let _: redis::Value = redis::cmd("XCLAIM")
+        .arg(&key)
+        .arg("flushers")
+        .arg("ghost")
+        .arg(0)
+        .arg(&ids)
+        .arg("RETRYCOUNT")
+        .arg(20)
+        .arg("JUSTID")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let counts: Vec<(String, String, i64, i64)> = redis::cmd("XPENDING")
+        .arg(&key)
+        .arg("flushers")
+        .arg("-")
+        .arg("+")
+        .arg(10)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert!(
+        counts.iter().all(|c| c.3 == 20),
+        "the entries really were delivered 20 times: {counts:?}"
+    );
+
+    let mut flusher = Flusher::start(
+        &redis_url,
+        &db.url,
+        &key,
+        &["--claim-idle-ms", "100", "--max-deliveries", "10"],
+        &[],
+    );
+    wait_rows(&db, 5).await;
+    assert!(flusher.proc.terminate().success());
+    let log = flusher.proc.log_text();
+    assert!(
+        log.contains("retrying 5 entries delivered more than 10 times one at a time"),
+        "{log}"
+    );
+    assert_eq!(flusher.last_count("batches"), Some(5), "one batch each");
+    assert_eq!(flusher.last_count("dead_lettered"), Some(0));
+    assert_eq!(xlen(&mut r, &format!("{key}:dead")).await, 0);
+    assert_eq!(pending(&mut r, &key, "flushers").await, 0);
+}

@@ -293,6 +293,11 @@ impl Flusher {
                 .map(|(id, _)| id)
                 .collect();
             if !many.is_empty() {
+                log::warn!(
+                    "retrying {} entries delivered more than {} times one at a time",
+                    many.len(),
+                    self.config.max_deliveries
+                );
                 let (single, rest): (Vec<_>, Vec<_>) =
                     good.into_iter().partition(|(e, _)| many.contains(&&e.id));
                 alone = single;
