@@ -56,6 +56,22 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// How long a test waits for something that should happen soon (a drain, a recovery): long
+/// enough for a loaded CI machine, so it only fires when something is really stuck.
+pub const LONG: Duration = Duration::from_secs(90);
+
+/// The text of a `/metrics` endpoint.
+pub async fn scrape(base: &str) -> String {
+    http()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text")
+}
+
 /// Polls `check` until it returns `Some`, or panics with `what` after `limit`.
 pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
 where
@@ -354,6 +370,14 @@ impl TestDb {
 
     pub async fn client(&self) -> tokio_postgres::Client {
         connect(&self.url).await
+    }
+
+    /// Waits until the table holds at least `n` rows.
+    pub async fn wait_rows(&self, n: i64) {
+        wait_for(&format!("{n} rows"), LONG, || async {
+            (self.count().await >= n).then_some(())
+        })
+        .await;
     }
 
     pub async fn count(&self) -> i64 {

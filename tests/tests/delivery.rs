@@ -8,15 +8,6 @@ use deadpool_redis::redis;
 use et_tests::*;
 use serde_json::{Value, json};
 
-const DRAIN: Duration = Duration::from_secs(90);
-
-async fn wait_rows(db: &TestDb, n: i64) {
-    wait_for(&format!("{n} rows"), DRAIN, || async {
-        (db.count().await >= n).then_some(())
-    })
-    .await;
-}
-
 async fn distinct_ids(db: &TestDb) -> i64 {
     db.client()
         .await
@@ -73,7 +64,7 @@ async fn crash_after_commit_before_ack_is_deduplicated() {
         &["--consumer", "rescuer", "--claim-idle-ms", "500"],
         &[],
     );
-    wait_for("the stream to drain", DRAIN, || {
+    wait_for("the stream to drain", LONG, || {
         let mut r = r.clone();
         let key = key.clone();
         async move { (xlen(&mut r, &key).await == 0).then_some(()) }
@@ -121,13 +112,13 @@ async fn poison_entries_are_dead_lettered_and_requeued() {
 
     let mut flusher = Flusher::start(&redis_url, &db.url, &key, &[], &[]);
     let dead_key = format!("{key}:dead");
-    wait_for("two dead letters", DRAIN, || {
+    wait_for("two dead letters", LONG, || {
         let mut r = r.clone();
         let dead_key = dead_key.clone();
         async move { (xlen(&mut r, &dead_key).await == 2).then_some(()) }
     })
     .await;
-    wait_rows(&db, 98).await;
+    db.wait_rows(98).await;
     assert!(flusher.proc.terminate().success());
     assert_eq!(db.count().await, 98);
     assert_eq!(
@@ -192,7 +183,7 @@ async fn poison_entries_are_dead_lettered_and_requeued() {
     assert!(out.contains("requeued 1"), "{out}");
     assert_eq!(xlen(&mut r, &dead_key).await, 1);
     let _flusher = Flusher::start(&redis_url, &db.url, &key, &[], &[]);
-    wait_rows(&db, 99).await;
+    db.wait_rows(99).await;
     let poison: i64 = db
         .client()
         .await
@@ -223,7 +214,7 @@ async fn postgres_down_for_ten_seconds_under_load() {
         assert_eq!(status, 200, "{body}");
         accepted += 100;
     }
-    wait_rows(&db, accepted).await;
+    db.wait_rows(accepted).await;
     pg.stop();
     let down_at = std::time::Instant::now();
     // Keep the load on while PostgreSQL is down: ingest does not depend on it.
@@ -244,7 +235,7 @@ async fn postgres_down_for_ten_seconds_under_load() {
         "PostgreSQL really went down:\n{}",
         pg.log_text()
     );
-    wait_rows(&db, accepted).await;
+    db.wait_rows(accepted).await;
     assert_eq!(db.count().await, accepted);
     assert_eq!(distinct_ids(&db).await, accepted);
     let log = flusher.proc.log_text();
@@ -252,7 +243,7 @@ async fn postgres_down_for_ten_seconds_under_load() {
         log.contains("writing to PostgreSQL failed"),
         "the flusher backed off"
     );
-    wait_for("the stream to drain", DRAIN, || {
+    wait_for("the stream to drain", LONG, || {
         let mut r = r.clone();
         let key = key.clone();
         async move { (xlen(&mut r, &key).await == 0).then_some(()) }
@@ -282,7 +273,7 @@ async fn redis_crash_and_restart_loses_nothing() {
         &["--claim-idle-ms", "2000"],
         &[],
     );
-    wait_rows(&db, 300).await;
+    db.wait_rows(300).await;
     // And a crash with the flusher running, mid-stream.
     let (status, _) = ingest.post(&batch("second", 200)).await;
     assert_eq!(status, 200);
@@ -293,7 +284,7 @@ async fn redis_crash_and_restart_loses_nothing() {
         (status == 200).then_some(())
     })
     .await;
-    wait_rows(&db, 600).await;
+    db.wait_rows(600).await;
     assert_eq!(db.count().await, 600);
     assert_eq!(distinct_ids(&db).await, 600);
     let log = flusher.proc.log_text();
@@ -302,7 +293,7 @@ async fn redis_crash_and_restart_loses_nothing() {
         "the flusher saw Redis go away:\n{log}"
     );
     let r = redis_conn(&redis.url()).await;
-    wait_for("nothing pending", DRAIN, || {
+    wait_for("nothing pending", LONG, || {
         let mut r = r.clone();
         let key = key.clone();
         async move {
@@ -357,12 +348,12 @@ async fn backpressure_when_the_queue_is_full() {
     );
 
     let _flusher = Flusher::start(&redis_url, &db.url, &key, &[], &[]);
-    wait_for("200 again after the drain", DRAIN, || async {
+    wait_for("200 again after the drain", LONG, || async {
         let (status, _) = ingest.post(&batch("after", 1)).await;
         (status == 200).then_some(())
     })
     .await;
-    wait_rows(&db, 201 + extra.get() as i64).await;
+    db.wait_rows(201 + extra.get() as i64).await;
 }
 
 /// SIGTERM during load: both binaries exit 0; the flusher acknowledges what it wrote (nothing
@@ -391,7 +382,7 @@ async fn sigterm_during_load_loses_nothing() {
         }
         accepted
     });
-    wait_rows(&db, 200).await;
+    db.wait_rows(200).await;
     let status = flusher.proc.terminate();
     assert!(status.success(), "flusher exit: {status:?}");
     assert!(flusher.proc.log_text().contains("stopped: written="));
@@ -405,7 +396,7 @@ async fn sigterm_during_load_loses_nothing() {
     let status = ingest.proc.terminate();
     assert!(status.success(), "ingest-api exit: {status:?}");
     let _next = Flusher::start(&redis_url, &db.url, &key, &[], &[]);
-    wait_rows(&db, accepted).await;
+    db.wait_rows(accepted).await;
     assert_eq!(db.count().await, accepted);
     assert_eq!(distinct_ids(&db).await, accepted);
 }
@@ -484,7 +475,7 @@ async fn often_delivered_entries_are_retried_alone_not_condemned() {
         &["--claim-idle-ms", "100", "--max-deliveries", "10"],
         &[],
     );
-    wait_rows(&db, 5).await;
+    db.wait_rows(5).await;
     assert!(flusher.proc.terminate().success());
     let log = flusher.proc.log_text();
     assert!(

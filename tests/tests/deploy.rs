@@ -3,21 +3,9 @@
 
 use std::collections::BTreeSet;
 use std::process::Command;
-use std::time::Duration;
 
 use et_tests::*;
 use serde_json::{Value, json};
-
-async fn scrape(base: &str) -> String {
-    http()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
 
 #[test]
 fn deploy_files_pass_the_offline_linters() {
@@ -65,7 +53,7 @@ async fn dashboard_metrics_exist() {
     let flusher = Flusher::start(&shared_redis_url(), &db.url, &key, &[], &[]);
     let (status, _) = ingest.post(&json!([event("d", 0), {"name": 1}])).await;
     assert_eq!(status, 200);
-    wait_rows_count(&db, 1).await;
+    db.wait_rows(1).await;
     let all = format!(
         "{}{}",
         scrape(&ingest.url).await,
@@ -77,11 +65,4 @@ async fn dashboard_metrics_exist() {
             "the dashboard queries {name}, which /metrics does not have"
         );
     }
-}
-
-async fn wait_rows_count(db: &TestDb, n: i64) {
-    wait_for("rows", Duration::from_secs(60), || async {
-        (db.count().await >= n).then_some(())
-    })
-    .await;
 }

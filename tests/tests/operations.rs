@@ -7,17 +7,6 @@ use std::time::Duration;
 use et_tests::*;
 use serde_json::{Value, json};
 
-async fn scrape(base: &str) -> String {
-    http()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// The value of one series (`name{labels}` exactly as rendered, or a bare name).
 fn value(metrics: &str, series: &str) -> Option<f64> {
     metrics.lines().find_map(|l| {

@@ -9,15 +9,6 @@ use time::OffsetDateTime;
 use time::macros::datetime;
 use uuid::Uuid;
 
-const DRAIN: Duration = Duration::from_secs(60);
-
-async fn wait_rows(db: &TestDb, n: i64) {
-    wait_for(&format!("{n} rows"), DRAIN, || async {
-        (db.count().await >= n).then_some(())
-    })
-    .await;
-}
-
 /// 1,000 events in batches of 100 become 1,000 rows with every column as the contract says;
 /// afterwards the stream is empty and nothing is pending.
 #[tokio::test]
@@ -55,7 +46,7 @@ async fn a_thousand_events_become_a_thousand_rows() {
         assert_eq!(status, 200, "{body}");
         assert_eq!(body, json!({"accepted": 100, "rejected": []}));
     }
-    wait_rows(&db, 1000).await;
+    db.wait_rows(1000).await;
 
     let client = db.client().await;
     let hyper: bool = client
@@ -110,7 +101,7 @@ async fn a_thousand_events_become_a_thousand_rows() {
     }
 
     let mut r = redis_conn(&redis_url).await;
-    wait_for("an empty stream", DRAIN, || {
+    wait_for("an empty stream", LONG, || {
         let mut r = r.clone();
         let key = key.clone();
         async move { (xlen(&mut r, &key).await == 0).then_some(()) }
@@ -143,7 +134,7 @@ async fn bare_array_and_legacy_path() {
         (200, json!(1)),
         "{body}"
     );
-    wait_rows(&db, 3).await;
+    db.wait_rows(3).await;
 
     let row = db
         .client()
@@ -564,7 +555,7 @@ async fn two_flushers_share_the_work() {
         let (status, body) = ingest.post(&json!(events)).await;
         assert_eq!(status, 200, "{body}");
     }
-    wait_rows(&db, total as i64).await;
+    db.wait_rows(total as i64).await;
     assert!(a.proc.terminate().success());
     assert!(b.proc.terminate().success());
     let (wa, wb) = (
@@ -744,7 +735,7 @@ async fn concurrent_batches_in_one_flusher() {
         let (status, _) = ingest.post(&json!(events)).await;
         assert_eq!(status, 200);
     }
-    wait_rows(&db, 2000).await;
+    db.wait_rows(2000).await;
     assert!(flusher.proc.terminate().success());
     assert_eq!(flusher.last_count("written"), Some(2000));
     assert_eq!(flusher.last_count("dedup_batches"), Some(0));

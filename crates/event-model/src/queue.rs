@@ -47,6 +47,17 @@ pub struct QueuedEvent {
     pub received_at: OffsetDateTime,
 }
 
+/// How long ago a stream entry was added, from its ID (`<unix-ms>-<seq>`) and the clock `now`
+/// (time since the Unix epoch). The age of the oldest entry is the flushers' lag. An ID that is
+/// not of that form, or from the future, gives zero.
+pub fn entry_age(id: &str, now: std::time::Duration) -> std::time::Duration {
+    id.split('-')
+        .next()
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .map(|ms| now.saturating_sub(std::time::Duration::from_millis(ms)))
+        .unwrap_or_default()
+}
+
 /// Why an entry could not be read back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -138,6 +149,22 @@ mod tests {
             sent_at: Some(datetime!(2026-01-02 03:04:06 UTC)),
             received_at: datetime!(2026-01-02 03:04:07.000001 UTC),
         }
+    }
+
+    #[test]
+    fn entry_age_reads_the_id() {
+        use std::time::Duration;
+        let now = Duration::from_millis(1_700_000_010_500);
+        assert_eq!(
+            entry_age("1700000000000-3", now),
+            Duration::from_millis(10_500)
+        );
+        assert_eq!(
+            entry_age("1700000020000-0", now),
+            Duration::ZERO,
+            "from the future"
+        );
+        assert_eq!(entry_age("garbage", now), Duration::ZERO);
     }
 
     #[test]

@@ -366,15 +366,12 @@ impl Stream {
                 _ => None,
             })
             .unwrap_or(0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         let lag = parse_entries(oldest)
             .first()
-            .and_then(|e| e.id.split('-').next()?.parse::<u64>().ok())
-            .map(|ms| {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default();
-                now.saturating_sub(Duration::from_millis(ms))
-            })
+            .map(|e| event_model::queue::entry_age(&e.id, now))
             .unwrap_or_default();
         Ok(crate::telemetry::QueueState {
             backlog,

@@ -140,15 +140,12 @@ impl EventQueue {
         let (len, oldest): (u64, Vec<(String, redis::Value)>) =
             self.bounded(async |c| pipe.query_async(c).await).await?;
         self.length.store(len, Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         let lag = oldest
             .first()
-            .and_then(|(id, _)| id.split('-').next()?.parse::<u64>().ok())
-            .map(|ms| {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default();
-                now.saturating_sub(Duration::from_millis(ms))
-            })
+            .map(|(id, _)| event_model::queue::entry_age(id, now))
             .unwrap_or_default();
         Ok((len, lag))
     }
