@@ -6,8 +6,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use event_model::QueuedEvent;
 use futures_util::{SinkExt, pin_mut};
+use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{NoTls, Transaction};
 
 use crate::FlusherError;
 
@@ -75,35 +75,37 @@ async fn copy_into(
     rows: &[&QueuedEvent],
     dedup: bool,
 ) -> Result<(), tokio_postgres::Error> {
-    let tx = client.transaction().await?;
-    if dedup {
-        tx.batch_execute(&format!(
-            "CREATE TEMP TABLE events_staging (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP"
-        ))
-        .await?;
-        copy_rows(&tx, "events_staging", rows).await?;
-        tx.batch_execute(&format!(
-            "INSERT INTO {table} ({COLUMNS})
-             SELECT DISTINCT ON (event_id, time) {COLUMNS} FROM events_staging
-             ON CONFLICT DO NOTHING"
-        ))
-        .await?;
-    } else {
-        copy_rows(&tx, table, rows).await?;
+    if !dedup {
+        // One COPY statement is a transaction of its own (autocommit): no BEGIN and COMMIT
+        // round trips, and the batch is still all or nothing.
+        let sink = client.copy_in(&copy_statement(table)).await?;
+        return send_rows(sink, rows).await.map(|_| ());
     }
+    // The staging table lives only inside this transaction, on this connection.
+    let tx = client.transaction().await?;
+    tx.batch_execute(&format!(
+        "CREATE TEMP TABLE events_staging (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP"
+    ))
+    .await?;
+    let sink = tx.copy_in(&copy_statement("events_staging")).await?;
+    send_rows(sink, rows).await?;
+    tx.batch_execute(&format!(
+        "INSERT INTO {table} ({COLUMNS})
+         SELECT DISTINCT ON (event_id, time) {COLUMNS} FROM events_staging
+         ON CONFLICT DO NOTHING"
+    ))
+    .await?;
     tx.commit().await
 }
 
-async fn copy_rows(
-    tx: &Transaction<'_>,
-    table: &str,
+fn copy_statement(table: &str) -> String {
+    format!("COPY {table} ({COLUMNS}) FROM STDIN (FORMAT binary)")
+}
+
+async fn send_rows(
+    sink: tokio_postgres::CopyInSink<Bytes>,
     rows: &[&QueuedEvent],
 ) -> Result<u64, tokio_postgres::Error> {
-    let sink = tx
-        .copy_in::<_, Bytes>(&format!(
-            "COPY {table} ({COLUMNS}) FROM STDIN (FORMAT binary)"
-        ))
-        .await?;
     pin_mut!(sink);
     // The whole batch as one message: one allocation, no per-row future (see `encode_binary`).
     sink.send(encode_binary(rows).freeze()).await?;
