@@ -487,3 +487,72 @@ async fn often_delivered_entries_are_retried_alone_not_condemned() {
     assert_eq!(xlen(&mut r, &format!("{key}:dead")).await, 0);
     assert_eq!(pending(&mut r, &key, "flushers").await, 0);
 }
+
+/// Redis frozen (SIGSTOP) under a running pipeline: ingest-api answers 503 instead of hanging,
+/// the flusher's calls time out instead of hanging; after SIGCONT everything flows again and
+/// every accepted event is stored once. Redis of its own.
+#[tokio::test]
+async fn redis_frozen_then_thawed_everything_flows() {
+    let redis = RedisServer::start();
+    let key = unique("events");
+    let db = TestDb::migrated(&shared_admin_url()).await;
+    let ingest = Ingest::start(&redis.url(), &key, &["--redis-timeout-ms", "500"]);
+    let flusher = Flusher::start(
+        &redis.url(),
+        &db.url,
+        &key,
+        &["--redis-timeout-ms", "500", "--claim-idle-ms", "2000"],
+        &[],
+    );
+    let (status, _) = ingest.post(&batch("before", 100)).await;
+    assert_eq!(status, 200);
+    db.wait_rows(100).await;
+
+    redis.freeze();
+    let frozen_batch = batch("frozen", 10);
+    let (status, body) = ingest.post(&frozen_batch).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("queue_unavailable"))
+    );
+    // The flusher notices too (its blocking read and other calls time out), and keeps going.
+    wait_for("the flusher to notice", LONG, || async {
+        flusher.proc.log_text().contains("redis:").then_some(())
+    })
+    .await;
+    redis.thaw();
+
+    let mut accepted = 100;
+    wait_for("ingest-api to accept again", LONG, || async {
+        let (status, _) = ingest.post(&batch("thawed", 50)).await;
+        (status == 200).then_some(())
+    })
+    .await;
+    accepted += 50;
+    // The contract's case of a lost reply: the MULTI/EXEC sent to the frozen Redis sat in its
+    // socket and may run on SIGCONT, although the client got 503. The client retries the same
+    // batch (same event_ids), as an SDK must, and each event is stored once either way.
+    let (status, _) = ingest.post(&frozen_batch).await;
+    assert_eq!(status, 200);
+    accepted += 10;
+    for _ in 0..3 {
+        let (status, _) = ingest.post(&batch("after", 100)).await;
+        assert_eq!(status, 200);
+        accepted += 100;
+    }
+    db.wait_rows(accepted).await;
+    let mut r = redis_conn(&redis.url()).await;
+    wait_for("the stream to drain", LONG, || {
+        let mut r = r.clone();
+        let key = key.clone();
+        async move { (xlen(&mut r, &key).await == 0).then_some(()) }
+    })
+    .await;
+    assert_eq!(pending(&mut r, &key, "flushers").await, 0);
+    assert_eq!(
+        db.count().await,
+        accepted,
+        "every event once, the retried batch included"
+    );
+    assert_eq!(distinct_ids(&db).await, accepted);
+}
