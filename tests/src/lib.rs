@@ -446,6 +446,15 @@ pub async fn xlen(conn: &mut MultiplexedConnection, key: &str) -> u64 {
         .expect("XLEN")
 }
 
+/// Waits until the stream is empty (every entry written and deleted, or dead-lettered).
+pub async fn wait_stream_empty(conn: &MultiplexedConnection, key: &str) {
+    wait_for(&format!("{key} to drain"), LONG, || {
+        let mut c = conn.clone();
+        async move { (xlen(&mut c, key).await == 0).then_some(()) }
+    })
+    .await;
+}
+
 /// Pending entries of a consumer group (0 when the group does not exist).
 pub async fn pending(conn: &mut MultiplexedConnection, key: &str, group: &str) -> u64 {
     let reply: redis::RedisResult<redis::Value> = redis::cmd("XPENDING")

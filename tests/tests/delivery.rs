@@ -64,12 +64,7 @@ async fn crash_after_commit_before_ack_is_deduplicated() {
         &["--consumer", "rescuer", "--claim-idle-ms", "500"],
         &[],
     );
-    wait_for("the stream to drain", LONG, || {
-        let mut r = r.clone();
-        let key = key.clone();
-        async move { (xlen(&mut r, &key).await == 0).then_some(()) }
-    })
-    .await;
+    wait_stream_empty(&r, &key).await;
     assert!(rescuer.proc.terminate().success());
     assert_eq!(rescuer.last_count("claimed"), Some(100));
     assert!(
@@ -243,12 +238,7 @@ async fn postgres_down_for_ten_seconds_under_load() {
         log.contains("writing to PostgreSQL failed"),
         "the flusher backed off"
     );
-    wait_for("the stream to drain", LONG, || {
-        let mut r = r.clone();
-        let key = key.clone();
-        async move { (xlen(&mut r, &key).await == 0).then_some(()) }
-    })
-    .await;
+    wait_stream_empty(&r, &key).await;
 }
 
 /// Redis crashes (SIGKILL) with entries queued and is restarted: AOF `always` kept every
@@ -542,12 +532,7 @@ async fn redis_frozen_then_thawed_everything_flows() {
     }
     db.wait_rows(accepted).await;
     let mut r = redis_conn(&redis.url()).await;
-    wait_for("the stream to drain", LONG, || {
-        let mut r = r.clone();
-        let key = key.clone();
-        async move { (xlen(&mut r, &key).await == 0).then_some(()) }
-    })
-    .await;
+    wait_stream_empty(&r, &key).await;
     assert_eq!(pending(&mut r, &key, "flushers").await, 0);
     assert_eq!(
         db.count().await,

@@ -101,12 +101,7 @@ async fn a_thousand_events_become_a_thousand_rows() {
     }
 
     let mut r = redis_conn(&redis_url).await;
-    wait_for("an empty stream", LONG, || {
-        let mut r = r.clone();
-        let key = key.clone();
-        async move { (xlen(&mut r, &key).await == 0).then_some(()) }
-    })
-    .await;
+    wait_stream_empty(&r, &key).await;
     assert_eq!(pending(&mut r, &key, "flushers").await, 0);
 }
 
