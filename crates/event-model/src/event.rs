@@ -75,7 +75,8 @@ pub struct ValidEvent<'a> {
     pub properties: Option<&'a RawValue>,
 }
 
-const FIELDS: [&str; 7] = [
+/// The fields an event may have; any other key is rejected as unknown.
+pub const FIELDS: [&str; 7] = [
     "event_id",
     "name",
     "timestamp",

@@ -75,20 +75,12 @@ pub fn accepted(n: usize) {
     metrics::counter!("eventtracker_ingest_events_accepted_total").increment(n as u64);
 }
 
-/// `field` is the field an event was rejected for; unknown fields count as `unknown_field`.
+/// `field` is the field an event was rejected for: one of the event's known fields, `event` (not
+/// an object), or else an unknown key, counted as `unknown_field` so labels stay a fixed set.
 pub fn rejected(field: &str) {
-    const KNOWN: [&str; 8] = [
-        "event",
-        "event_id",
-        "name",
-        "timestamp",
-        "device_id",
-        "session_id",
-        "user_id",
-        "properties",
-    ];
-    let reason = KNOWN
+    let reason = event_model::event::FIELDS
         .iter()
+        .chain(&["event"])
         .find(|k| **k == field)
         .copied()
         .unwrap_or("unknown_field");
