@@ -16,6 +16,10 @@ ET_TSDB_CONTROL=/usr/share/postgresql/15/extension/timescaledb.control
 ET_REDIS_PORT=${ET_REDIS_PORT:-16379}
 ET_PG_PORT=${ET_PG_PORT:-15432}
 ET_RUN_REDIS_URL="redis://127.0.0.1:$ET_REDIS_PORT/"
+# The private 3-master Redis Cluster used by `scripts/services start --cluster` and `scripts/run --cluster`:
+# ports BASE..BASE+2 (cluster bus on port+10000); the seed list is what --redis-url takes with --redis-cluster.
+ET_REDIS_CLUSTER_PORT=${ET_REDIS_CLUSTER_PORT:-17000}
+ET_RUN_REDIS_CLUSTER_URL="redis://127.0.0.1:$ET_REDIS_CLUSTER_PORT/,redis://127.0.0.1:$((ET_REDIS_CLUSTER_PORT + 1))/,redis://127.0.0.1:$((ET_REDIS_CLUSTER_PORT + 2))/"
 ET_RUN_DATABASE_URL="postgres://postgres@127.0.0.1:$ET_PG_PORT/eventtracker"
 
 die() { echo "error: $*" >&2; exit 1; }
@@ -35,13 +39,13 @@ redis_running() { local pid; pid=$(redis_pid "$1") && kill -0 "$pid" 2>/dev/null
 redis_pong() { [ "$(redis-cli -p "$1" ping 2>/dev/null)" = PONG ]; }
 pid_gone() { ! kill -0 "$1" 2>/dev/null; }
 
-start_redis() { # NAME PORT
-  local name=$1 port=$2 dir="$ET_DATA/redis-$1"
+start_redis() { # NAME PORT [EXTRA redis-server ARGS...]
+  local name=$1 port=$2 dir="$ET_DATA/redis-$1"; shift 2
   if redis_running "$name"; then echo "redis $name already running on :$port"; return 0; fi
   ensure_data_dir; mkdir -p "$dir"
   /usr/bin/redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" \
     --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" \
-    --appendonly yes --appendfsync always --maxmemory-policy noeviction --save ""
+    --appendonly yes --appendfsync always --maxmemory-policy noeviction --save "" "$@"
   retry 100 redis_pong "$port" || die "redis $name did not answer on :$port (see $dir/redis.log)"
   echo "redis $name running on :$port"
 }
@@ -53,6 +57,64 @@ stop_redis() { # NAME PORT
   kill "$pid"
   retry 100 pid_gone "$pid" || { echo "error: redis $name (pid $pid) did not stop" >&2; return 1; }
   echo "redis $name on :$port stopped"
+}
+
+# ---- Redis Cluster (3 masters, no replicas) ----------------------------------
+# Node PORT of cluster NAME lives in $ET_DATA/redis-NAME-PORT/ (nodes.conf + AOF), so a stopped
+# cluster comes back as the same cluster.
+redis_cluster_ports() { echo "$1" "$(($1 + 1))" "$(($1 + 2))"; } # BASEPORT
+redis_cluster_urls() { # BASEPORT: the comma-separated seed list for --redis-url
+  local p urls=()
+  for p in $(redis_cluster_ports "$1"); do urls+=("redis://127.0.0.1:$p/"); done
+  (IFS=,; echo "${urls[*]}")
+}
+redis_cluster_info() { redis-cli -p "$1" cluster info 2>/dev/null | tr -d '\r'; } # PORT
+redis_cluster_field() { redis_cluster_info "$1" | sed -n "s/^$2://p"; } # PORT FIELD
+redis_cluster_node_ok() { # PORT: the node sees all 3 nodes and every slot served
+  local info; info=$(redis_cluster_info "$1")
+  grep -qx 'cluster_state:ok' <<<"$info" && grep -qx 'cluster_known_nodes:3' <<<"$info"
+}
+redis_cluster_ok() { # BASEPORT
+  local p
+  for p in $(redis_cluster_ports "$1"); do redis_cluster_node_ok "$p" || return 1; done
+}
+
+start_redis_cluster() { # NAME BASEPORT
+  local name=$1 base=$2 p ports=() nodes=()
+  read -ra ports <<<"$(redis_cluster_ports "$base")"
+  for p in "${ports[@]}"; do
+    start_redis "$name-$p" "$p" --cluster-enabled yes --cluster-config-file nodes.conf \
+      --cluster-node-timeout 2000 --cluster-require-full-coverage no >/dev/null
+    nodes+=("127.0.0.1:$p")
+  done
+  if [ "$(redis_cluster_field "$base" cluster_known_nodes)" != 3 ]; then
+    # Only a set of fresh nodes (each alone, no slots) may be joined into a new cluster.
+    for p in "${ports[@]}"; do
+      if [ "$(redis_cluster_field "$p" cluster_known_nodes)" != 1 ] \
+        || [ "$(redis_cluster_field "$p" cluster_slots_assigned)" != 0 ]; then
+        die "redis cluster $name: node :$p is neither fresh nor part of a 3-node cluster" \
+          "(stop_redis_cluster $name $base, then remove $ET_DATA/redis-$name-*)"
+      fi
+    done
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >/dev/null \
+      || die "redis cluster $name: redis-cli --cluster create ${nodes[*]} failed"
+    echo "redis cluster $name created"
+  fi
+  retry 300 redis_cluster_ok "$base" \
+    || die "redis cluster $name on :${ports[0]}-${ports[2]} not ok after 30s (see $ET_DATA/redis-$name-*/redis.log)"
+  echo "redis cluster $name running on :${ports[0]}-${ports[2]}"
+}
+
+stop_redis_cluster() { # NAME BASEPORT
+  local name=$1 base=$2 p rc=0 any=""
+  for p in $(redis_cluster_ports "$base"); do
+    redis_running "$name-$p" || continue
+    any=1
+    stop_redis "$name-$p" "$p" >/dev/null || rc=1
+  done
+  if [ -z "$any" ]; then echo "redis cluster $name not running"; return 0; fi
+  [ "$rc" -eq 0 ] || { echo "error: redis cluster $name did not stop" >&2; return 1; }
+  echo "redis cluster $name on :$base-$((base + 2)) stopped"
 }
 
 # ---- PostgreSQL -------------------------------------------------------------

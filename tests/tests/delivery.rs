@@ -4,7 +4,6 @@
 use std::process::Command;
 use std::time::Duration;
 
-use deadpool_redis::redis;
 use et_tests::*;
 use serde_json::{Value, json};
 

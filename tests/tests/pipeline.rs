@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use deadpool_redis::redis;
 use et_tests::*;
 use serde_json::{Value, json};
 use time::OffsetDateTime;

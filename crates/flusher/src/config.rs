@@ -34,7 +34,7 @@ pub enum Command {
     Migrate,
     /// Drop chunks older than --retention once, then exit (for a cron job).
     Retention,
-    /// Look at, replay or delete the entries in the dead-letter stream `<stream-key>:dead`.
+    /// Look at, replay or delete the entries in the dead-letter stream(s) `<stream-key>:dead`.
     #[command(subcommand)]
     DeadLetters(DeadLetterCommand),
 }
@@ -78,7 +78,7 @@ pub struct Common {
     )]
     pub database_url: String,
 
-    /// Redis URL (may hold a password; never logged).
+    /// Redis URL (may hold a password; never logged); with --redis-cluster, comma-separated seed node URLs.
     #[arg(
         long,
         env = "FLUSHER_REDIS_URL",
@@ -88,7 +88,11 @@ pub struct Common {
     )]
     pub redis_url: String,
 
-    /// Redis stream key events are queued in; dead letters go to `<stream-key>:dead`.
+    /// Talk to a Redis Cluster (follows MOVED/ASK and topology changes) instead of one node.
+    #[arg(long, env = "FLUSHER_REDIS_CLUSTER", global = true)]
+    pub redis_cluster: bool,
+
+    /// Redis stream key events are queued in; dead letters go to `<stream-key>:dead` (with shards: `<key>:{0}` … and `<key>:{0}:dead` …).
     #[arg(
         long,
         env = "FLUSHER_STREAM_KEY",
@@ -96,6 +100,10 @@ pub struct Common {
         global = true
     )]
     pub stream_key: String,
+
+    /// Streams the queue is split into; every flusher reads all of them. Must match ingest-api's (stored in `<key>:shards`).
+    #[arg(long, env = "FLUSHER_SHARDS", default_value_t = 1, global = true)]
+    pub shards: usize,
 
     /// Consumer group shared by all flushers.
     #[arg(long, env = "FLUSHER_GROUP", default_value = "flushers", global = true)]
@@ -126,7 +134,7 @@ pub struct RunConfig {
     #[arg(long, env = "FLUSHER_CONCURRENCY", default_value_t = 1)]
     pub concurrency: usize,
 
-    /// How long one blocking read waits for new entries, in milliseconds.
+    /// How long one blocking read waits for new entries, in milliseconds (with shards: after a sweep of all found none, a read blocks on one shard for this / shards).
     #[arg(long, env = "FLUSHER_BLOCK_MS", default_value_t = 1000)]
     pub block_ms: u64,
 

@@ -1,7 +1,9 @@
 //! `flusher dead-letters list|requeue|purge`: lets a person look at the entries that could not be
-//! stored and, once the cause is fixed, put them back on the queue.
+//! stored and, once the cause is fixed, put them back on the queue. With several shards every
+//! shard has its own dead-letter stream; IDs are printed as `<shard>/<entry ID>` then, and a
+//! dead letter is requeued to the shard it came from.
 
-use deadpool_redis::redis::{self, Value};
+use redis_queue::redis::{self, Value};
 use serde_json::json;
 
 use crate::FlusherError;
@@ -13,10 +15,29 @@ pub enum Selection {
     Ids(Vec<String>),
 }
 
-/// Prints up to `count` dead letters, oldest first, one JSON object a line.
+/// A dead letter and the shard whose dead-letter stream holds it.
+struct Dead {
+    shard: usize,
+    entry: Entry,
+}
+
+impl Dead {
+    /// The ID as printed and as accepted back: the entry ID, prefixed by the shard when there
+    /// are several.
+    fn id(&self, stream: &Stream) -> String {
+        if stream.shards() > 1 {
+            format!("{}/{}", self.shard, self.entry.id)
+        } else {
+            self.entry.id.clone()
+        }
+    }
+}
+
+/// Prints up to `count` dead letters, oldest first (per shard), one JSON object a line.
 pub async fn list(stream: &Stream, count: usize) -> Result<usize, FlusherError> {
-    let entries = read(stream, count).await?;
-    for e in &entries {
+    let entries = read_all(stream, count).await?;
+    for d in &entries {
+        let e = &d.entry;
         let text = |f: &str| e.field(f).map(|v| String::from_utf8_lossy(v).into_owned());
         let event = e
             .field(event_model::queue::EVENT_FIELD)
@@ -25,7 +46,7 @@ pub async fn list(stream: &Stream, count: usize) -> Result<usize, FlusherError> 
         println!(
             "{}",
             json!({
-                "id": e.id,
+                "id": d.id(stream),
                 "original_id": text(DL_ORIGINAL_ID),
                 "reason": text(DL_REASON),
                 "sqlstate": text(DL_SQLSTATE).filter(|s| !s.is_empty()),
@@ -39,19 +60,22 @@ pub async fn list(stream: &Stream, count: usize) -> Result<usize, FlusherError> 
     Ok(entries.len())
 }
 
-/// Moves dead letters back to the main stream (their original fields only), each in one
-/// MULTI/EXEC with its removal from the dead-letter stream.
+/// Moves dead letters back to their shard's stream (their original fields only), each in one
+/// MULTI/EXEC with its removal from the dead-letter stream (both keys share the shard's slot).
 pub async fn requeue(stream: &Stream, which: Selection) -> Result<usize, FlusherError> {
     let entries = select(stream, which).await?;
-    for e in &entries {
+    for Dead { shard, entry: e } in &entries {
         let mut pipe = redis::pipe();
         pipe.atomic();
-        let cmd = pipe.cmd("XADD").arg(&stream.key).arg("*");
+        let cmd = pipe.cmd("XADD").arg(stream.key(*shard)).arg("*");
         for (k, v) in e.fields.iter().filter(|(k, _)| !k.starts_with(b"dl_")) {
             cmd.arg(k).arg(v);
         }
         cmd.ignore();
-        pipe.cmd("XDEL").arg(&stream.dead_key).arg(&e.id).ignore();
+        pipe.cmd("XDEL")
+            .arg(stream.dead_key(*shard))
+            .arg(&e.id)
+            .ignore();
         stream
             .query(async |c| pipe.query_async::<()>(c).await)
             .await?;
@@ -61,33 +85,53 @@ pub async fn requeue(stream: &Stream, which: Selection) -> Result<usize, Flusher
 
 /// Deletes dead letters for good.
 pub async fn purge(stream: &Stream, which: Selection) -> Result<usize, FlusherError> {
-    let ids: Vec<String> = select(stream, which)
-        .await?
-        .into_iter()
-        .map(|e| e.id)
-        .collect();
-    for chunk in ids.chunks(500) {
-        let key = &stream.dead_key;
-        stream
-            .query(async |c| {
-                redis::cmd("XDEL")
-                    .arg(key)
-                    .arg(chunk)
-                    .query_async::<()>(c)
-                    .await
-            })
-            .await?;
+    let entries = select(stream, which).await?;
+    for shard in 0..stream.shards() {
+        let ids: Vec<&String> = entries
+            .iter()
+            .filter(|d| d.shard == shard)
+            .map(|d| &d.entry.id)
+            .collect();
+        for chunk in ids.chunks(500) {
+            let key = &stream.dead_key(shard);
+            stream
+                .query(async |c| {
+                    redis::cmd("XDEL")
+                        .arg(key)
+                        .arg(chunk)
+                        .query_async::<()>(c)
+                        .await
+                })
+                .await?;
+        }
     }
-    Ok(ids.len())
+    Ok(entries.len())
 }
 
-async fn select(stream: &Stream, which: Selection) -> Result<Vec<Entry>, FlusherError> {
+async fn select(stream: &Stream, which: Selection) -> Result<Vec<Dead>, FlusherError> {
     match which {
-        Selection::All => read(stream, usize::MAX).await,
+        Selection::All => read_all(stream, usize::MAX).await,
         Selection::Ids(ids) => {
             let mut out = Vec::new();
-            for id in ids {
-                let key = &stream.dead_key;
+            for given in ids {
+                let (shard, id) = match given.split_once('/') {
+                    Some((s, id)) => match s.parse::<usize>() {
+                        Ok(s) if s < stream.shards() => (s, id.to_string()),
+                        _ => {
+                            return Err(FlusherError::Config(format!(
+                                "no shard {s:?} (there are {})",
+                                stream.shards()
+                            )));
+                        }
+                    },
+                    None if stream.shards() == 1 => (0, given.clone()),
+                    None => {
+                        return Err(FlusherError::Config(format!(
+                            "give dead-letter IDs as printed by `list`: <shard>/{given}"
+                        )));
+                    }
+                };
+                let key = &stream.dead_key(shard);
                 let reply: Value = stream
                     .query(async |c| {
                         redis::cmd("XRANGE")
@@ -100,20 +144,35 @@ async fn select(stream: &Stream, which: Selection) -> Result<Vec<Entry>, Flusher
                     .await?;
                 let found = crate::stream::parse_entries(reply);
                 if found.is_empty() {
-                    return Err(FlusherError::Config(format!("no dead letter with id {id}")));
+                    return Err(FlusherError::Config(format!(
+                        "no dead letter with id {given}"
+                    )));
                 }
-                out.extend(found);
+                out.extend(found.into_iter().map(|entry| Dead { shard, entry }));
             }
             Ok(out)
         }
     }
 }
 
-async fn read(stream: &Stream, count: usize) -> Result<Vec<Entry>, FlusherError> {
+/// Up to `count` dead letters, shard by shard.
+async fn read_all(stream: &Stream, count: usize) -> Result<Vec<Dead>, FlusherError> {
+    let mut out = Vec::new();
+    for shard in 0..stream.shards() {
+        if out.len() >= count {
+            break;
+        }
+        let entries = read(stream, shard, count - out.len()).await?;
+        out.extend(entries.into_iter().map(|entry| Dead { shard, entry }));
+    }
+    Ok(out)
+}
+
+async fn read(stream: &Stream, shard: usize, count: usize) -> Result<Vec<Entry>, FlusherError> {
     let mut out = Vec::new();
     let mut start = "-".to_string();
     while out.len() < count {
-        let key = &stream.dead_key;
+        let key = &stream.dead_key(shard);
         let page = (count - out.len()).min(500);
         let from = &start;
         let reply: Value = stream

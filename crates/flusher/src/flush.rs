@@ -82,8 +82,19 @@ pub struct Flusher {
     pub pool: Pool,
     pub config: RunConfig,
     pub stats: Arc<Stats>,
+    /// This worker's number in the process: where its first sweep starts; worker 0 reports.
+    index: usize,
     reports: bool,
     shutdown: watch::Receiver<bool>,
+}
+
+/// Per shard: whether its copy of the shard count was checked and its consumer group is known
+/// to exist, and its backoff after an error.
+struct ShardState {
+    checked: bool,
+    group_ready: bool,
+    retry_at: Instant,
+    backoff: Duration,
 }
 
 /// Outcome of trying to write rows while shutting down.
@@ -93,13 +104,13 @@ enum Written {
 }
 
 impl Flusher {
-    /// `stats` is shared by the workers of one process; the one with `reports` logs it.
+    /// `stats` is shared by the workers of one process; worker `index` 0 logs it.
     pub fn new(
         stream: Stream,
         pool: Pool,
         config: RunConfig,
         stats: Arc<Stats>,
-        reports: bool,
+        index: usize,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         Flusher {
@@ -107,7 +118,8 @@ impl Flusher {
             pool,
             config,
             stats,
-            reports,
+            index,
+            reports: index == 0,
             shutdown,
         }
     }
@@ -117,6 +129,11 @@ impl Flusher {
     }
 
     /// Runs until shutdown is signalled; the batch in hand is finished first.
+    ///
+    /// With several shards each pass reads the shards in turn without blocking, starting after
+    /// the one read last, and writes the first batch it finds; when a whole sweep finds nothing
+    /// it blocks on one shard for `--block-ms / shards`. A shard whose node fails is skipped
+    /// (with its own backoff) while the others go on.
     pub async fn run(&mut self) -> Result<(), FlusherError> {
         let claim_every = Duration::from_millis((self.config.claim_idle_ms / 2).max(100));
         let prune_every = Duration::from_secs(60);
@@ -129,39 +146,79 @@ impl Flusher {
         let mut last_gauges = Instant::now() - gauges_every;
         let mut queue = telemetry::QueueState::default();
         let mut written_at_summary = 0u64;
-        let mut backoff = self.backoff_start();
-        let mut group_ready = false;
+        let n = self.stream.shards();
+        let mut shards: Vec<ShardState> = (0..n)
+            .map(|_| ShardState {
+                checked: false,
+                group_ready: false,
+                retry_at: Instant::now(),
+                backoff: self.backoff_start(),
+            })
+            .collect();
+        let mut cursor = self.index % n;
+        let block = Duration::from_millis(self.config.block_ms);
+        let sweep_block = (block / n as u32).max(Duration::from_millis(10));
 
         while !self.stopping() {
-            if !group_ready {
-                match self.stream.ensure_group().await {
-                    Ok(()) => group_ready = true,
-                    Err(e) => {
-                        self.redis_trouble(&e, &mut backoff).await;
-                        continue;
+            let now = Instant::now();
+            let mut order: Vec<usize> = (0..n)
+                .map(|k| (cursor + k) % n)
+                .filter(|&s| shards[s].retry_at <= now)
+                .collect();
+            if order.is_empty() {
+                let next = shards.iter().map(|s| s.retry_at).min().unwrap_or(now);
+                self.sleep(next.saturating_duration_since(now)).await;
+                continue;
+            }
+            let mut ready = Vec::with_capacity(order.len());
+            for s in order.drain(..) {
+                if !shards[s].checked {
+                    match self.stream.check_shard(s).await {
+                        Ok(()) => shards[s].checked = true,
+                        Err(e @ FlusherError::ShardMismatch(_)) => return Err(e),
+                        Err(e) => {
+                            self.shard_trouble(s, &mut shards[s], &e);
+                            continue;
+                        }
                     }
                 }
+                if !shards[s].group_ready {
+                    match self.stream.ensure_group(s).await {
+                        Ok(()) => shards[s].group_ready = true,
+                        Err(e) => {
+                            self.shard_trouble(s, &mut shards[s], &e);
+                            continue;
+                        }
+                    }
+                }
+                ready.push(s);
+            }
+            if ready.is_empty() {
+                continue;
             }
             if last_prune.elapsed() >= prune_every {
                 last_prune = Instant::now();
-                if let Err(e) = self
-                    .stream
-                    .remove_idle_consumers(Duration::from_secs(self.config.consumer_idle_secs))
-                    .await
-                {
-                    log::warn!("pruning idle consumers: {e}");
+                for &s in &ready {
+                    if let Err(e) = self
+                        .stream
+                        .remove_idle_consumers(
+                            s,
+                            Duration::from_secs(self.config.consumer_idle_secs),
+                        )
+                        .await
+                    {
+                        log::warn!("pruning idle consumers of shard {s}: {e}");
+                    }
                 }
             }
             if last_claim.elapsed() >= claim_every {
                 last_claim = Instant::now();
-                match self.claim_and_write().await {
-                    Ok(()) => {}
-                    Err(e) => {
-                        group_ready = !e.is_no_group();
-                        self.redis_trouble(&e, &mut backoff).await;
-                        continue;
+                for &s in &ready {
+                    if let Err(e) = self.claim_and_write(s).await {
+                        self.shard_trouble(s, &mut shards[s], &e);
                     }
                 }
+                ready.retain(|&s| shards[s].retry_at <= Instant::now());
             }
             if last_gauges.elapsed() >= gauges_every {
                 last_gauges = Instant::now();
@@ -194,22 +251,59 @@ impl Flusher {
                     self.stats.summary()
                 );
             }
-            match self.stream.read_new(self.config.batch_size).await {
-                Ok(entries) => {
-                    backoff = self.backoff_start();
-                    if !entries.is_empty()
-                        && let Err(e) = self.process(entries, false).await
-                    {
-                        self.redis_trouble(&e, &mut backoff).await;
+            // One shard: block on it, as ever. Several: a sweep without blocking, then a short
+            // block on the next shard when the sweep found nothing.
+            let Some(last) = ready.len().checked_sub(1) else {
+                continue;
+            };
+            let mut found = false;
+            for (k, &s) in ready.iter().enumerate() {
+                let wait = match (n, k == last) {
+                    (1, _) => block,
+                    (_, true) => sweep_block,
+                    (_, false) => Duration::ZERO,
+                };
+                match self.stream.read_new(s, self.config.batch_size, wait).await {
+                    Ok(entries) if entries.is_empty() => {
+                        shards[s].backoff = self.backoff_start();
                     }
+                    Ok(entries) => {
+                        shards[s].backoff = self.backoff_start();
+                        if let Err(e) = self.process(s, entries, false).await {
+                            self.shard_trouble(s, &mut shards[s], &e);
+                        }
+                        found = true;
+                    }
+                    Err(e) => self.shard_trouble(s, &mut shards[s], &e),
                 }
-                Err(e) => {
-                    group_ready = !e.is_no_group();
-                    self.redis_trouble(&e, &mut backoff).await;
+                if found || self.stopping() {
+                    cursor = (s + 1) % n;
+                    break;
                 }
+            }
+            if !found {
+                cursor = (cursor + 1) % n;
             }
         }
         Ok(())
+    }
+
+    /// A Redis call for one shard failed: that shard waits out its own backoff (doubling up
+    /// to --backoff-max-ms), the others go on.
+    fn shard_trouble(&self, shard: usize, state: &mut ShardState, e: &FlusherError) {
+        if e.is_no_group() {
+            state.group_ready = false;
+        }
+        let wait = state.backoff;
+        if self.stream.shards() > 1 {
+            log::warn!("redis, shard {shard}: {e}; retrying it in {wait:?}");
+        } else {
+            log::warn!("redis: {e}; retrying in {wait:?}");
+        }
+        telemetry::redis_error();
+        self.stats.backoff();
+        state.retry_at = Instant::now() + wait;
+        state.backoff = self.next_backoff(wait);
     }
 
     fn backoff_start(&self) -> Duration {
@@ -229,20 +323,13 @@ impl Flusher {
         }
     }
 
-    async fn redis_trouble(&self, e: &FlusherError, backoff: &mut Duration) {
-        log::warn!("redis: {e}; retrying in {backoff:?}");
-        telemetry::redis_error();
-        self.stats.backoff();
-        self.sleep(*backoff).await;
-        *backoff = self.next_backoff(*backoff);
-    }
-
     /// Claims entries a crashed or stuck flusher left pending, and writes them.
-    async fn claim_and_write(&mut self) -> Result<(), FlusherError> {
+    async fn claim_and_write(&mut self, shard: usize) -> Result<(), FlusherError> {
         loop {
             let claimed = self
                 .stream
                 .claim_stale(
+                    shard,
                     Duration::from_millis(self.config.claim_idle_ms),
                     self.config.batch_size,
                 )
@@ -253,10 +340,11 @@ impl Flusher {
             let n = claimed.len();
             self.stats.claimed(n);
             log::info!(
-                "claimed {n} entries idle for over {} ms",
+                "claimed {n} entries of {} idle for over {} ms",
+                self.stream.key(shard),
                 self.config.claim_idle_ms
             );
-            self.process(claimed, true).await?;
+            self.process(shard, claimed, true).await?;
             if n < self.config.batch_size || self.stopping() {
                 return Ok(());
             }
@@ -265,7 +353,12 @@ impl Flusher {
 
     /// Writes one batch of entries and settles each: acknowledged and deleted once its row is
     /// committed, or moved to the dead-letter stream when it cannot be stored.
-    async fn process(&mut self, entries: Vec<Entry>, claimed: bool) -> Result<(), FlusherError> {
+    async fn process(
+        &mut self,
+        shard: usize,
+        entries: Vec<Entry>,
+        claimed: bool,
+    ) -> Result<(), FlusherError> {
         let mut dead: Vec<(&Entry, String, Option<String>)> = Vec::new();
         let mut good: Vec<(&Entry, QueuedEvent)> = Vec::with_capacity(entries.len());
         for entry in &entries {
@@ -278,7 +371,7 @@ impl Flusher {
             for (entry, reason, _) in &dead {
                 log::warn!("dead-lettering entry {}: {reason}", entry.id);
             }
-            self.stream.dead_letter(&dead).await?;
+            self.stream.dead_letter(shard, &dead).await?;
             self.stats.dead(dead.len());
         }
 
@@ -286,7 +379,7 @@ impl Flusher {
         let mut alone = Vec::new();
         if claimed && !good.is_empty() {
             let ids: Vec<String> = good.iter().map(|(e, _)| e.id.clone()).collect();
-            let counts = self.stream.delivery_counts(&ids).await?;
+            let counts = self.stream.delivery_counts(shard, &ids).await?;
             let many: Vec<&String> = counts
                 .iter()
                 .filter(|(_, n)| *n > self.config.max_deliveries)
@@ -310,7 +403,7 @@ impl Flusher {
         }
         groups.extend(alone.into_iter().map(|one| vec![one]));
         for group in groups {
-            if let Written::Abandoned = self.write_isolating(group).await? {
+            if let Written::Abandoned = self.write_isolating(shard, group).await? {
                 return Ok(());
             }
         }
@@ -321,6 +414,7 @@ impl Flusher {
     /// settles every entry. Backs off (keeping the claim fresh) while PostgreSQL is unavailable.
     async fn write_isolating(
         &self,
+        shard: usize,
         rows: Vec<(&Entry, QueuedEvent)>,
     ) -> Result<Written, FlusherError> {
         let mut todo = vec![rows];
@@ -337,7 +431,7 @@ impl Flusher {
                         std::process::exit(86);
                     }
                     let ids: Vec<String> = part.iter().map(|(e, _)| e.id.clone()).collect();
-                    self.stream.ack_delete(&ids).await?;
+                    self.stream.ack_delete(shard, &ids).await?;
                     self.stats.written(events.len(), path, started.elapsed());
                     if path == WritePath::Dedup {
                         log::info!(
@@ -355,7 +449,7 @@ impl Flusher {
                         entry.id
                     );
                     self.stream
-                        .dead_letter(&[(entry, message, Some(sqlstate))])
+                        .dead_letter(shard, &[(entry, message, Some(sqlstate))])
                         .await?;
                     self.stats.dead(1);
                 }
@@ -387,7 +481,7 @@ impl Flusher {
                             .chain(todo.iter().flatten())
                             .map(|(e, _)| e.id.clone())
                             .collect();
-                        if let Err(e) = self.stream.keep_claimed(&ids).await {
+                        if let Err(e) = self.stream.keep_claimed(shard, &ids).await {
                             log::warn!("refreshing the claim on {} entries: {e}", ids.len());
                         }
                     }

@@ -24,7 +24,9 @@ pub enum FlusherError {
     #[error("{0}")]
     Config(String),
     #[error("redis: {0}")]
-    Redis(#[from] deadpool_redis::redis::RedisError),
+    Redis(#[from] redis_queue::redis::RedisError),
+    #[error("{0}")]
+    ShardMismatch(String),
     #[error("redis unavailable: {0}")]
     RedisUnavailable(String),
     #[error("unexpected redis reply: {0}")]
@@ -40,6 +42,28 @@ pub enum FlusherError {
         name: &'static str,
         source: tokio_postgres::Error,
     },
+}
+
+impl From<redis_queue::QueueError> for FlusherError {
+    fn from(e: redis_queue::QueueError) -> Self {
+        use redis_queue::QueueError as Q;
+        match e {
+            Q::Redis(e) => FlusherError::Redis(e),
+            Q::Timeout(d) => FlusherError::RedisUnavailable(format!("no answer within {d:?}")),
+            Q::Config(s) => FlusherError::Config(s),
+            e @ Q::ShardMismatch { .. } => FlusherError::ShardMismatch(e.to_string()),
+        }
+    }
+}
+
+/// The shared Redis connection and the queue layout the settings describe.
+fn redis_and_layout(
+    common: &Common,
+    timeout: Duration,
+) -> Result<(redis_queue::Shared, redis_queue::Layout), FlusherError> {
+    let connector = redis_queue::Connector::new(&common.redis_url, common.redis_cluster)?;
+    let layout = redis_queue::Layout::new(&common.stream_key, common.shards, common.redis_cluster)?;
+    Ok((redis_queue::Shared::new(connector, timeout), layout))
 }
 
 impl FlusherError {
@@ -121,14 +145,15 @@ async fn retention_loop(
 /// `flusher dead-letters …`; prints what it did.
 pub async fn dead_letters(common: &Common, command: DeadLetterCommand) -> Result<(), FlusherError> {
     use deadletters::Selection;
+    let (redis, layout) = redis_and_layout(common, Duration::from_secs(10))?;
     let stream = stream::Stream::new(
-        &common.redis_url,
-        &common.stream_key,
+        redis,
+        layout,
         &common.group,
         "dead-letters-cli",
-        Duration::from_secs(10),
         Duration::from_secs(1),
-    )?;
+    );
+    stream.check_layout().await?;
     let pick = |ids: Vec<String>, all: bool| -> Result<Selection, FlusherError> {
         match (all, ids.is_empty()) {
             (true, _) => Ok(Selection::All),
@@ -139,15 +164,15 @@ pub async fn dead_letters(common: &Common, command: DeadLetterCommand) -> Result
     match command {
         DeadLetterCommand::List { count } => {
             let n = deadletters::list(&stream, count).await?;
-            log::info!("{n} dead letters listed from {}", stream.dead_key);
+            log::info!("{n} dead letters listed");
         }
         DeadLetterCommand::Requeue { ids, all } => {
             let n = deadletters::requeue(&stream, pick(ids, all)?).await?;
-            println!("requeued {n} dead letters to {}", stream.key);
+            println!("requeued {n} dead letters to {}", common.stream_key);
         }
         DeadLetterCommand::Purge { ids, all } => {
             let n = deadletters::purge(&stream, pick(ids, all)?).await?;
-            println!("purged {n} dead letters from {}", stream.dead_key);
+            println!("purged {n} dead letters of {}", common.stream_key);
         }
     }
     Ok(())
@@ -173,7 +198,9 @@ pub async fn run(
             "--concurrency must be at least 1".into(),
         ));
     }
-    let streams = (0..config.concurrency)
+    let (redis, layout) =
+        redis_and_layout(&common, Duration::from_millis(config.redis_timeout_ms))?;
+    let streams: Vec<_> = (0..config.concurrency)
         .map(|n| {
             let name = if config.concurrency == 1 {
                 consumer.clone()
@@ -181,15 +208,14 @@ pub async fn run(
                 format!("{consumer}-{n}")
             };
             stream::Stream::new(
-                &common.redis_url,
-                &common.stream_key,
+                redis.clone(),
+                layout.clone(),
                 &common.group,
                 &name,
-                Duration::from_millis(config.redis_timeout_ms),
                 Duration::from_millis(config.block_ms),
             )
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect();
     let pool = sink::pool(
         &common.database_url,
         config.pg_pool_size.max(config.concurrency),
@@ -198,7 +224,8 @@ pub async fn run(
     // Tests and scripts read this line to learn the port when --metrics-bind ends in :0.
     println!("flusher metrics on http://{}", listener.local_addr()?);
     let probes = telemetry::Probes {
-        redis: deadpool_redis::redis::Client::open(common.redis_url.as_str())?,
+        redis: redis.clone(),
+        layout: layout.clone(),
         pool: pool.clone(),
         timeout: Duration::from_millis(config.redis_timeout_ms),
         metrics: telemetry::install_metrics(),
@@ -207,24 +234,56 @@ pub async fn run(
     let server_handle = server.handle();
     tokio::spawn(server);
     log::info!(
-        "flusher {consumer}: stream {:?}, group {:?}, batch size {}, concurrency {}",
+        "flusher {consumer}: stream {:?}, {} shard(s){}, group {:?}, batch size {}, concurrency {}",
         common.stream_key,
+        common.shards,
+        if common.redis_cluster {
+            " on a Redis Cluster"
+        } else {
+            ""
+        },
         common.group,
         config.batch_size,
         config.concurrency
     );
     let (tx, rx) = watch::channel(false);
+    let tx = Arc::new(tx);
     let grace = Duration::from_secs(config.shutdown_timeout_secs);
     let (deadline_tx, deadline_rx) = tokio::sync::oneshot::channel::<()>();
+    let stop_all = tx.clone();
     tokio::spawn(async move {
         shutdown.await;
         log::info!("shutting down: finishing the batch in hand");
-        let _ = tx.send(true);
+        let _ = stop_all.send(true);
         tokio::time::sleep(grace).await;
         let _ = deadline_tx.send(());
     });
     if let Some(keep) = common.retention {
         tokio::spawn(retention_loop(pool.clone(), keep, rx.clone()));
+    }
+    // No entry is read before the shard count is known to match the recorded one: a mismatch
+    // is fatal, Redis being down is waited out.
+    let mut wait = Duration::from_millis(config.backoff_initial_ms);
+    let mut stop = rx.clone();
+    loop {
+        match streams[0].check_layout().await {
+            Ok(()) => break,
+            Err(e @ FlusherError::ShardMismatch(_)) => {
+                server_handle.stop(true).await;
+                return Err(e);
+            }
+            Err(e) => {
+                log::warn!("cannot check the queue's shard count yet: {e}; retrying in {wait:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.wait_for(|s| *s) => {
+                        server_handle.stop(true).await;
+                        return Ok(());
+                    }
+                }
+                wait = (wait * 2).min(Duration::from_millis(config.backoff_max_ms));
+            }
+        }
     }
     let stats = Arc::new(flush::Stats::default());
     let workers: Vec<_> = streams
@@ -236,20 +295,25 @@ pub async fn run(
                 pool.clone(),
                 config.clone(),
                 stats.clone(),
-                n == 0,
+                n,
                 rx.clone(),
             );
             tokio::spawn(async move { worker.run().await })
         })
         .collect();
+    // The first worker to fail (a shard-count mismatch found late, a panic) stops the others.
     let all = async {
         let mut result = Ok(());
-        for w in workers {
-            match w.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => result = Err(e),
-                Err(e) => result = Err(FlusherError::Config(format!("a worker panicked: {e}"))),
-            }
+        let mut workers: futures_util::stream::FuturesUnordered<_> = workers.into_iter().collect();
+        while let Some(done) = futures_util::StreamExt::next(&mut workers).await {
+            let failed = match done {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e,
+                Err(e) => FlusherError::Config(format!("a worker panicked: {e}")),
+            };
+            log::error!("stopping: {failed}");
+            let _ = tx.send(true);
+            result = Err(failed);
         }
         result
     };

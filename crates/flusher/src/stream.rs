@@ -1,12 +1,12 @@
-//! The flusher's side of the Redis stream: the consumer group, reads, claims, acknowledgement
-//! and dead letters. Blocking reads use a connection of their own (a blocking XREADGROUP would
-//! stall every other command on a multiplexed connection); everything else uses a pool.
+//! The flusher's side of the queue: per shard, the consumer group, reads, claims,
+//! acknowledgement and dead letters. Reads use a connection of their own (a blocking XREADGROUP
+//! would stall every other command on a multiplexed connection); everything else shares one.
+//! Every method that touches entries takes the shard they belong to.
 
 use std::time::Duration;
 
-use deadpool_redis::redis::{
-    self, AsyncConnectionConfig, Client, Value, aio::MultiplexedConnection,
-};
+use redis_queue::redis::{self, Value};
+use redis_queue::{Conn, Layout, Shared};
 
 use crate::FlusherError;
 
@@ -26,16 +26,13 @@ impl Entry {
     }
 }
 
-/// Names and connections for one stream + consumer group + consumer.
+/// The queue's shards as one consumer of the group sees them, with its connections.
 pub struct Stream {
-    client: Client,
-    config: AsyncConnectionConfig,
-    /// For every call but the blocking read: one multiplexed connection, re-made after an error
-    /// (a pool that PINGs on every checkout would add a round trip to every acknowledgement).
-    conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
-    reader: Option<MultiplexedConnection>,
-    pub key: String,
-    pub dead_key: String,
+    /// For every call but reads: one connection shared by the workers of the process.
+    redis: Shared,
+    /// Reads only, made on first use and re-made after an error.
+    reader: Option<Conn>,
+    pub layout: Layout,
     pub group: String,
     pub consumer: String,
     timeout: Duration,
@@ -44,71 +41,59 @@ pub struct Stream {
 
 impl Stream {
     pub fn new(
-        redis_url: &str,
-        key: &str,
+        redis: Shared,
+        layout: Layout,
         group: &str,
         consumer: &str,
-        timeout: Duration,
         block: Duration,
-    ) -> Result<Self, FlusherError> {
-        let client = Client::open(redis_url).map_err(FlusherError::Redis)?;
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
-        Ok(Stream {
-            client,
-            config,
-            conn: tokio::sync::Mutex::new(None),
+    ) -> Self {
+        Stream {
+            timeout: redis.timeout(),
+            redis,
             reader: None,
-            key: key.to_string(),
-            dead_key: format!("{key}:dead"),
+            layout,
             group: group.to_string(),
             consumer: consumer.to_string(),
-            timeout,
             block,
-        })
+        }
     }
 
-    /// Runs one command or pipeline on the shared connection, within the timeout; a connection
-    /// that failed or timed out is dropped, and the next call makes a new one.
+    pub fn shards(&self) -> usize {
+        self.layout.shards()
+    }
+
+    pub fn key(&self, shard: usize) -> String {
+        self.layout.key(shard)
+    }
+
+    pub fn dead_key(&self, shard: usize) -> String {
+        self.layout.dead_key(shard)
+    }
+
+    /// Runs one command or pipeline on the shared connection, within the timeout.
     pub async fn query<T: redis::FromRedisValue>(
         &self,
-        run: impl AsyncFnOnce(&mut MultiplexedConnection) -> redis::RedisResult<T>,
+        run: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>,
     ) -> Result<T, FlusherError> {
-        let fut = async {
-            let mut conn = {
-                let mut slot = self.conn.lock().await;
-                match slot.as_ref() {
-                    Some(c) => c.clone(),
-                    None => {
-                        let c = self
-                            .client
-                            .get_multiplexed_async_connection_with_config(&self.config)
-                            .await?;
-                        *slot = Some(c.clone());
-                        c
-                    }
-                }
-            };
-            run(&mut conn).await
-        };
-        let result = match tokio::time::timeout(self.timeout, fut).await {
-            Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) if e.code().is_some() => return Err(FlusherError::Redis(e)),
-            Ok(Err(e)) => FlusherError::Redis(e),
-            Err(_) => {
-                FlusherError::RedisUnavailable(format!("no answer within {:?}", self.timeout))
-            }
-        };
-        // Not an error reply from a healthy server: do not trust this connection again.
-        *self.conn.lock().await = None;
-        Err(result)
+        self.redis.query(run).await.map_err(FlusherError::from)
+    }
+
+    /// Records the shard count, or fails if another one is recorded, under the queue's count
+    /// key and every reachable shard's copy.
+    pub async fn check_layout(&self) -> Result<(), FlusherError> {
+        self.layout.check_all(&self.redis).await?;
+        Ok(())
+    }
+
+    /// The same for one shard's copy of the count (a shard whose node was down at start).
+    pub async fn check_shard(&self, shard: usize) -> Result<(), FlusherError> {
+        Ok(self.layout.check(&self.redis, Some(shard)).await?)
     }
 
     /// Creates the consumer group at ID 0 (so nothing queued before the first flusher is
     /// skipped), creating the stream too if needed. An existing group is left as it is.
-    pub async fn ensure_group(&self) -> Result<(), FlusherError> {
-        let (key, group) = (&self.key, &self.group);
+    pub async fn ensure_group(&self, shard: usize) -> Result<(), FlusherError> {
+        let (key, group) = (&self.key(shard), &self.group);
         let result = self
             .query(async |c| {
                 redis::cmd("XGROUP")
@@ -127,45 +112,44 @@ impl Stream {
         }
     }
 
-    /// Reads up to `count` new entries, waiting up to the block time when none are there.
-    /// Returns at once with what is there when fewer than `count` are waiting.
-    pub async fn read_new(&mut self, count: usize) -> Result<Vec<Entry>, FlusherError> {
+    /// Reads up to `count` new entries of one shard, waiting up to `block` when none are there
+    /// (not at all when `block` is zero). Returns at once with what is there when fewer than
+    /// `count` are waiting.
+    pub async fn read_new(
+        &mut self,
+        shard: usize,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<Entry>, FlusherError> {
         if self.reader.is_none() {
-            let config = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(self.timeout))
-                .set_response_timeout(Some(self.block + self.timeout));
-            let conn = tokio::time::timeout(
-                self.timeout,
-                self.client
-                    .get_multiplexed_async_connection_with_config(&config),
-            )
-            .await
-            .map_err(|_| FlusherError::RedisUnavailable("connecting timed out".into()))?
-            .map_err(FlusherError::Redis)?;
+            let conn = self
+                .redis
+                .connector()
+                .connect(self.timeout, self.block + self.timeout)
+                .await?;
             self.reader = Some(conn);
         }
         let conn = self.reader.as_mut().expect("set above");
-        let reply = tokio::time::timeout(
-            self.block + self.timeout,
-            redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(&self.group)
-                .arg(&self.consumer)
-                .arg("COUNT")
-                .arg(count)
-                .arg("BLOCK")
-                .arg(self.block.as_millis() as u64)
-                .arg("STREAMS")
-                .arg(&self.key)
-                .arg(">")
-                .query_async::<Value>(conn),
-        )
-        .await;
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(count);
+        if !block.is_zero() {
+            cmd.arg("BLOCK").arg(block.as_millis() as u64);
+        }
+        cmd.arg("STREAMS").arg(self.layout.key(shard)).arg(">");
+        let reply =
+            tokio::time::timeout(block + self.timeout, cmd.query_async::<Value>(conn)).await;
         let reply = match reply {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
-                // Reconnecting is cheap; a connection that saw an error is not trusted again.
-                self.reader = None;
+                // Reconnecting is cheap; a connection that saw an error is not trusted again
+                // (a cluster connection is kept: it reconnects to each node by itself).
+                if e.code().is_none() && !self.redis.connector().is_cluster() {
+                    self.reader = None;
+                }
                 return Err(FlusherError::Redis(e));
             }
             Err(_) => {
@@ -182,13 +166,15 @@ impl Stream {
     /// looping on the XAUTOCLAIM cursor, up to `max` entries.
     pub async fn claim_stale(
         &self,
+        shard: usize,
         min_idle: Duration,
         max: usize,
     ) -> Result<Vec<Entry>, FlusherError> {
         let mut cursor = "0-0".to_string();
         let mut claimed = Vec::new();
+        let key = &self.key(shard);
         loop {
-            let (key, group, consumer, start) = (&self.key, &self.group, &self.consumer, &cursor);
+            let (group, consumer, start) = (&self.group, &self.consumer, &cursor);
             let reply: Value = self
                 .query(async |c| {
                     redis::cmd("XAUTOCLAIM")
@@ -215,6 +201,7 @@ impl Stream {
     /// How often each of these pending entries has been delivered.
     pub async fn delivery_counts(
         &self,
+        shard: usize,
         ids: &[String],
     ) -> Result<Vec<(String, u64)>, FlusherError> {
         let (Some(first), Some(last)) = (
@@ -223,7 +210,7 @@ impl Stream {
         ) else {
             return Ok(Vec::new());
         };
-        let (key, group) = (&self.key, &self.group);
+        let (key, group) = (&self.key(shard), &self.group);
         let reply: Value = self
             .query(async |c| {
                 redis::cmd("XPENDING")
@@ -251,11 +238,11 @@ impl Stream {
 
     /// Re-claims our own entries with idle 0, so other flushers do not take over entries we
     /// are still retrying (while PostgreSQL is down, say).
-    pub async fn keep_claimed(&self, ids: &[String]) -> Result<(), FlusherError> {
+    pub async fn keep_claimed(&self, shard: usize, ids: &[String]) -> Result<(), FlusherError> {
         if ids.is_empty() {
             return Ok(());
         }
-        let (key, group, consumer) = (&self.key, &self.group, &self.consumer);
+        let (key, group, consumer) = (&self.key(shard), &self.group, &self.consumer);
         self.query(async |c| {
             redis::cmd("XCLAIM")
                 .arg(key)
@@ -271,19 +258,20 @@ impl Stream {
     }
 
     /// Acknowledges and deletes entries whose rows are committed, in one MULTI/EXEC.
-    pub async fn ack_delete(&self, ids: &[String]) -> Result<(), FlusherError> {
+    pub async fn ack_delete(&self, shard: usize, ids: &[String]) -> Result<(), FlusherError> {
         if ids.is_empty() {
             return Ok(());
         }
+        let key = self.key(shard);
         let mut pipe = redis::pipe();
         pipe.atomic()
             .cmd("XACK")
-            .arg(&self.key)
+            .arg(&key)
             .arg(&self.group)
             .arg(ids)
             .ignore()
             .cmd("XDEL")
-            .arg(&self.key)
+            .arg(&key)
             .arg(ids)
             .ignore();
         self.query(async |c| pipe.query_async::<()>(c).await).await
@@ -293,18 +281,20 @@ impl Stream {
     /// acknowledgement and deletion from the main stream.
     pub async fn dead_letter(
         &self,
+        shard: usize,
         dead: &[(&Entry, String, Option<String>)],
     ) -> Result<(), FlusherError> {
         if dead.is_empty() {
             return Ok(());
         }
+        let (key, dead_key) = (self.key(shard), self.dead_key(shard));
         let now = time::OffsetDateTime::now_utc();
         let at = event_model::timestamp::format_timestamp(now);
         let mut pipe = redis::pipe();
         pipe.atomic();
         let mut ids = Vec::new();
         for (entry, reason, sqlstate) in dead {
-            let cmd = pipe.cmd("XADD").arg(&self.dead_key).arg("*");
+            let cmd = pipe.cmd("XADD").arg(&dead_key).arg("*");
             for (k, v) in &entry.fields {
                 cmd.arg(k).arg(v);
             }
@@ -322,20 +312,48 @@ impl Stream {
             ids.push(entry.id.clone());
         }
         pipe.cmd("XACK")
-            .arg(&self.key)
+            .arg(&key)
             .arg(&self.group)
             .arg(&ids)
             .ignore()
             .cmd("XDEL")
-            .arg(&self.key)
+            .arg(&key)
             .arg(&ids)
             .ignore();
         self.query(async |c| pipe.query_async::<()>(c).await).await
     }
 
-    /// Backlog, lag, pending and dead-letter counts, for metrics and the periodic log line.
+    /// Backlog, lag, pending and dead-letter counts of all shards together (lag: the oldest
+    /// entry of any shard), for metrics and the periodic log line. Shards that cannot be read
+    /// are counted in `unreachable`; an error only when none can be.
     pub async fn queue_state(&self) -> Result<crate::telemetry::QueueState, FlusherError> {
-        let (key, dead) = (&self.key, &self.dead_key);
+        let mut total = crate::telemetry::QueueState::default();
+        let mut last = None;
+        for shard in 0..self.shards() {
+            match self.shard_state(shard).await {
+                Ok(q) => {
+                    total.backlog += q.backlog;
+                    total.pending += q.pending;
+                    total.dead += q.dead;
+                    total.lag = total.lag.max(q.lag);
+                }
+                Err(e) => {
+                    total.unreachable += 1;
+                    last = Some(e);
+                }
+            }
+        }
+        match last {
+            Some(e) if total.unreachable == self.shards() => Err(e),
+            _ => Ok(total),
+        }
+    }
+
+    async fn shard_state(
+        &self,
+        shard: usize,
+    ) -> Result<crate::telemetry::QueueState, FlusherError> {
+        let (key, dead) = (&self.key(shard), &self.dead_key(shard));
         let mut pipe = redis::pipe();
         pipe.cmd("XLEN")
             .arg(key)
@@ -366,9 +384,7 @@ impl Stream {
                 _ => None,
             })
             .unwrap_or(0);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let now = redis_queue::now_since_epoch();
         let lag = parse_entries(oldest)
             .first()
             .map(|e| event_model::queue::entry_age(&e.id, now))
@@ -378,6 +394,7 @@ impl Stream {
             lag,
             pending,
             dead: dead_len,
+            unreachable: 0,
         })
     }
 
@@ -386,10 +403,11 @@ impl Stream {
     /// DELCONSUMER would lose their pending state, and they would never be delivered again.
     pub async fn remove_idle_consumers(
         &self,
+        shard: usize,
         max_idle: Duration,
     ) -> Result<Vec<String>, FlusherError> {
         let script = redis::Script::new(PRUNE_CONSUMERS_LUA);
-        let (key, group, me) = (&self.key, &self.group, &self.consumer);
+        let (key, group, me) = (&self.key(shard), &self.group, &self.consumer);
         let removed: Vec<String> = self
             .query(async |c| {
                 script
@@ -402,7 +420,7 @@ impl Stream {
             })
             .await?;
         for name in &removed {
-            log::info!("removed idle consumer {name}");
+            log::info!("removed idle consumer {name} from {key}");
         }
         Ok(removed)
     }

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use deadpool_postgres::Pool;
-use deadpool_redis::redis;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use redis_queue::redis;
 
 const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -77,7 +77,11 @@ fn describe() {
     );
     describe_gauge!(
         "eventtracker_queue_dead_letters",
-        "Entries in the dead-letter stream"
+        "Entries in the dead-letter streams (all shards)"
+    );
+    describe_gauge!(
+        "eventtracker_queue_shards_unreachable",
+        "Shards whose node did not answer the last queue-state read"
     );
     // Every series exists from the start: dashboards and alerts see zeros, not gaps.
     for c in [
@@ -132,6 +136,8 @@ pub struct QueueState {
     pub lag: Duration,
     pub pending: u64,
     pub dead: u64,
+    /// Shards that could not be read (their node is down): not in the other numbers.
+    pub unreachable: usize,
 }
 
 impl QueueState {
@@ -140,35 +146,36 @@ impl QueueState {
         metrics::gauge!("eventtracker_queue_lag_seconds").set(self.lag.as_secs_f64());
         metrics::gauge!("eventtracker_queue_pending").set(self.pending as f64);
         metrics::gauge!("eventtracker_queue_dead_letters").set(self.dead as f64);
+        metrics::gauge!("eventtracker_queue_shards_unreachable").set(self.unreachable as f64);
     }
 }
 
 /// Probes and metrics share one small server on `--metrics-bind`.
 pub struct Probes {
-    pub redis: redis::Client,
+    pub redis: redis_queue::Shared,
+    pub layout: redis_queue::Layout,
     pub pool: Pool,
     pub timeout: Duration,
     pub metrics: Option<PrometheusHandle>,
 }
 
 impl Probes {
+    /// Ready while the node of at least one shard answers (EXISTS routes by key, so on a
+    /// cluster it asks the node that owns the shard).
     async fn redis_ok(&self) -> Result<(), String> {
-        let check = async {
-            let mut c = self
+        let mut last = String::new();
+        for shard in 0..self.layout.shards() {
+            let key = self.layout.key(shard);
+            match self
                 .redis
-                .get_multiplexed_async_connection()
+                .query(async |c| redis::cmd("EXISTS").arg(&key).query_async::<u64>(c).await)
                 .await
-                .map_err(|e| e.to_string())?;
-            redis::cmd("PING")
-                .query_async::<String>(&mut c)
-                .await
-                .map_err(|e| e.to_string())
-        };
-        match tokio::time::timeout(self.timeout, check).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("redis: {e}")),
-            Err(_) => Err("redis: no answer in time".into()),
+            {
+                Ok(_) => return Ok(()),
+                Err(e) => last = format!("redis: {e}"),
+            }
         }
+        Err(last)
     }
 
     async fn postgres_ok(&self) -> Result<(), String> {
@@ -243,8 +250,20 @@ pub enum LogFormat {
 
 /// env_logger with `RUST_LOG` (default `info`), as text or one JSON object a line.
 pub fn init_logging(format: LogFormat) {
-    let mut builder =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    // The redis crate's cluster client logs a warning for every reconnect attempt while a node
+    // is down (hundreds a second); we log the failures that matter ourselves.
+    let filter = std::env::var("RUST_LOG").map_or_else(
+        |_| "info,redis=error".to_string(),
+        |f| {
+            if f.contains("redis") {
+                f
+            } else {
+                format!("{f},redis=error")
+            }
+        },
+    );
+    let mut builder = env_logger::Builder::new();
+    builder.parse_filters(&filter);
     if format == LogFormat::Json {
         builder.format(|buf, record| {
             use std::io::Write;

@@ -19,7 +19,7 @@ pub struct Config {
     #[arg(long, env = "INGEST_BIND", default_value = "0.0.0.0:8080")]
     pub bind: SocketAddr,
 
-    /// Redis URL (may hold a password; never logged).
+    /// Redis URL (may hold a password; never logged); with --redis-cluster, comma-separated seed node URLs.
     #[arg(
         long,
         env = "INGEST_REDIS_URL",
@@ -28,9 +28,17 @@ pub struct Config {
     )]
     pub redis_url: String,
 
-    /// Redis stream key events are queued in.
+    /// Talk to a Redis Cluster (follows MOVED/ASK and topology changes) instead of one node.
+    #[arg(long, env = "INGEST_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
+
+    /// Redis stream key events are queued in (with shards: `<key>:{0}` … `<key>:{N-1}`).
     #[arg(long, env = "INGEST_STREAM_KEY", default_value = "event_queue")]
     pub stream_key: String,
+
+    /// Streams the queue is split into; each request goes to one. Must match every flusher's (stored in `<key>:shards`).
+    #[arg(long, env = "INGEST_SHARDS", default_value_t = 1)]
+    pub shards: usize,
 
     /// API tokens as `source=secret` pairs, comma-separated. The source name is stored with every event.
     #[arg(
@@ -97,7 +105,7 @@ pub struct Config {
     #[arg(long, env = "INGEST_MAX_FUTURE_SECS", default_value_t = 86_400)]
     pub max_future_secs: i64,
 
-    /// Above this many entries in the stream, requests get 503 queue_full.
+    /// Above this many entries in the queue (all shards together), requests get 503 queue_full.
     #[arg(long, env = "INGEST_MAX_QUEUE_LEN", default_value_t = 1_000_000)]
     pub max_queue_len: u64,
 

@@ -61,7 +61,9 @@ impl AppState {
             .map_err(StartError::MinTimestamp)?;
         let queue = EventQueue::new(
             &config.redis_url,
+            config.redis_cluster,
             &config.stream_key,
+            config.shards,
             Duration::from_millis(config.redis_timeout_ms),
         )?;
         Ok(AppState {
@@ -99,11 +101,25 @@ pub async fn run(
     state.metrics = telemetry::install_metrics();
     let state = web::Data::new(state);
     log::info!(
-        "ingest-api: stream {:?}, sources {:?}",
+        "ingest-api: stream {:?}, {} shard(s){}, sources {:?}",
         config.stream_key,
+        config.shards,
+        if config.redis_cluster {
+            " on a Redis Cluster"
+        } else {
+            ""
+        },
         state.tokens.sources()
     );
-    let length_task = tokio::spawn(track_queue_length(state.clone()));
+    // A shard count that differs from the recorded one is fatal; Redis being down is not (the
+    // check is repeated until it passes, and no request is queued before it has).
+    match state.queue.check_layout().await {
+        Err(e @ queue::QueueError::ShardMismatch { .. }) => return Err(e.into()),
+        Err(e) => log::warn!("cannot check the queue's shard count yet: {e}"),
+        Ok(()) => {}
+    }
+    let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel();
+    let length_task = tokio::spawn(track_queue_length(state.clone(), fatal_tx));
     let data = state.clone();
     let mut server = HttpServer::new(move || {
         App::new()
@@ -150,13 +166,23 @@ pub async fn run(
     let server = server.listen(listener)?.run();
     let handle = server.handle();
     let stopper = async move {
-        shutdown.await;
-        log::info!("shutting down: no new connections, finishing in-flight requests");
+        let fatal = tokio::select! {
+            () = shutdown => None,
+            Ok(e) = fatal_rx => Some(e),
+        };
+        match &fatal {
+            None => log::info!("shutting down: no new connections, finishing in-flight requests"),
+            Some(e) => log::error!("stopping: {e}"),
+        }
         handle.stop(true).await;
+        fatal
     };
-    let (served, ()) = tokio::join!(server, stopper);
+    let (served, fatal) = tokio::join!(server, stopper);
     length_task.abort();
     served?;
+    if let Some(e) = fatal {
+        return Err(e.into());
+    }
     log::info!("ingest-api stopped");
     Ok(())
 }
@@ -168,16 +194,25 @@ fn resource(path: &str, route: actix_web::Route, allow: &'static str) -> actix_w
         .default_service(web::to(move || routes::method_not_allowed(allow)))
 }
 
-/// Keeps the cached stream length fresh, so backpressure costs no Redis call per request.
-async fn track_queue_length(state: web::Data<AppState>) {
+/// Keeps the cached shard lengths fresh, so backpressure costs no Redis call per request, and
+/// finds shards whose node answers again. Sends a shard-count mismatch (found once Redis is
+/// reachable) to `fatal`.
+async fn track_queue_length(
+    state: web::Data<AppState>,
+    fatal: tokio::sync::oneshot::Sender<queue::QueueError>,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {
         tick.tick().await;
+        if let Err(e @ queue::QueueError::ShardMismatch { .. }) = state.queue.check_layout().await {
+            let _ = fatal.send(e);
+            return;
+        }
         let result = state.queue.refresh_length().await;
         match &result {
-            Ok((len, lag)) => telemetry::queue(*len, *lag),
+            Ok((len, lag, unreachable)) => telemetry::queue(*len, *lag, *unreachable),
             Err(_) => telemetry::redis_error(),
         }
         match result {

@@ -1,107 +1,146 @@
-//! The Redis side of ingest-api: one atomic MULTI/EXEC of XADDs per request, a readiness PING,
-//! and a cached stream length for backpressure. Every call is bounded by the Redis timeout.
+//! The Redis side of ingest-api: each request's events go to one shard in one atomic MULTI/EXEC,
+//! requests are spread over the shards in turn, and a shard whose node does not answer is
+//! skipped until it does. Also a readiness check and cached shard lengths for backpressure.
+//! Every call is bounded by the Redis timeout.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use deadpool_redis::redis::{self, AsyncConnectionConfig, Client, aio::MultiplexedConnection};
 use event_model::QueuedEvent;
 use event_model::queue::{ENTRY_VERSION, EVENT_FIELD, VERSION_FIELD};
-use tokio::sync::Mutex;
+use redis_queue::{Connector, Layout, Shared, redis};
 
-/// Why the queue could not take a write.
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    #[error("redis did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("{0}")]
-    Config(String),
-}
+pub use redis_queue::QueueError;
 
-/// A handle on the event stream; cheap to clone.
-///
-/// Every request shares one multiplexed connection: Redis pipelines the commands of concurrent
-/// requests on it, and taking it costs no round trip (a pool that PINGs on every checkout, as
-/// deadpool-redis does, doubled the round trips per request). After an error or a timeout the
-/// connection is dropped and the next call makes a new one.
+/// How long a shard whose write failed is skipped, unless the length refresh (every 250 ms)
+/// finds its node answering again first.
+const SHARD_COOLDOWN: Duration = Duration::from_secs(2);
+
+/// A handle on the queue; cheap to clone.
 #[derive(Clone)]
 pub struct EventQueue {
-    client: Client,
-    config: AsyncConnectionConfig,
-    conn: Arc<Mutex<Option<MultiplexedConnection>>>,
-    stream_key: String,
-    timeout: Duration,
-    length: Arc<AtomicU64>,
+    redis: Shared,
+    layout: Layout,
+    next: Arc<AtomicUsize>,
+    shards: Arc<Vec<ShardState>>,
+}
+
+#[derive(Default)]
+struct ShardState {
+    /// The shard's copy of the shard count matched ours (checked once per process).
+    checked: AtomicBool,
+    length: AtomicU64,
+    /// Milliseconds since the epoch until which writes skip this shard (0: healthy).
+    down_until: AtomicU64,
+}
+
+impl ShardState {
+    fn is_down(&self, now_ms: u64) -> bool {
+        self.down_until.load(Ordering::Relaxed) > now_ms
+    }
+}
+
+fn now_ms() -> u64 {
+    redis_queue::now_since_epoch().as_millis() as u64
 }
 
 impl EventQueue {
     /// No connection is made yet: ingest-api starts even while Redis is down.
-    pub fn new(redis_url: &str, stream_key: &str, timeout: Duration) -> Result<Self, QueueError> {
-        let client = Client::open(redis_url)
-            .map_err(|e| QueueError::Config(format!("invalid redis URL: {e}")))?;
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
+    pub fn new(
+        redis_url: &str,
+        cluster: bool,
+        stream_key: &str,
+        shards: usize,
+        timeout: Duration,
+    ) -> Result<Self, QueueError> {
+        let layout = Layout::new(stream_key, shards, cluster)?;
+        let redis = Shared::new(Connector::new(redis_url, cluster)?, timeout);
         Ok(EventQueue {
-            client,
-            config,
-            conn: Arc::default(),
-            stream_key: stream_key.to_string(),
-            timeout,
-            length: Arc::new(AtomicU64::new(0)),
+            redis,
+            shards: Arc::new((0..shards).map(|_| ShardState::default()).collect()),
+            layout,
+            next: Arc::default(),
         })
     }
 
-    async fn conn(&self) -> Result<MultiplexedConnection, QueueError> {
-        let mut slot = self.conn.lock().await;
-        if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Records the shard count in Redis, or fails if another one is recorded: under the
+    /// queue's count key and each shard's copy (shards that cannot be reached now are checked
+    /// before their first write). Shards already checked cost nothing.
+    pub async fn check_layout(&self) -> Result<(), QueueError> {
+        if self
+            .shards
+            .iter()
+            .all(|s| s.checked.load(Ordering::Acquire))
+        {
+            return Ok(());
         }
-        let c = self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.config)
-            .await?;
-        *slot = Some(c.clone());
-        Ok(c)
-    }
-
-    /// Runs `op` on the shared connection within the timeout; a failed connection is dropped.
-    async fn bounded<T>(
-        &self,
-        op: impl AsyncFnOnce(&mut MultiplexedConnection) -> redis::RedisResult<T>,
-    ) -> Result<T, QueueError> {
-        let result = tokio::time::timeout(self.timeout, async {
-            let mut conn = self.conn().await?;
-            op(&mut conn).await.map_err(QueueError::from)
-        })
-        .await
-        .unwrap_or(Err(QueueError::Timeout(self.timeout)));
-        let broken = match &result {
-            Ok(_) => false,
-            Err(QueueError::Redis(e)) => {
-                e.is_io_error()
-                    || e.is_connection_dropped()
-                    || e.is_timeout()
-                    || e.is_unrecoverable_error()
+        let checked = self.layout.check_all(&self.redis).await?;
+        for (state, ok) in self.shards.iter().zip(checked) {
+            if ok {
+                state.checked.store(true, Ordering::Release);
             }
-            Err(_) => true,
-        };
-        if broken {
-            *self.conn.lock().await = None;
         }
-        result
+        Ok(())
     }
 
-    /// Appends every event in one MULTI/EXEC: all of them are in the stream, or none.
-    pub async fn push(&self, events: &[QueuedEvent]) -> Result<(), QueueError> {
+    async fn check_shard(&self, shard: usize) -> Result<(), QueueError> {
+        let state = &self.shards[shard];
+        if !state.checked.load(Ordering::Acquire) {
+            self.layout.check(&self.redis, Some(shard)).await?;
+            state.checked.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Appends every event to one shard in one MULTI/EXEC: all of them are in the stream, or
+    /// none. Shards take requests in turn; when a shard's node fails, the same entries go to
+    /// the next healthy shard (they carry their event IDs, so even a write that did happen
+    /// before its reply was lost is stored once). Returns the shard written to.
+    pub async fn push(&self, events: &[QueuedEvent]) -> Result<usize, QueueError> {
+        let n = self.shards.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let now = now_ms();
+        // Healthy shards first, in turn; shards in their cooldown are a last resort.
+        let (up, down): (Vec<usize>, Vec<usize>) = (0..n)
+            .map(|k| (start + k) % n)
+            .partition(|&s| !self.shards[s].is_down(now));
+        let mut last = None;
+        for shard in up.into_iter().chain(down.into_iter().take(1)) {
+            // Any error moves on to the next shard, error replies too: with its node down, a
+            // cluster client may send a shard's MULTI/EXEC to another node, which aborts it
+            // with MOVED; a node out of memory refuses with OOM while others have room.
+            match self.push_to(shard, events).await {
+                Ok(()) => return Ok(shard),
+                Err(e @ QueueError::ShardMismatch { .. }) => return Err(e),
+                Err(e) => {
+                    if n > 1 {
+                        log::warn!("shard {shard} did not take a write ({e}); trying another");
+                        crate::telemetry::shard_failover();
+                    }
+                    self.shards[shard].down_until.store(
+                        now_ms() + SHARD_COOLDOWN.as_millis() as u64,
+                        Ordering::Relaxed,
+                    );
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or(QueueError::Timeout(self.redis.timeout())))
+    }
+
+    async fn push_to(&self, shard: usize, events: &[QueuedEvent]) -> Result<(), QueueError> {
+        self.check_shard(shard).await?;
+        let key = self.layout.key(shard);
         let mut pipe = redis::pipe();
         pipe.atomic();
         for e in events {
             pipe.cmd("XADD")
-                .arg(&self.stream_key)
+                .arg(&key)
                 .arg("*")
                 .arg(VERSION_FIELD)
                 .arg(ENTRY_VERSION)
@@ -109,44 +148,83 @@ impl EventQueue {
                 .arg(e.encode())
                 .ignore();
         }
-        self.bounded(async |c| pipe.query_async::<()>(c).await)
+        self.redis
+            .query(async |c| pipe.query_async::<()>(c).await)
             .await
     }
 
-    /// PING within the timeout.
+    /// Ready when at least one shard's node answers (asked in turn until one does).
     pub async fn ping(&self) -> Result<(), QueueError> {
-        self.bounded(async |c| redis::cmd("PING").query_async::<String>(c).await)
-            .await
-            .map(|_| ())
+        let mut last = None;
+        for shard in 0..self.shards.len() {
+            let key = self.layout.key(shard);
+            // EXISTS routes by key, so on a cluster it asks the node that owns this shard.
+            match self
+                .redis
+                .query(async |c| redis::cmd("EXISTS").arg(&key).query_async::<u64>(c).await)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(QueueError::Timeout(self.redis.timeout())))
     }
 
-    /// The stream length as last seen by [`EventQueue::refresh_length`].
+    /// The sum of the shard lengths as last seen by [`EventQueue::refresh_length`]: the
+    /// backpressure limit applies to the whole queue.
     pub fn cached_length(&self) -> u64 {
-        self.length.load(Ordering::Relaxed)
+        self.shards
+            .iter()
+            .map(|s| s.length.load(Ordering::Relaxed))
+            .sum()
     }
 
-    /// Reads the stream length (cached for backpressure) and the age of its oldest entry (the
-    /// flushers' lag: an entry ID starts with its creation time in milliseconds).
-    pub async fn refresh_length(&self) -> Result<(u64, Duration), QueueError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("XLEN")
-            .arg(&self.stream_key)
-            .cmd("XRANGE")
-            .arg(&self.stream_key)
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(1);
-        let (len, oldest): (u64, Vec<(String, redis::Value)>) =
-            self.bounded(async |c| pipe.query_async(c).await).await?;
-        self.length.store(len, Ordering::Relaxed);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let lag = oldest
-            .first()
-            .map(|(id, _)| event_model::queue::entry_age(id, now))
-            .unwrap_or_default();
-        Ok((len, lag))
+    /// Reads each shard's length (cached for backpressure) and the age of its oldest entry.
+    /// A shard that answers is marked healthy again. Returns the total length, the largest
+    /// lag, and how many shards could not be read (an error if none could).
+    pub async fn refresh_length(&self) -> Result<(u64, Duration, usize), QueueError> {
+        let now = redis_queue::now_since_epoch();
+        let (mut total, mut lag, mut failed, mut last) = (0, Duration::ZERO, 0, None);
+        for (shard, state) in self.shards.iter().enumerate() {
+            let key = self.layout.key(shard);
+            let mut pipe = redis::pipe();
+            pipe.cmd("XLEN")
+                .arg(&key)
+                .cmd("XRANGE")
+                .arg(&key)
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(1);
+            let reply: Result<(u64, Vec<(String, redis::Value)>), _> =
+                self.redis.query(async |c| pipe.query_async(c).await).await;
+            match reply {
+                Ok((len, oldest)) => {
+                    state.length.store(len, Ordering::Relaxed);
+                    state.down_until.store(0, Ordering::Relaxed);
+                    total += len;
+                    if let Some((id, _)) = oldest.first() {
+                        lag = lag.max(event_model::queue::entry_age(id, now));
+                    }
+                }
+                Err(e) => {
+                    failed += 1;
+                    if e.code().is_none() {
+                        state.down_until.store(
+                            now_ms() + SHARD_COOLDOWN.as_millis() as u64,
+                            Ordering::Relaxed,
+                        );
+                    }
+                    // Keep its last known length: an unreachable shard still holds its backlog.
+                    total += state.length.load(Ordering::Relaxed);
+                    last = Some(e);
+                }
+            }
+        }
+        match last {
+            Some(e) if failed == self.shards.len() => Err(e),
+            _ => Ok((total, lag, failed)),
+        }
     }
 }

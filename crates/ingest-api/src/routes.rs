@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::body::{Encoding, read_body, too_large_on_wire};
 use crate::error::{ApiError, Rejected};
+use crate::queue::QueueError;
 use crate::telemetry;
 
 #[derive(Serialize)]
@@ -92,6 +93,9 @@ pub async fn ingest(
         });
     }
     if let Err(e) = state.queue.push(&accepted).await {
+        if let QueueError::ShardMismatch { .. } = e {
+            log::error!("{e}");
+        }
         telemetry::redis_error();
         log::warn!("queueing {} events failed: {e}", accepted.len());
         return Err(ApiError::QueueUnavailable {
@@ -156,7 +160,8 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: Redis answers a PING within its timeout.
+/// `GET /readyz`: the shard count is checked and at least one shard's node answers within the
+/// timeout.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     match state.queue.ping().await {
         Ok(()) => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),

@@ -50,13 +50,21 @@ fn describe() {
         "eventtracker_ingest_redis_errors_total",
         "Redis calls that failed or timed out"
     );
+    describe_counter!(
+        "eventtracker_ingest_shard_failovers_total",
+        "Writes that a shard's node did not take, retried on another shard"
+    );
     describe_gauge!(
         "eventtracker_queue_backlog",
-        "Entries in the stream (the flushers' backlog), as last read"
+        "Entries in the queue, all shards together (the flushers' backlog), as last read"
+    );
+    describe_gauge!(
+        "eventtracker_queue_shards_unreachable",
+        "Shards whose node did not answer the last length read"
     );
     describe_gauge!(
         "eventtracker_queue_lag_seconds",
-        "Age of the oldest entry still in the stream"
+        "Age of the oldest entry still in the queue (the oldest of all shards)"
     );
     // Make every series exist from the start, so dashboards and alerts see zeros, not gaps.
     metrics::counter!("eventtracker_ingest_events_accepted_total").absolute(0);
@@ -91,9 +99,14 @@ pub fn redis_error() {
     metrics::counter!("eventtracker_ingest_redis_errors_total").increment(1);
 }
 
-pub fn queue(backlog: u64, lag: Duration) {
+pub fn queue(backlog: u64, lag: Duration, unreachable: usize) {
     metrics::gauge!("eventtracker_queue_backlog").set(backlog as f64);
     metrics::gauge!("eventtracker_queue_lag_seconds").set(lag.as_secs_f64());
+    metrics::gauge!("eventtracker_queue_shards_unreachable").set(unreachable as f64);
+}
+
+pub fn shard_failover() {
+    metrics::counter!("eventtracker_ingest_shard_failovers_total").increment(1);
 }
 
 /// How log lines are written.
@@ -108,8 +121,20 @@ pub enum LogFormat {
 
 /// env_logger with `RUST_LOG` (default `info`), as text or one JSON object a line.
 pub fn init_logging(format: LogFormat) {
-    let mut builder =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    // The redis crate's cluster client logs a warning for every reconnect attempt while a node
+    // is down (hundreds a second); we log the failures that matter ourselves.
+    let filter = std::env::var("RUST_LOG").map_or_else(
+        |_| "info,redis=error".to_string(),
+        |f| {
+            if f.contains("redis") {
+                f
+            } else {
+                format!("{f},redis=error")
+            }
+        },
+    );
+    let mut builder = env_logger::Builder::new();
+    builder.parse_filters(&filter);
     if format == LogFormat::Json {
         builder.format(|buf, record| {
             use std::io::Write;

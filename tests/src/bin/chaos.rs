@@ -7,6 +7,10 @@
 //! PostgreSQL is stopped for 10 s once. Then the pipeline drains and the check runs: every
 //! acknowledged event stored exactly once, no row that was never sent, nothing pending.
 //! Exits non-zero on any loss, duplicate, unexpected row, or fault that did not happen.
+//!
+//! With `--cluster` the queue is a local 3-master Redis Cluster with 8 shards and two ingest-api
+//! processes share the clients; instead of the whole Redis, the cluster node holding the most
+//! shards is SIGKILLed and restarted while the load goes on.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -22,6 +26,55 @@ struct Opts {
     seconds: u64,
     clients: usize,
     batch: usize,
+    cluster: bool,
+}
+
+/// Shards of the queue in `--cluster` mode.
+const CLUSTER_SHARDS: usize = 8;
+
+/// The queue's Redis: one server, or a cluster.
+enum Queue {
+    Single(RedisServer),
+    Cluster(Box<RedisCluster>),
+}
+
+impl Queue {
+    fn url(&self) -> String {
+        match self {
+            Queue::Single(r) => r.url(),
+            Queue::Cluster(c) => c.urls(),
+        }
+    }
+
+    /// Flags both binaries need for this queue.
+    fn flags(&self) -> Vec<String> {
+        match self {
+            Queue::Single(_) => Vec::new(),
+            Queue::Cluster(_) => vec![
+                "--redis-cluster".into(),
+                "--shards".into(),
+                CLUSTER_SHARDS.to_string(),
+            ],
+        }
+    }
+
+    /// Entries, pending entries and dead letters, all shards together.
+    async fn totals(&self, key: &str) -> (u64, u64, u64) {
+        match self {
+            Queue::Single(r) => {
+                let mut c = redis_conn(&r.url()).await;
+                (
+                    xlen(&mut c, key).await,
+                    pending(&mut c, key, "flushers").await,
+                    xlen(&mut c, &format!("{key}:dead")).await,
+                )
+            }
+            Queue::Cluster(cl) => {
+                let mut c = cluster_conn(&cl.urls()).await;
+                shard_totals(&mut c, key, CLUSTER_SHARDS, "flushers").await
+            }
+        }
+    }
 }
 
 fn parse_args() -> Opts {
@@ -30,6 +83,7 @@ fn parse_args() -> Opts {
         seconds: 25,
         clients: 8,
         batch: 50,
+        cluster: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
@@ -44,9 +98,10 @@ fn parse_args() -> Opts {
             "--clients" => o.clients = num(),
             "--batch" => o.batch = num(),
             "--seconds" => o.seconds = num() as u64,
+            "--cluster" => o.cluster = true,
             "-h" | "--help" => {
                 println!(
-                    "usage: chaos [--events N (50000)] [--seconds S (25)] [--clients N (8)] [--batch N (50)]"
+                    "usage: chaos [--events N (50000)] [--seconds S (25)] [--clients N (8)] [--batch N (50)] [--cluster]"
                 );
                 std::process::exit(0);
             }
@@ -56,31 +111,49 @@ fn parse_args() -> Opts {
     o
 }
 
-fn flusher(redis: &str, db: &str, key: &str) -> Flusher {
-    Flusher::start(
-        redis,
-        db,
-        key,
-        &["--claim-idle-ms", "2000", "--redis-timeout-ms", "1000"],
-        &[],
-    )
+fn flusher(queue: &Queue, db: &str, key: &str) -> Flusher {
+    let mut flags = vec!["--claim-idle-ms", "2000", "--redis-timeout-ms", "1000"];
+    let extra = queue.flags();
+    flags.extend(extra.iter().map(String::as_str));
+    Flusher::start(&queue.url(), db, key, &flags, &[])
 }
 
 #[tokio::main]
 async fn main() {
     let opts = parse_args();
     let started = Instant::now();
-    let mut redis = RedisServer::start();
+    let mut queue = if opts.cluster {
+        Queue::Cluster(Box::new(RedisCluster::start()))
+    } else {
+        Queue::Single(RedisServer::start())
+    };
     let pg = PgServer::start();
     let db = TestDb::migrated(&pg.admin_url()).await;
     let key = "event_queue".to_string();
-    let ingest = Ingest::start(&redis.url(), &key, &["--redis-timeout-ms", "1000"]);
-    let mut flushers: Vec<Flusher> = (0..3)
-        .map(|_| flusher(&redis.url(), &db.url, &key))
+    let ingest_flags = {
+        let mut f = vec!["--redis-timeout-ms".to_string(), "1000".to_string()];
+        f.extend(queue.flags());
+        f
+    };
+    let ingest_flags: Vec<&str> = ingest_flags.iter().map(String::as_str).collect();
+    let ingests: Vec<Ingest> = (0..if opts.cluster { 2 } else { 1 })
+        .map(|_| Ingest::start(&queue.url(), &key, &ingest_flags))
         .collect();
+    let mut flushers: Vec<Flusher> = (0..3).map(|_| flusher(&queue, &db.url, &key)).collect();
     println!(
-        "chaos: {} events, {} clients, batches of {}, 3 flushers, Redis on :{}, PostgreSQL on :{}",
-        opts.events, opts.clients, opts.batch, redis.port, pg.port
+        "chaos: {} events, {} clients, batches of {}, {} ingest-api, 3 flushers, {}, PostgreSQL on :{}",
+        opts.events,
+        opts.clients,
+        opts.batch,
+        ingests.len(),
+        match &queue {
+            Queue::Single(r) => format!("Redis on :{}", r.port),
+            Queue::Cluster(c) => format!(
+                "Redis Cluster on :{:?} with {CLUSTER_SHARDS} shards",
+                c.ports()
+            ),
+        },
+        pg.port
     );
 
     // Clients: each batch is retried with the same event_ids until it is acknowledged.
@@ -91,7 +164,7 @@ async fn main() {
     let mut clients = Vec::new();
     for c in 0..opts.clients {
         let (url, sent, acked, retries) = (
-            ingest.url.clone(),
+            ingests[c % ingests.len()].url.clone(),
             sent.clone(),
             acked.clone(),
             retries.clone(),
@@ -178,7 +251,7 @@ async fn main() {
             use std::os::unix::process::ExitStatusExt;
             assert_eq!(status.signal(), Some(9), "flusher {pid} died of SIGKILL");
             backoffs += noticed(f);
-            flushers[i] = flusher(&redis.url(), &db.url, &key);
+            flushers[i] = flusher(&queue, &db.url, &key);
             flusher_kills += 1;
             faults.push(format!(
                 "{:>5.1}s flusher pid {pid} SIGKILLed and restarted",
@@ -187,22 +260,75 @@ async fn main() {
             next_kill = Instant::now() + Duration::from_secs(3);
         }
         if !redis_restarted && t >= Duration::from_secs(4) {
-            let before = redis_len(&redis.url(), &key).await;
-            redis.kill();
-            let refused = post_json(
-                &format!("{}/v1/events", ingest.url),
-                Some(TOKEN),
-                &json!([event("probe", 0)]),
-            )
-            .await
-            .0;
-            redis.restart();
-            let after = redis_len(&redis.url(), &key).await;
-            assert_eq!(refused, 503, "ingest-api saw Redis down");
-            faults.push(format!(
-                "{:>5.1}s Redis SIGKILLed and restarted (stream length {before} before, {after} after AOF reload; ingest answered {refused} while down)",
-                t.as_secs_f64()
-            ));
+            let probe = || async {
+                post_json(
+                    &format!("{}/v1/events", ingests[0].url),
+                    Some(TOKEN),
+                    &json!([event("probe", 0)]),
+                )
+                .await
+                .0
+            };
+            match &mut queue {
+                Queue::Single(redis) => {
+                    let before = redis_len(&redis.url(), &key).await;
+                    redis.kill();
+                    let refused = probe().await;
+                    redis.restart();
+                    let after = redis_len(&redis.url(), &key).await;
+                    assert_eq!(refused, 503, "ingest-api saw Redis down");
+                    faults.push(format!(
+                        "{:>5.1}s Redis SIGKILLed and restarted (stream length {before} before, {after} after AOF reload; ingest answered {refused} while down)",
+                        t.as_secs_f64()
+                    ));
+                }
+                Queue::Cluster(cluster) => {
+                    // The node holding the most shards.
+                    let mut on_node = [0usize; 3];
+                    for n in 0..CLUSTER_SHARDS {
+                        on_node[cluster.node_for_key(&shard_key(&key, n))] += 1;
+                    }
+                    let node = (0..3).max_by_key(|&i| on_node[i]).unwrap_or(0);
+                    let port = cluster.ports()[node];
+                    let before = node_shard_len(cluster, node, &key);
+                    cluster.kill(node);
+                    let ping = std::process::Command::new("redis-cli")
+                        .args(["-p", &port.to_string(), "ping"])
+                        .output()
+                        .map(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
+                        .unwrap_or(false);
+                    assert!(!ping, "node :{port} still answers after SIGKILL");
+                    // While it is down the load goes on; ingest-api writes to the other shards.
+                    let mut statuses = Vec::new();
+                    for _ in 0..10 {
+                        statuses.push(probe().await);
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    let unreachable: f64 =
+                        metric(&ingests[0].url, "eventtracker_queue_shards_unreachable").await;
+                    cluster.restart(node);
+                    let after = node_shard_len(cluster, node, &key);
+                    let ok = statuses.iter().filter(|s| **s == 200).count();
+                    assert!(
+                        statuses.iter().all(|s| *s == 200 || *s == 503),
+                        "ingest-api answered {statuses:?} while a node was down"
+                    );
+                    assert!(
+                        ok > 0,
+                        "no request was taken while one node of three was down: {statuses:?}"
+                    );
+                    assert!(
+                        unreachable >= 1.0,
+                        "ingest-api did not see the node's shards unreachable"
+                    );
+                    faults.push(format!(
+                        "{:>5.1}s cluster node :{port} ({} of {CLUSTER_SHARDS} shards) SIGKILLed for 3 s and restarted (its shards held {before} entries before, {after} after AOF reload; ingest answered {ok}/{} probes 200 while it was down, saw {unreachable} shards unreachable)",
+                        t.as_secs_f64(),
+                        on_node[node],
+                        statuses.len()
+                    ));
+                }
+            }
             redis_restarted = true;
         }
         if pg_down_since.is_none() && !pg_cycle_done && t >= Duration::from_secs(6) {
@@ -233,10 +359,10 @@ async fn main() {
 
     // Drain: the stream empty, nothing pending, the row count stable.
     let drain_start = Instant::now();
-    let mut r = redis_conn(&redis.url()).await;
+    let mut dead;
     loop {
-        let len = xlen(&mut r, &key).await;
-        let pend = pending(&mut r, &key, "flushers").await;
+        let (len, pend, d) = queue.totals(&key).await;
+        dead = d;
         if len == 0 && pend == 0 {
             break;
         }
@@ -270,7 +396,6 @@ async fn main() {
         .get(0);
     let unexpected =
         stored_set.iter().filter(|id| !sent.contains(id)).count() - probe_rows as usize;
-    let dead = xlen(&mut r, &format!("{key}:dead")).await;
 
     println!("faults injected:");
     for f in &faults {
@@ -286,9 +411,9 @@ async fn main() {
         drain_start.elapsed().as_secs_f64()
     );
     println!(
-        "acked={} stored={} lost={lost} duplicated={duplicated} unexpected={unexpected} dead={dead}",
+        "acked={} stored={} lost={lost} duplicated={duplicated} unexpected={unexpected} dead={dead} (and {probe_rows} probe events)",
         acked.len(),
-        stored.len(),
+        stored.len() - probe_rows as usize,
     );
     let mut failures = Vec::new();
     if acked.len() < opts.events {
@@ -312,6 +437,35 @@ async fn main() {
         std::process::exit(1);
     }
     println!("chaos passed");
+}
+
+/// Entries in the shards a cluster node holds, asked of that node alone.
+fn node_shard_len(cluster: &RedisCluster, node: usize, key: &str) -> u64 {
+    (0..CLUSTER_SHARDS)
+        .map(|n| shard_key(key, n))
+        .filter(|k| cluster.node_for_key(k) == node)
+        .map(|k| {
+            let out = std::process::Command::new("redis-cli")
+                .args(["-p", &cluster.ports()[node].to_string(), "XLEN", &k])
+                .output()
+                .expect("redis-cli");
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse::<u64>()
+                .unwrap_or_else(|_| panic!("XLEN {k}: {out:?}"))
+        })
+        .sum()
+}
+
+/// A gauge or counter from a /metrics page (0 when absent).
+async fn metric(base: &str, name: &str) -> f64 {
+    scrape(base)
+        .await
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 async fn redis_len(url: &str, key: &str) -> u64 {

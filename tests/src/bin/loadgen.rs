@@ -34,7 +34,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use deadpool_redis::redis;
 use event_model::QueuedEvent;
 use futures_util::SinkExt;
 use serde_json::value::RawValue;

@@ -1,0 +1,249 @@
+//! The Redis side that ingest-api and the flusher share: a connection to one Redis node or to a
+//! Redis Cluster ([`Connector`], [`Conn`]), one shared multiplexed connection with a timeout on
+//! every call ([`Shared`]), and the shard layout of the queue ([`Layout`]) with the shard count
+//! stored in Redis so that every process uses the same one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use redis;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::{ClusterClient, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFuture, Value};
+
+mod layout;
+pub use layout::Layout;
+
+/// What can go wrong talking to the queue.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("redis: {0}")]
+    Redis(#[from] RedisError),
+    #[error("invalid redis settings: {0}")]
+    Config(String),
+    #[error(
+        "the queue {key:?} has {stored} shards (recorded in Redis key {count_key:?}) but this \
+         process was started with --shards {configured}: start every ingest-api and flusher with \
+         --shards {stored} (a different count would leave shards that nobody reads)"
+    )]
+    ShardMismatch {
+        key: String,
+        count_key: String,
+        stored: String,
+        configured: usize,
+    },
+}
+
+impl QueueError {
+    /// An error reply from a healthy server (`NOGROUP`, `BUSYGROUP`, `WRONGTYPE`, …), as opposed
+    /// to a connection that failed or timed out.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            QueueError::Redis(e) => e.code(),
+            _ => None,
+        }
+    }
+}
+
+/// How to reach Redis: one node (`redis://…`) or a Redis Cluster (a comma-separated list of
+/// seed node URLs; the client learns the rest of the topology from them).
+#[derive(Clone)]
+pub enum Connector {
+    Single(Client),
+    Cluster(Box<ClusterClient>),
+}
+
+impl Connector {
+    /// Checks the URL(s); connects nothing yet.
+    pub fn new(url: &str, cluster: bool) -> Result<Self, QueueError> {
+        if !cluster {
+            if url.contains(',') {
+                return Err(QueueError::Config(
+                    "several Redis URLs given: add --redis-cluster to use them as cluster seeds"
+                        .into(),
+                ));
+            }
+            return Client::open(url)
+                .map(Connector::Single)
+                .map_err(|e| QueueError::Config(format!("invalid Redis URL: {e}")));
+        }
+        let seeds: Vec<&str> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        if seeds.is_empty() {
+            return Err(QueueError::Config("no Redis Cluster seed URL given".into()));
+        }
+        ClusterClient::builder(seeds)
+            // A node that is down fails its commands at once: the caller decides what to do
+            // (ingest-api writes to another shard, the flusher reads the other shards).
+            .retries(2)
+            .min_retry_wait(10)
+            .max_retry_wait(200)
+            .build()
+            .map(|c| Connector::Cluster(Box::new(c)))
+            .map_err(|e| QueueError::Config(format!("invalid Redis Cluster seeds: {e}")))
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Connector::Cluster(_))
+    }
+
+    /// A new connection whose every reply must arrive within `response_timeout`.
+    pub async fn connect(
+        &self,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Result<Conn, QueueError> {
+        let fut = async {
+            match self {
+                Connector::Single(client) => {
+                    let config = AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(connect_timeout))
+                        .set_response_timeout(Some(response_timeout));
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                        .map(Conn::Single)
+                }
+                Connector::Cluster(client) => {
+                    let config = ClusterConfig::new()
+                        .set_connection_timeout(connect_timeout)
+                        .set_response_timeout(response_timeout);
+                    client
+                        .get_async_connection_with_config(config)
+                        .await
+                        .map(Conn::Cluster)
+                }
+            }
+        };
+        // Connecting to a cluster asks several nodes; bound the whole of it.
+        tokio::time::timeout(connect_timeout + response_timeout, fut)
+            .await
+            .map_err(|_| QueueError::Timeout(connect_timeout))?
+            .map_err(QueueError::from)
+    }
+}
+
+/// A multiplexed connection to one node, or a cluster connection (which routes each command
+/// to the node owning its key's slot and follows MOVED/ASK redirections).
+#[derive(Clone)]
+pub enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// One connection shared by every caller, each call bounded by a timeout.
+///
+/// Taking it costs no round trip (a pool that PINGs on every checkout, as deadpool-redis does,
+/// doubled the round trips per request). A single-node connection that failed or timed out is
+/// dropped and the next call makes a new one; a cluster connection is kept, since it reconnects
+/// to each node by itself and one node being down must not cut the others off.
+#[derive(Clone)]
+pub struct Shared {
+    connector: Connector,
+    slot: Arc<tokio::sync::Mutex<Option<Conn>>>,
+    timeout: Duration,
+}
+
+impl Shared {
+    pub fn new(connector: Connector, timeout: Duration) -> Self {
+        Shared {
+            connector,
+            slot: Arc::default(),
+            timeout,
+        }
+    }
+
+    pub fn connector(&self) -> &Connector {
+        &self.connector
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    async fn conn(&self) -> Result<Conn, QueueError> {
+        let mut slot = self.slot.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = self.connector.connect(self.timeout, self.timeout).await?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Runs one command or pipeline within the timeout.
+    pub async fn query<T>(
+        &self,
+        op: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>,
+    ) -> Result<T, QueueError> {
+        let result = tokio::time::timeout(self.timeout, async {
+            let mut conn = self.conn().await?;
+            op(&mut conn).await.map_err(QueueError::from)
+        })
+        .await
+        .unwrap_or(Err(QueueError::Timeout(self.timeout)));
+        if let Err(e) = &result
+            && e.code().is_none()
+            && !self.connector.is_cluster()
+        {
+            // Not an error reply from a healthy server: do not trust this connection again.
+            *self.slot.lock().await = None;
+        }
+        result
+    }
+}
+
+/// Current time as a duration since the Unix epoch (what stream entry IDs start with).
+pub fn now_since_epoch() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_urls_need_cluster_mode() {
+        assert!(Connector::new("redis://a:1/,redis://b:2/", false).is_err());
+        assert!(Connector::new("redis://a:1/,redis://b:2/", true).is_ok());
+        assert!(Connector::new(" , ", true).is_err());
+        assert!(Connector::new("redis://a:1/", false).is_ok());
+        assert!(Connector::new("not a url", false).is_err());
+    }
+}

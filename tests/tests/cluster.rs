@@ -1,0 +1,242 @@
+//! The sharded queue: `--shards N` on one Redis and on a real local 3-master Redis Cluster
+//! (`--redis-cluster`). Shard keys are `<key>:{n}`, the shard count is recorded in `<key>:shards`.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use et_tests::*;
+use serde_json::{Value, json};
+
+fn batch(name: &str, n: usize) -> Value {
+    json!((0..n).map(|i| event(name, i)).collect::<Vec<_>>())
+}
+
+/// A process started with another shard count than the recorded one refuses to run, saying
+/// which count to use; nothing is written with the wrong layout.
+#[tokio::test]
+async fn a_different_shard_count_is_refused() {
+    let redis = shared_redis_url();
+    let key = unique("shards");
+    let db = TestDb::migrated(&shared_admin_url()).await;
+    let ingest = Ingest::start(&redis, &key, &["--shards", "4"]);
+    assert_eq!(ingest.post(&batch("first", 1)).await.0, 200);
+    let mut conn = redis_conn(&redis).await;
+    let stored: String = redis::cmd("GET")
+        .arg(format!("{key}:shards"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(stored, "4");
+
+    let mut wrong_ingest = Ingest::start(&redis, &key, &["--shards", "2"]);
+    let status = wrong_ingest.proc.wait_exit(LONG);
+    assert!(!status.success(), "ingest-api with --shards 2 kept running");
+    let log = wrong_ingest.proc.log_text();
+    assert!(
+        log.contains("started with --shards 2") && log.contains("with --shards 4"),
+        "{log}"
+    );
+
+    let mut wrong_flusher = Flusher::start(&redis, &db.url, &key, &["--shards", "8"], &[]);
+    let status = wrong_flusher.proc.wait_exit(LONG);
+    assert!(!status.success(), "flusher with --shards 8 kept running");
+    let log = wrong_flusher.proc.log_text();
+    assert!(
+        log.contains("started with --shards 8") && log.contains("with --shards 4"),
+        "{log}"
+    );
+    // The wrong flusher read nothing: the event is still queued, in one of the 4 shards.
+    let queued: u64 = {
+        let mut total = 0;
+        for n in 0..4 {
+            total += xlen(&mut conn, &shard_key(&key, n)).await;
+        }
+        total
+    };
+    assert_eq!(queued, 1);
+    assert_eq!(db.count().await, 0);
+
+    // The right count works.
+    let _flusher = Flusher::start(&redis, &db.url, &key, &["--shards", "4"], &[]);
+    db.wait_rows(1).await;
+}
+
+/// Requests go to the shards in turn; flushers read every shard, and two flushers with two
+/// workers each share the 8 shards: everything is stored once, nothing is left pending.
+#[tokio::test]
+async fn requests_spread_over_shards_and_flushers_drain_them_all() {
+    let redis = shared_redis_url();
+    let key = unique("spread");
+    let db = TestDb::migrated(&shared_admin_url()).await;
+    let ingest = Ingest::start(&redis, &key, &["--shards", "8"]);
+    for i in 0..80 {
+        let (status, body) = ingest.post(&batch(&format!("spread-{i}"), 3)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut conn = redis_conn(&redis).await;
+    for n in 0..8 {
+        assert_eq!(
+            xlen(&mut conn, &shard_key(&key, n)).await,
+            30,
+            "shard {n} should hold 10 requests of 3 events"
+        );
+    }
+    assert_eq!(
+        xlen(&mut conn, &key).await,
+        0,
+        "nothing in the unsharded key"
+    );
+
+    let flags = ["--shards", "8", "--concurrency", "2"];
+    let _f1 = Flusher::start(&redis, &db.url, &key, &flags, &[]);
+    let _f2 = Flusher::start(&redis, &db.url, &key, &flags, &[]);
+    db.wait_rows(240).await;
+    wait_for("all shards to drain", LONG, || {
+        let mut c = conn.clone();
+        let key = key.clone();
+        async move { (shard_totals(&mut c, &key, 8, "flushers").await == (0, 0, 0)).then_some(()) }
+    })
+    .await;
+    let client = db.client().await;
+    let distinct: i64 = client
+        .query_one("SELECT count(DISTINCT event_id) FROM events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!((db.count().await, distinct), (240, 240));
+}
+
+/// On a real 3-node cluster: with one node down, ingest-api keeps taking every request (on the
+/// shards of the other nodes) and the flusher keeps draining them; the down node's entries
+/// survive (AOF) and are stored once it is back. With every node down: 503 with Retry-After.
+#[tokio::test]
+async fn cluster_keeps_taking_events_with_a_node_down() {
+    let mut cluster = RedisCluster::start();
+    let urls = cluster.urls();
+    let key = "event_queue";
+    let db = TestDb::migrated(&shared_admin_url()).await;
+    let flags = [
+        "--redis-cluster",
+        "--shards",
+        "8",
+        "--redis-timeout-ms",
+        "1000",
+    ];
+    let ingest = Ingest::start(&urls, key, &flags);
+
+    // 40 requests while no flusher runs: 5 on each shard, so some on every node.
+    let mut sent = 0;
+    for i in 0..40 {
+        let (status, body) = ingest.post(&batch(&format!("before-{i}"), 2)).await;
+        assert_eq!(status, 200, "{body}");
+        sent += 2;
+    }
+    let mut on_node = [0usize; 3];
+    for n in 0..8 {
+        on_node[cluster.node_for_key(&shard_key(key, n))] += 1;
+    }
+    let node = (0..3).max_by_key(|&i| on_node[i]).unwrap();
+    assert!(on_node[node] >= 1);
+    let stranded = 10 * on_node[node] as i64; // 5 requests × 2 events per shard on that node
+
+    cluster.kill(node);
+    assert!(!cluster.is_up(node));
+    let port = cluster.ports()[node].to_string();
+    let ping = std::process::Command::new("redis-cli")
+        .args(["-p", &port, "ping"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&ping.stdout).contains("PONG"),
+        "the killed node still answers"
+    );
+
+    // Every request is taken while one node of three is down.
+    for i in 0..40 {
+        let (status, body) = ingest.post(&batch(&format!("during-{i}"), 2)).await;
+        assert_eq!(status, 200, "request {i} with a node down: {body}");
+        sent += 2;
+    }
+    let expected = format!("eventtracker_queue_shards_unreachable {}", on_node[node]);
+    wait_for(
+        "ingest-api to see the down node's shards unreachable",
+        LONG,
+        || async {
+            scrape(&ingest.url)
+                .await
+                .lines()
+                .any(|l| l == expected)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        wait_for("/readyz with two nodes up", LONG, || async {
+            let res = http()
+                .get(format!("{}/readyz", ingest.url))
+                .send()
+                .await
+                .ok()?;
+            Some(res.status().as_u16())
+        })
+        .await,
+        200
+    );
+
+    // The flusher drains the shards it can reach; the down node's entries wait.
+    let flusher = Flusher::start(&urls, &db.url, key, &flags, &[]);
+    db.wait_rows(sent as i64 - stranded).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(db.count().await, sent as i64 - stranded);
+    assert!(
+        flusher.proc.log_text().contains("redis, shard "),
+        "the flusher did not notice a shard was unreachable"
+    );
+
+    // Every node down: 503 with Retry-After, not a hang.
+    let others: Vec<usize> = (0..3).filter(|&i| i != node).collect();
+    for &i in &others {
+        cluster.kill(i);
+    }
+    let res = http()
+        .post(format!("{}/v1/events", ingest.url))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .header("Content-Type", "application/json")
+        .body(batch("all-down", 1).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 503);
+    assert_eq!(
+        res.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "queue_unavailable", "{body}");
+
+    // Back up: the stranded entries are stored, once; new requests are taken again.
+    cluster.restart_down();
+    let (status, body) = wait_for("a request taken after the restart", LONG, || async {
+        let (status, body) = ingest.post(&batch("after", 2)).await;
+        (status == 200).then_some((status, body))
+    })
+    .await;
+    assert_eq!(status, 200, "{body}");
+    sent += 2;
+    db.wait_rows(sent as i64).await;
+    let conn = cluster_conn(&urls).await;
+    wait_for("all shards to drain", LONG, || {
+        let mut c = conn.clone();
+        async move { (shard_totals(&mut c, key, 8, "flushers").await == (0, 0, 0)).then_some(()) }
+    })
+    .await;
+    let client = db.client().await;
+    let rows = client
+        .query("SELECT event_id FROM events", &[])
+        .await
+        .unwrap();
+    let ids: HashSet<uuid::Uuid> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!((rows.len(), ids.len()), (sent, sent), "stored once each");
+}
