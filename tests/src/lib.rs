@@ -765,6 +765,55 @@ impl RedisCluster {
             .position(|&p| p == owner)
             .unwrap_or_else(|| panic!("slot {slot} is served by :{owner}, not one of ours"))
     }
+
+    /// Moves the slot of `key` (with every key in it) from its node to node `to`, as
+    /// `redis-cli --cluster reshard` does, one slot: IMPORTING/MIGRATING, MIGRATE the keys in
+    /// batches, then SETSLOT NODE on every node. Clients see ASK during the move and MOVED after.
+    /// Returns how many keys moved.
+    pub fn move_slot_of(&self, key: &str, to: usize) -> usize {
+        let from = self.node_for_key(key);
+        assert_ne!(from, to, "{key} is on node {to} already");
+        let (src, dst) = (self.ports[from], self.ports[to]);
+        let cli = |port: u16, args: &[&str]| {
+            redis_cli(port, args)
+                .unwrap_or_else(|| panic!("redis-cli -p {port} {args:?} failed"))
+                .trim()
+                .to_string()
+        };
+        let slot = cli(src, &["cluster", "keyslot", key]);
+        let (src_id, dst_id) = (
+            cli(src, &["cluster", "myid"]),
+            cli(dst, &["cluster", "myid"]),
+        );
+        cli(dst, &["cluster", "setslot", &slot, "importing", &src_id]);
+        cli(src, &["cluster", "setslot", &slot, "migrating", &dst_id]);
+        let mut moved = 0;
+        loop {
+            let keys = cli(src, &["cluster", "getkeysinslot", &slot, "100"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let mut args = vec!["migrate", "127.0.0.1"];
+            let dst_port = dst.to_string();
+            args.extend([dst_port.as_str(), "", "0", "5000", "KEYS"]);
+            args.extend(&keys);
+            let reply = cli(src, &args);
+            assert!(reply == "OK" || reply == "NOKEY", "MIGRATE: {reply}");
+            moved += keys.len();
+        }
+        // The new owner first, then the old one, then the rest (as redis-cli does).
+        let third = 3 - from - to;
+        for i in [to, from, third] {
+            if self.is_up(i) {
+                cli(
+                    self.ports[i],
+                    &["cluster", "setslot", &slot, "node", &dst_id],
+                );
+            }
+        }
+        moved
+    }
 }
 
 /// Three ports below 55000 whose cluster bus port (port + 10000) is free too, all distinct.

@@ -240,3 +240,213 @@ async fn cluster_keeps_taking_events_with_a_node_down() {
     let ids: HashSet<uuid::Uuid> = rows.iter().map(|r| r.get(0)).collect();
     assert_eq!((rows.len(), ids.len()), (sent, sent), "stored once each");
 }
+
+/// A topology change under load: shard 0's slot (its stream with the consumer group and pending
+/// entries, its dead letters, its copy of the shard count) moves to another node while clients
+/// send and a flusher drains. Clients see ASK/MOVED through the cluster client, never a loss:
+/// every acknowledged event is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_moved_to_another_node_under_load_loses_nothing() {
+    let cluster = RedisCluster::start();
+    let urls = cluster.urls();
+    let key = "event_queue";
+    let db = TestDb::migrated(&shared_admin_url()).await;
+    let flags = [
+        "--redis-cluster",
+        "--shards",
+        "8",
+        "--redis-timeout-ms",
+        "1000",
+    ];
+    let ingest = Ingest::start(&urls, key, &flags);
+    let mut flusher_flags = flags.to_vec();
+    flusher_flags.extend(["--claim-idle-ms", "2000"]);
+    let _flusher = Flusher::start(&urls, &db.url, key, &flusher_flags, &[]);
+
+    // Clients: each batch retried with the same ids until it is acknowledged.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for c in 0..4 {
+        let (url, stop) = (ingest.url.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let body = batch(&format!("move-{c}-{i}"), 10);
+                let ids: Vec<String> = body
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["event_id"].as_str().unwrap().to_string())
+                    .collect();
+                loop {
+                    let (status, _) =
+                        post_json(&format!("{url}/v1/events"), Some(TOKEN), &body).await;
+                    if status == 200 {
+                        break;
+                    }
+                    assert_eq!(status, 503);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                acked.extend(ids);
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let shard = shard_key(key, 0);
+    let from = cluster.node_for_key(&shard);
+    let to = (from + 1) % 3;
+    let moved = tokio::task::block_in_place(|| cluster.move_slot_of(&shard, to));
+    assert_eq!(cluster.node_for_key(&shard), to, "the slot did not move");
+    assert!(moved >= 2, "the shard's keys did not move ({moved})");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = HashSet::new();
+    for c in clients {
+        acked.extend(c.await.unwrap());
+    }
+
+    // The group came along: the stream on its new node still has it.
+    let out = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &cluster.ports()[to].to_string(),
+            "XINFO",
+            "GROUPS",
+            &shard,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("flushers"),
+        "XINFO GROUPS on the new node: {out:?}"
+    );
+
+    db.wait_rows(acked.len() as i64).await;
+    let conn = cluster_conn(&urls).await;
+    wait_for("all shards to drain", LONG, || {
+        let mut c = conn.clone();
+        async move { (shard_totals(&mut c, key, 8, "flushers").await == (0, 0, 0)).then_some(()) }
+    })
+    .await;
+    let client = db.client().await;
+    let rows = client
+        .query("SELECT event_id::text FROM events", &[])
+        .await
+        .unwrap();
+    let stored: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let distinct: HashSet<&String> = stored.iter().collect();
+    assert_eq!(distinct.len(), stored.len(), "an event was stored twice");
+    let lost: Vec<_> = acked.iter().filter(|id| !distinct.contains(id)).collect();
+    assert!(lost.is_empty(), "{} acknowledged events lost", lost.len());
+    assert_eq!(
+        stored.len(),
+        acked.len(),
+        "rows that were never acknowledged"
+    );
+    // What the move looked like from the processes (shown with --no-capture).
+    for (name, log) in [
+        ("ingest-api", ingest.proc.log_text()),
+        ("flusher", _flusher.proc.log_text()),
+    ] {
+        for line in log
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        {
+            println!("{name}: {line}");
+        }
+    }
+    println!(
+        "{} events acknowledged and stored once; {moved} keys moved",
+        acked.len()
+    );
+}
+
+/// On a cluster, a row PostgreSQL refuses goes to its own shard's dead-letter stream (one
+/// MULTI/EXEC with its removal from the shard: both keys share the shard's slot); the CLI lists
+/// it as `<shard>/<id>` and requeues it to that shard.
+#[tokio::test]
+async fn dead_letters_stay_with_their_shard_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    let urls = cluster.urls();
+    let key = "event_queue";
+    let db = TestDb::migrated(&shared_admin_url()).await;
+    db.client()
+        .await
+        .batch_execute("ALTER TABLE events ADD CONSTRAINT no_poison CHECK (name <> 'poison')")
+        .await
+        .unwrap();
+    let flags = ["--redis-cluster", "--shards", "4"];
+    let ingest = Ingest::start(&urls, key, &flags);
+    // Requests go to shards 0, 1, 2, 3, 0, … : the poison is in the 6th, so on shard 1.
+    for i in 0..8 {
+        let mut events = batch(&format!("good-{i}"), 5);
+        if i == 5 {
+            events.as_array_mut().unwrap().push(event("poison", 0));
+        }
+        assert_eq!(ingest.post(&events).await.0, 200);
+    }
+    let flusher = Flusher::start(&urls, &db.url, key, &flags, &[]);
+    db.wait_rows(40).await;
+    let conn = cluster_conn(&urls).await;
+    let dead_of = |n: usize| {
+        let mut c = conn.clone();
+        async move { xlen(&mut c, &format!("{}:dead", shard_key(key, n))).await }
+    };
+    wait_for("the dead letter", LONG, || async {
+        (dead_of(1).await == 1).then_some(())
+    })
+    .await;
+    for n in [0, 2, 3] {
+        assert_eq!(dead_of(n).await, 0, "shard {n} has dead letters");
+    }
+    drop(flusher);
+
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(bin("flusher"))
+            .args(["--redis-url", &urls, "--redis-cluster", "--shards", "4"])
+            .arg("dead-letters")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, listed, err) = cli(&["list"]);
+    assert!(ok, "{err}");
+    let listed: Vec<Value> = listed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let id = listed[0]["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("1/"), "{id}");
+    assert_eq!(listed[0]["sqlstate"], json!("23514"));
+
+    let bare = id.trim_start_matches("1/");
+    let (ok, _, err) = cli(&["requeue", bare]);
+    assert!(
+        !ok && err.contains("<shard>/"),
+        "an ID without its shard: {err}"
+    );
+
+    db.client()
+        .await
+        .batch_execute("ALTER TABLE events DROP CONSTRAINT no_poison")
+        .await
+        .unwrap();
+    let (ok, out, err) = cli(&["requeue", &id]);
+    assert!(ok, "{err}");
+    assert!(out.contains("requeued 1"), "{out}");
+    assert_eq!(dead_of(1).await, 0);
+    let mut c = conn.clone();
+    assert_eq!(xlen(&mut c, &shard_key(key, 1)).await, 1, "back on shard 1");
+    let _flusher = Flusher::start(&urls, &db.url, key, &flags, &[]);
+    db.wait_rows(41).await;
+}

@@ -38,6 +38,23 @@ pub enum QueueError {
 }
 
 impl QueueError {
+    /// A MOVED or ASK reply inside an aborted MULTI/EXEC. The cluster client follows them for
+    /// single commands, but not inside a transaction, and keeps sending the shard's transactions
+    /// to the old node until its next topology refresh (seconds): a new connection starts from
+    /// the current slot map.
+    pub fn is_stale_topology(&self) -> bool {
+        use redis::ServerErrorKind::{Ask, Moved};
+        let QueueError::Redis(e) = self else {
+            return false;
+        };
+        e.is_cluster_error()
+            || e.clone().into_server_errors().is_some_and(|errors| {
+                errors
+                    .iter()
+                    .any(|(_, s)| matches!(s.kind(), Some(Moved | Ask)))
+            })
+    }
+
     /// An error reply from a healthy server (`NOGROUP`, `BUSYGROUP`, `WRONGTYPE`, …), as opposed
     /// to a connection that failed or timed out.
     pub fn code(&self) -> Option<&str> {
@@ -216,12 +233,16 @@ impl Shared {
         })
         .await
         .unwrap_or(Err(QueueError::Timeout(self.timeout)));
-        if let Err(e) = &result
-            && e.code().is_none()
-            && !self.connector.is_cluster()
-        {
-            // Not an error reply from a healthy server: do not trust this connection again.
-            *self.slot.lock().await = None;
+        if let Err(e) = &result {
+            let drop = if self.connector.is_cluster() {
+                e.is_stale_topology()
+            } else {
+                // Not an error reply from a healthy server: do not trust this connection again.
+                e.code().is_none()
+            };
+            if drop {
+                *self.slot.lock().await = None;
+            }
         }
         result
     }
