@@ -735,6 +735,15 @@ impl RedisCluster {
         self.nodes[i].is_some()
     }
 
+    /// SIGSTOP node `i`: it keeps its connections but answers nothing (a hung host).
+    pub fn freeze(&self, i: usize) {
+        self.nodes[i].as_ref().expect("running").signal("STOP");
+    }
+
+    pub fn thaw(&self, i: usize) {
+        self.nodes[i].as_ref().expect("running").signal("CONT");
+    }
+
     /// The index of the node that serves `key`'s slot (asked from a running node).
     pub fn node_for_key(&self, key: &str) -> usize {
         let port = (0..3)

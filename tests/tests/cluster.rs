@@ -59,6 +59,27 @@ async fn a_different_shard_count_is_refused() {
     // The right count works.
     let _flusher = Flusher::start(&redis, &db.url, &key, &["--shards", "4"], &[]);
     db.wait_rows(1).await;
+
+    // A queue left by a version without shard counts: entries in the unsharded stream and no
+    // count recorded. Switching it to shards straight away would strand them: refused.
+    let old = unique("unsharded");
+    let _: String = redis::cmd("XADD")
+        .arg(&old)
+        .arg("*")
+        .arg("v")
+        .arg("1")
+        .arg("e")
+        .arg("{}")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut upgraded = Ingest::start(&redis, &old, &["--shards", "4"]);
+    assert!(!upgraded.proc.wait_exit(LONG).success());
+    let log = upgraded.proc.log_text();
+    assert!(
+        log.contains("unsharded stream") && log.contains("still holds 1 entries"),
+        "{log}"
+    );
 }
 
 /// Requests go to the shards in turn; flushers read every shard, and two flushers with two
@@ -302,7 +323,21 @@ async fn a_shard_moved_to_another_node_under_load_loses_nothing() {
     let moved = tokio::task::block_in_place(|| cluster.move_slot_of(&shard, to));
     assert_eq!(cluster.node_for_key(&shard), to, "the slot did not move");
     assert!(moved >= 2, "the shard's keys did not move ({moved})");
+    let shard0_events = || async {
+        scrape(&ingest.url)
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix("eventtracker_ingest_shard_events_total{shard=\"0\"} "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let at_move = shard0_events().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // Writes reach shard 0 on its new node: ingest-api follows the move, not just avoids it.
+    assert!(
+        shard0_events().await > at_move,
+        "no write reached shard 0 after its slot moved"
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut acked = HashSet::new();
     for c in clients {
@@ -449,4 +484,85 @@ async fn dead_letters_stay_with_their_shard_on_a_cluster() {
     assert_eq!(xlen(&mut c, &shard_key(key, 1)).await, 1, "back on shard 1");
     let _flusher = Flusher::start(&urls, &db.url, key, &flags, &[]);
     db.wait_rows(41).await;
+}
+
+/// A frozen node (SIGSTOP: connections stay open, nothing answers) costs at most one failed
+/// write per shard it holds: those shards are skipped until a length read finds them answering
+/// again, not tried by every request. After the first moments every request is taken, and after
+/// the thaw everything is stored once.
+#[tokio::test]
+async fn a_frozen_node_is_skipped_until_it_answers() {
+    let cluster = RedisCluster::start();
+    let urls = cluster.urls();
+    let key = "event_queue";
+    let db = TestDb::migrated(&shared_admin_url()).await;
+    let flags = [
+        "--redis-cluster",
+        "--shards",
+        "8",
+        "--redis-timeout-ms",
+        "500",
+    ];
+    let ingest = Ingest::start(&urls, key, &flags);
+    assert_eq!(ingest.post(&batch("warm-up", 1)).await.0, 200);
+    let mut on_node = [0usize; 3];
+    for n in 0..8 {
+        on_node[cluster.node_for_key(&shard_key(key, n))] += 1;
+    }
+    let node = (0..3).max_by_key(|&i| on_node[i]).unwrap();
+
+    cluster.freeze(node);
+    // Until the length refresh has found the frozen shards (within one Redis timeout), a request
+    // can meet two of them in a row and get 503 with Retry-After; then every request is taken.
+    let mut sent: i64 = 1;
+    let mut statuses = Vec::new();
+    for i in 0..40 {
+        // As an SDK does: a 503 is retried with the same events (and event_ids).
+        let body = batch(&format!("frozen-{i}"), 2);
+        loop {
+            let res = http()
+                .post(format!("{}/v1/events", ingest.url))
+                .header("Authorization", format!("Bearer {TOKEN}"))
+                .header("Content-Type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            statuses.push(status);
+            if status == 200 {
+                sent += 2;
+                break;
+            }
+            assert_eq!(status, 503, "request {i}: {}", res.text().await.unwrap());
+            assert!(res.headers().contains_key("retry-after"));
+        }
+    }
+    let refused = statuses.iter().filter(|s| **s == 503).count();
+    assert!(
+        refused <= on_node[node] && statuses[statuses.len() - 20..].iter().all(|s| *s == 200),
+        "frozen shards kept failing requests: {statuses:?}"
+    );
+    let metrics = scrape(&ingest.url).await;
+    let failovers: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("eventtracker_ingest_shard_failovers_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        failovers <= on_node[node] as f64,
+        "{failovers} failovers for {} frozen shards: frozen shards were tried again",
+        on_node[node]
+    );
+    cluster.thaw(node);
+
+    let _flusher = Flusher::start(&urls, &db.url, key, &flags, &[]);
+    db.wait_rows(sent).await;
+    let client = db.client().await;
+    let distinct: i64 = client
+        .query_one("SELECT count(DISTINCT event_id) FROM events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!((db.count().await, distinct), (sent, sent));
 }

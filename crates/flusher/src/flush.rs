@@ -25,6 +25,8 @@ pub struct Stats {
     pub dead_lettered: AtomicU64,
     pub claimed: AtomicU64,
     pub backoffs: AtomicU64,
+    /// The queue as last read by the gauge task (see `lib.rs`), for the summary line.
+    pub queue: std::sync::Mutex<telemetry::QueueState>,
 }
 
 impl Stats {
@@ -58,6 +60,10 @@ impl Stats {
         telemetry::backoff(true);
     }
 
+    pub fn queue(&self) -> telemetry::QueueState {
+        self.queue.lock().map(|q| *q).unwrap_or_default()
+    }
+
     pub fn summary(&self) -> String {
         format!(
             "written={} batches={} dedup_batches={} dead_lettered={} claimed={} backoffs={}",
@@ -88,10 +94,8 @@ pub struct Flusher {
     shutdown: watch::Receiver<bool>,
 }
 
-/// Per shard: whether its copy of the shard count was checked and its consumer group is known
-/// to exist, and its backoff after an error.
+/// Per shard: whether its consumer group is known to exist, and its backoff after an error.
 struct ShardState {
-    checked: bool,
     group_ready: bool,
     retry_at: Instant,
     backoff: Duration,
@@ -142,14 +146,10 @@ impl Flusher {
         let mut last_claim = Instant::now() - claim_every;
         let mut last_prune = Instant::now() - prune_every;
         let mut last_summary = Instant::now();
-        let gauges_every = Duration::from_secs(5);
-        let mut last_gauges = Instant::now() - gauges_every;
-        let mut queue = telemetry::QueueState::default();
         let mut written_at_summary = 0u64;
         let n = self.stream.shards();
         let mut shards: Vec<ShardState> = (0..n)
             .map(|_| ShardState {
-                checked: false,
                 group_ready: false,
                 retry_at: Instant::now(),
                 backoff: self.backoff_start(),
@@ -172,14 +172,12 @@ impl Flusher {
             }
             let mut ready = Vec::with_capacity(order.len());
             for s in order.drain(..) {
-                if !shards[s].checked {
-                    match self.stream.check_shard(s).await {
-                        Ok(()) => shards[s].checked = true,
-                        Err(e @ FlusherError::ShardMismatch(_)) => return Err(e),
-                        Err(e) => {
-                            self.shard_trouble(s, &mut shards[s], &e);
-                            continue;
-                        }
+                match self.stream.check_shard(s).await {
+                    Ok(()) => {}
+                    Err(e @ FlusherError::Layout(_)) => return Err(e),
+                    Err(e) => {
+                        self.shard_trouble(s, &mut shards[s], &e);
+                        continue;
                     }
                 }
                 if !shards[s].group_ready {
@@ -220,18 +218,9 @@ impl Flusher {
                 }
                 ready.retain(|&s| shards[s].retry_at <= Instant::now());
             }
-            if last_gauges.elapsed() >= gauges_every {
-                last_gauges = Instant::now();
-                match self.stream.queue_state().await {
-                    Ok(q) => {
-                        q.publish();
-                        queue = q;
-                    }
-                    Err(e) => log::debug!("reading the queue state: {e}"),
-                }
-            }
             // Every 10 s while there is work, every 5 minutes when idle: a quiet log at rest.
             let written = self.stats.events_written.load(Ordering::Relaxed);
+            let queue = self.stats.queue();
             let busy = written != written_at_summary || queue.backlog > 0;
             let every = if busy {
                 summary_every

@@ -25,8 +25,11 @@ pub enum FlusherError {
     Config(String),
     #[error("redis: {0}")]
     Redis(#[from] redis_queue::redis::RedisError),
+    /// The queue's layout in Redis does not match the settings: fatal.
     #[error("{0}")]
-    ShardMismatch(String),
+    Layout(String),
+    #[error("a worker panicked: {0}")]
+    Panic(String),
     #[error("redis unavailable: {0}")]
     RedisUnavailable(String),
     #[error("unexpected redis reply: {0}")]
@@ -51,19 +54,26 @@ impl From<redis_queue::QueueError> for FlusherError {
             Q::Redis(e) => FlusherError::Redis(e),
             Q::Timeout(d) => FlusherError::RedisUnavailable(format!("no answer within {d:?}")),
             Q::Config(s) => FlusherError::Config(s),
-            e @ Q::ShardMismatch { .. } => FlusherError::ShardMismatch(e.to_string()),
+            e @ (Q::ShardMismatch { .. } | Q::UnshardedBacklog { .. }) => {
+                FlusherError::Layout(e.to_string())
+            }
         }
     }
 }
 
-/// The shared Redis connection and the queue layout the settings describe.
+/// The shared Redis connection and the check of the queue layout the settings describe
+/// (`record`: write the shard count where none is recorded yet).
 fn redis_and_layout(
     common: &Common,
     timeout: Duration,
-) -> Result<(redis_queue::Shared, redis_queue::Layout), FlusherError> {
+    record: bool,
+) -> Result<(redis_queue::Shared, Arc<redis_queue::LayoutCheck>), FlusherError> {
     let connector = redis_queue::Connector::new(&common.redis_url, common.redis_cluster)?;
     let layout = redis_queue::Layout::new(&common.stream_key, common.shards, common.redis_cluster)?;
-    Ok((redis_queue::Shared::new(connector, timeout), layout))
+    Ok((
+        redis_queue::Shared::new(connector, timeout),
+        Arc::new(redis_queue::LayoutCheck::new(layout, record)),
+    ))
 }
 
 impl FlusherError {
@@ -145,10 +155,11 @@ async fn retention_loop(
 /// `flusher dead-letters …`; prints what it did.
 pub async fn dead_letters(common: &Common, command: DeadLetterCommand) -> Result<(), FlusherError> {
     use deadletters::Selection;
-    let (redis, layout) = redis_and_layout(common, Duration::from_secs(10))?;
+    // The CLI verifies the shard count but records none: listing must not create a layout.
+    let (redis, check) = redis_and_layout(common, Duration::from_secs(10), false)?;
     let stream = stream::Stream::new(
         redis,
-        layout,
+        check,
         &common.group,
         "dead-letters-cli",
         Duration::from_secs(1),
@@ -198,8 +209,15 @@ pub async fn run(
             "--concurrency must be at least 1".into(),
         ));
     }
-    let (redis, layout) =
-        redis_and_layout(&common, Duration::from_millis(config.redis_timeout_ms))?;
+    if config.block_ms == 0 {
+        return Err(FlusherError::Config("--block-ms must be at least 1".into()));
+    }
+    let (redis, check) = redis_and_layout(
+        &common,
+        Duration::from_millis(config.redis_timeout_ms),
+        true,
+    )?;
+    let layout = check.layout().clone();
     let streams: Vec<_> = (0..config.concurrency)
         .map(|n| {
             let name = if config.concurrency == 1 {
@@ -209,7 +227,7 @@ pub async fn run(
             };
             stream::Stream::new(
                 redis.clone(),
-                layout.clone(),
+                check.clone(),
                 &common.group,
                 &name,
                 Duration::from_millis(config.block_ms),
@@ -268,7 +286,7 @@ pub async fn run(
     loop {
         match streams[0].check_layout().await {
             Ok(()) => break,
-            Err(e @ FlusherError::ShardMismatch(_)) => {
+            Err(e @ FlusherError::Layout(_)) => {
                 server_handle.stop(true).await;
                 return Err(e);
             }
@@ -286,6 +304,11 @@ pub async fn run(
         }
     }
     let stats = Arc::new(flush::Stats::default());
+    tokio::spawn(queue_gauges(
+        streams[0].query_handle(),
+        stats.clone(),
+        rx.clone(),
+    ));
     let workers: Vec<_> = streams
         .into_iter()
         .enumerate()
@@ -309,7 +332,7 @@ pub async fn run(
             let failed = match done {
                 Ok(Ok(())) => continue,
                 Ok(Err(e)) => e,
-                Err(e) => FlusherError::Config(format!("a worker panicked: {e}")),
+                Err(e) => FlusherError::Panic(e.to_string()),
             };
             log::error!("stopping: {failed}");
             let _ = tx.send(true);
@@ -328,6 +351,30 @@ pub async fn run(
     log::info!("flusher {consumer} stopped: {}", stats.summary());
     server_handle.stop(true).await;
     result
+}
+
+/// Reads the queue's state (all shards at once) every 5 s for the gauges and the summary line,
+/// apart from the workers, so a shard that does not answer never delays a batch.
+async fn queue_gauges(
+    stream: stream::Stream,
+    stats: Arc<flush::Stats>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        match stream.queue_state().await {
+            Ok(q) => {
+                q.publish();
+                if let Ok(mut last) = stats.queue.lock() {
+                    *last = q;
+                }
+            }
+            Err(e) => log::debug!("reading the queue state: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use redis_queue::redis::{self, Value};
-use redis_queue::{Conn, Layout, Shared};
+use std::sync::Arc;
+
+use redis_queue::{Conn, Layout, LayoutCheck, Shared};
 
 use crate::FlusherError;
 
@@ -33,6 +35,8 @@ pub struct Stream {
     /// Reads only, made on first use and re-made after an error.
     reader: Option<Conn>,
     pub layout: Layout,
+    /// Which shards' copies of the shard count were verified, shared by the workers.
+    check: Arc<LayoutCheck>,
     pub group: String,
     pub consumer: String,
     timeout: Duration,
@@ -42,7 +46,7 @@ pub struct Stream {
 impl Stream {
     pub fn new(
         redis: Shared,
-        layout: Layout,
+        check: Arc<LayoutCheck>,
         group: &str,
         consumer: &str,
         block: Duration,
@@ -51,11 +55,24 @@ impl Stream {
             timeout: redis.timeout(),
             redis,
             reader: None,
-            layout,
+            layout: check.layout().clone(),
+            check,
             group: group.to_string(),
             consumer: consumer.to_string(),
             block,
         }
+    }
+
+    /// Another handle on the same shards and shared connection, without a reader of its own
+    /// (for the gauge task).
+    pub fn query_handle(&self) -> Stream {
+        Stream::new(
+            self.redis.clone(),
+            self.check.clone(),
+            &self.group,
+            &self.consumer,
+            self.block,
+        )
     }
 
     pub fn shards(&self) -> usize {
@@ -81,13 +98,13 @@ impl Stream {
     /// Records the shard count, or fails if another one is recorded, under the queue's count
     /// key and every reachable shard's copy.
     pub async fn check_layout(&self) -> Result<(), FlusherError> {
-        self.layout.check_all(&self.redis).await?;
-        Ok(())
+        Ok(self.check.check_all(&self.redis).await?)
     }
 
-    /// The same for one shard's copy of the count (a shard whose node was down at start).
+    /// The same for one shard's copy of the count (a shard whose node was down at start);
+    /// nothing once it was checked.
     pub async fn check_shard(&self, shard: usize) -> Result<(), FlusherError> {
-        Ok(self.layout.check(&self.redis, Some(shard)).await?)
+        Ok(self.check.check_shard(&self.redis, shard).await?)
     }
 
     /// Creates the consumer group at ID 0 (so nothing queued before the first flusher is
@@ -329,8 +346,10 @@ impl Stream {
     pub async fn queue_state(&self) -> Result<crate::telemetry::QueueState, FlusherError> {
         let mut total = crate::telemetry::QueueState::default();
         let mut last = None;
-        for shard in 0..self.shards() {
-            match self.shard_state(shard).await {
+        let states =
+            futures_util::future::join_all((0..self.shards()).map(|n| self.shard_state(n))).await;
+        for state in states {
+            match state {
                 Ok(q) => {
                     total.backlog += q.backlog;
                     total.pending += q.pending;
@@ -354,19 +373,10 @@ impl Stream {
         shard: usize,
     ) -> Result<crate::telemetry::QueueState, FlusherError> {
         let (key, dead) = (&self.key(shard), &self.dead_key(shard));
-        let mut pipe = redis::pipe();
-        pipe.cmd("XLEN")
-            .arg(key)
-            .cmd("XRANGE")
-            .arg(key)
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(1)
-            .cmd("XLEN")
-            .arg(dead);
-        let (backlog, oldest, dead_len): (u64, Value, u64) =
-            self.query(async |c| pipe.query_async(c).await).await?;
+        let (backlog, lag) = self.layout.length_and_lag(&self.redis, shard).await?;
+        let dead_len: u64 = self
+            .query(async |c| redis::cmd("XLEN").arg(dead).query_async(c).await)
+            .await?;
         let group = &self.group;
         // Without a group yet there is nothing pending.
         let pending = self
@@ -384,11 +394,6 @@ impl Stream {
                 _ => None,
             })
             .unwrap_or(0);
-        let now = redis_queue::now_since_epoch();
-        let lag = parse_entries(oldest)
-            .first()
-            .map(|e| event_model::queue::entry_age(&e.id, now))
-            .unwrap_or_default();
         Ok(crate::telemetry::QueueState {
             backlog,
             lag,

@@ -6,7 +6,6 @@ use std::time::Duration;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use deadpool_postgres::Pool;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use redis_queue::redis;
 
 const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -160,22 +159,12 @@ pub struct Probes {
 }
 
 impl Probes {
-    /// Ready while the node of at least one shard answers (EXISTS routes by key, so on a
-    /// cluster it asks the node that owns the shard).
+    /// Ready while the node of at least one shard answers.
     async fn redis_ok(&self) -> Result<(), String> {
-        let mut last = String::new();
-        for shard in 0..self.layout.shards() {
-            let key = self.layout.key(shard);
-            match self
-                .redis
-                .query(async |c| redis::cmd("EXISTS").arg(&key).query_async::<u64>(c).await)
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(e) => last = format!("redis: {e}"),
-            }
-        }
-        Err(last)
+        self.layout
+            .any_shard_answers(&self.redis)
+            .await
+            .map_err(|e| format!("redis: {e}"))
     }
 
     async fn postgres_ok(&self) -> Result<(), String> {
@@ -255,7 +244,11 @@ pub fn init_logging(format: LogFormat) {
     let filter = std::env::var("RUST_LOG").map_or_else(
         |_| "info,redis=error".to_string(),
         |f| {
-            if f.contains("redis") {
+            // Unless RUST_LOG sets the redis crate's level itself (`redis=…`, `redis::…=…`).
+            let names_redis = f
+                .split(',')
+                .any(|d| d == "redis" || d.starts_with("redis=") || d.starts_with("redis::"));
+            if names_redis {
                 f
             } else {
                 format!("{f},redis=error")

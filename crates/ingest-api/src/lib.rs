@@ -114,7 +114,7 @@ pub async fn run(
     // A shard count that differs from the recorded one is fatal; Redis being down is not (the
     // check is repeated until it passes, and no request is queued before it has).
     match state.queue.check_layout().await {
-        Err(e @ queue::QueueError::ShardMismatch { .. }) => return Err(e.into()),
+        Err(e) if e.is_fatal() => return Err(e.into()),
         Err(e) => log::warn!("cannot check the queue's shard count yet: {e}"),
         Ok(()) => {}
     }
@@ -195,7 +195,7 @@ fn resource(path: &str, route: actix_web::Route, allow: &'static str) -> actix_w
 }
 
 /// Keeps the cached shard lengths fresh, so backpressure costs no Redis call per request, and
-/// finds shards whose node answers again. Sends a shard-count mismatch (found once Redis is
+/// finds shards whose node answers again. Sends a layout mismatch (found once Redis is
 /// reachable) to `fatal`.
 async fn track_queue_length(
     state: web::Data<AppState>,

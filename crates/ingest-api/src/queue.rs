@@ -9,40 +9,24 @@ use std::time::Duration;
 
 use event_model::QueuedEvent;
 use event_model::queue::{ENTRY_VERSION, EVENT_FIELD, VERSION_FIELD};
-use redis_queue::{Connector, Layout, Shared, redis};
+use redis_queue::{Connector, Layout, LayoutCheck, Shared, redis};
 
 pub use redis_queue::QueueError;
-
-/// How long a shard whose write failed is skipped, unless the length refresh (every 250 ms)
-/// finds its node answering again first.
-const SHARD_COOLDOWN: Duration = Duration::from_secs(2);
 
 /// A handle on the queue; cheap to clone.
 #[derive(Clone)]
 pub struct EventQueue {
     redis: Shared,
-    layout: Layout,
+    check: Arc<LayoutCheck>,
     next: Arc<AtomicUsize>,
     shards: Arc<Vec<ShardState>>,
 }
 
 #[derive(Default)]
 struct ShardState {
-    /// The shard's copy of the shard count matched ours (checked once per process).
-    checked: AtomicBool,
     length: AtomicU64,
-    /// Milliseconds since the epoch until which writes skip this shard (0: healthy).
-    down_until: AtomicU64,
-}
-
-impl ShardState {
-    fn is_down(&self, now_ms: u64) -> bool {
-        self.down_until.load(Ordering::Relaxed) > now_ms
-    }
-}
-
-fn now_ms() -> u64 {
-    redis_queue::now_since_epoch().as_millis() as u64
+    /// A write to it failed: skipped until the length refresh (every 250 ms) reads it again.
+    down: AtomicBool,
 }
 
 impl EventQueue {
@@ -59,83 +43,65 @@ impl EventQueue {
         Ok(EventQueue {
             redis,
             shards: Arc::new((0..shards).map(|_| ShardState::default()).collect()),
-            layout,
+            check: Arc::new(LayoutCheck::new(layout, true)),
             next: Arc::default(),
         })
     }
 
     pub fn layout(&self) -> &Layout {
-        &self.layout
+        self.check.layout()
     }
 
-    /// Records the shard count in Redis, or fails if another one is recorded: under the
-    /// queue's count key and each shard's copy (shards that cannot be reached now are checked
-    /// before their first write). Shards already checked cost nothing.
+    /// Records the shard count in Redis, or fails if another one is recorded (see
+    /// [`LayoutCheck::check_all`]); what was checked once is not asked again.
     pub async fn check_layout(&self) -> Result<(), QueueError> {
-        if self
-            .shards
-            .iter()
-            .all(|s| s.checked.load(Ordering::Acquire))
-        {
-            return Ok(());
-        }
-        let checked = self.layout.check_all(&self.redis).await?;
-        for (state, ok) in self.shards.iter().zip(checked) {
-            if ok {
-                state.checked.store(true, Ordering::Release);
-            }
-        }
-        Ok(())
-    }
-
-    async fn check_shard(&self, shard: usize) -> Result<(), QueueError> {
-        let state = &self.shards[shard];
-        if !state.checked.load(Ordering::Acquire) {
-            self.layout.check(&self.redis, Some(shard)).await?;
-            state.checked.store(true, Ordering::Release);
-        }
-        Ok(())
+        self.check.check_all(&self.redis).await
     }
 
     /// Appends every event to one shard in one MULTI/EXEC: all of them are in the stream, or
-    /// none. Shards take requests in turn; when a shard's node fails, the same entries go to
-    /// the next healthy shard (they carry their event IDs, so even a write that did happen
-    /// before its reply was lost is stored once). Returns the shard written to.
+    /// none. Shards take requests in turn. On a Redis Cluster, when a shard's node fails the
+    /// same entries go to the next healthy shard (they carry their event IDs, so even a write
+    /// that did happen before its reply was lost is stored once), all within twice the Redis
+    /// timeout; on one node another shard would fail the same way, so there is no second try.
+    /// Returns the shard written to.
     pub async fn push(&self, events: &[QueuedEvent]) -> Result<usize, QueueError> {
         let n = self.shards.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let now = now_ms();
-        // Healthy shards first, in turn; shards in their cooldown are a last resort.
+        if !self.redis.connector().is_cluster() {
+            return self.push_to(start, events).await.map(|()| start);
+        }
+        // Healthy shards first, in turn; one that is down is a last resort.
         let (up, down): (Vec<usize>, Vec<usize>) = (0..n)
             .map(|k| (start + k) % n)
-            .partition(|&s| !self.shards[s].is_down(now));
+            .partition(|&s| !self.shards[s].down.load(Ordering::Relaxed));
+        let deadline = tokio::time::Instant::now() + 2 * self.redis.timeout();
         let mut last = None;
         for shard in up.into_iter().chain(down.into_iter().take(1)) {
-            // Any error moves on to the next shard, error replies too: with its node down, a
-            // cluster client may send a shard's MULTI/EXEC to another node, which aborts it
-            // with MOVED; a node out of memory refuses with OOM while others have room.
-            match self.push_to(shard, events).await {
-                Ok(()) => return Ok(shard),
-                Err(e @ QueueError::ShardMismatch { .. }) => return Err(e),
-                Err(e) => {
-                    if n > 1 {
-                        log::warn!("shard {shard} did not take a write ({e}); trying another");
-                        crate::telemetry::shard_failover();
-                    }
-                    self.shards[shard].down_until.store(
-                        now_ms() + SHARD_COOLDOWN.as_millis() as u64,
-                        Ordering::Relaxed,
-                    );
+            let attempt = tokio::time::timeout_at(deadline, self.push_to(shard, events)).await;
+            match attempt {
+                Ok(Ok(())) => return Ok(shard),
+                Ok(Err(e)) if e.is_fatal() => return Err(e),
+                // Any other error moves on, error replies too: with its node down, the cluster
+                // client may send a shard's MULTI/EXEC to another node, which aborts it with
+                // MOVED; a node out of memory refuses with OOM while others have room.
+                Ok(Err(e)) => {
+                    log::warn!("shard {shard} did not take a write ({e}); trying another");
+                    crate::telemetry::shard_failover();
+                    self.shards[shard].down.store(true, Ordering::Relaxed);
                     last = Some(e);
+                }
+                Err(_) => {
+                    self.shards[shard].down.store(true, Ordering::Relaxed);
+                    break;
                 }
             }
         }
-        Err(last.unwrap_or(QueueError::Timeout(self.redis.timeout())))
+        Err(last.unwrap_or(QueueError::Timeout(2 * self.redis.timeout())))
     }
 
     async fn push_to(&self, shard: usize, events: &[QueuedEvent]) -> Result<(), QueueError> {
-        self.check_shard(shard).await?;
-        let key = self.layout.key(shard);
+        self.check.check_shard(&self.redis, shard).await?;
+        let key = self.layout().key(shard);
         let mut pipe = redis::pipe();
         pipe.atomic();
         for e in events {
@@ -150,25 +116,14 @@ impl EventQueue {
         }
         self.redis
             .query(async |c| pipe.query_async::<()>(c).await)
-            .await
+            .await?;
+        crate::telemetry::shard_write(shard, events.len());
+        Ok(())
     }
 
-    /// Ready when at least one shard's node answers (asked in turn until one does).
+    /// Ready when at least one shard's node answers.
     pub async fn ping(&self) -> Result<(), QueueError> {
-        let mut last = None;
-        for shard in 0..self.shards.len() {
-            let key = self.layout.key(shard);
-            // EXISTS routes by key, so on a cluster it asks the node that owns this shard.
-            match self
-                .redis
-                .query(async |c| redis::cmd("EXISTS").arg(&key).query_async::<u64>(c).await)
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or(QueueError::Timeout(self.redis.timeout())))
+        self.layout().any_shard_answers(&self.redis).await
     }
 
     /// The sum of the shard lengths as last seen by [`EventQueue::refresh_length`]: the
@@ -180,41 +135,29 @@ impl EventQueue {
             .sum()
     }
 
-    /// Reads each shard's length (cached for backpressure) and the age of its oldest entry.
-    /// A shard that answers is marked healthy again. Returns the total length, the largest
-    /// lag, and how many shards could not be read (an error if none could).
+    /// Reads every shard's length (cached for backpressure) and the age of its oldest entry,
+    /// all shards at once. A shard that answers is healthy again; one that does not is marked
+    /// down. Returns the total length, the largest lag, and how many shards could not be read
+    /// (an error if none could).
     pub async fn refresh_length(&self) -> Result<(u64, Duration, usize), QueueError> {
-        let now = redis_queue::now_since_epoch();
+        let layout = self.layout();
+        let reads = futures_util::future::join_all(
+            (0..self.shards.len()).map(|n| layout.length_and_lag(&self.redis, n)),
+        )
+        .await;
         let (mut total, mut lag, mut failed, mut last) = (0, Duration::ZERO, 0, None);
-        for (shard, state) in self.shards.iter().enumerate() {
-            let key = self.layout.key(shard);
-            let mut pipe = redis::pipe();
-            pipe.cmd("XLEN")
-                .arg(&key)
-                .cmd("XRANGE")
-                .arg(&key)
-                .arg("-")
-                .arg("+")
-                .arg("COUNT")
-                .arg(1);
-            let reply: Result<(u64, Vec<(String, redis::Value)>), _> =
-                self.redis.query(async |c| pipe.query_async(c).await).await;
-            match reply {
-                Ok((len, oldest)) => {
+        for (state, read) in self.shards.iter().zip(reads) {
+            match read {
+                Ok((len, age)) => {
                     state.length.store(len, Ordering::Relaxed);
-                    state.down_until.store(0, Ordering::Relaxed);
+                    state.down.store(false, Ordering::Relaxed);
                     total += len;
-                    if let Some((id, _)) = oldest.first() {
-                        lag = lag.max(event_model::queue::entry_age(id, now));
-                    }
+                    lag = lag.max(age);
                 }
                 Err(e) => {
                     failed += 1;
                     if e.code().is_none() {
-                        state.down_until.store(
-                            now_ms() + SHARD_COOLDOWN.as_millis() as u64,
-                            Ordering::Relaxed,
-                        );
+                        state.down.store(true, Ordering::Relaxed);
                     }
                     // Keep its last known length: an unreachable shard still holds its backlog.
                     total += state.length.load(Ordering::Relaxed);

@@ -12,7 +12,6 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::body::{Encoding, read_body, too_large_on_wire};
 use crate::error::{ApiError, Rejected};
-use crate::queue::QueueError;
 use crate::telemetry;
 
 #[derive(Serialize)]
@@ -93,7 +92,7 @@ pub async fn ingest(
         });
     }
     if let Err(e) = state.queue.push(&accepted).await {
-        if let QueueError::ShardMismatch { .. } = e {
+        if e.is_fatal() {
             log::error!("{e}");
         }
         telemetry::redis_error();

@@ -51,6 +51,10 @@ fn describe() {
         "Redis calls that failed or timed out"
     );
     describe_counter!(
+        "eventtracker_ingest_shard_events_total",
+        "Events written, by queue shard"
+    );
+    describe_counter!(
         "eventtracker_ingest_shard_failovers_total",
         "Writes that a shard's node did not take, retried on another shard"
     );
@@ -105,6 +109,11 @@ pub fn queue(backlog: u64, lag: Duration, unreachable: usize) {
     metrics::gauge!("eventtracker_queue_shards_unreachable").set(unreachable as f64);
 }
 
+pub fn shard_write(shard: usize, events: usize) {
+    metrics::counter!("eventtracker_ingest_shard_events_total", "shard" => shard.to_string())
+        .increment(events as u64);
+}
+
 pub fn shard_failover() {
     metrics::counter!("eventtracker_ingest_shard_failovers_total").increment(1);
 }
@@ -126,7 +135,11 @@ pub fn init_logging(format: LogFormat) {
     let filter = std::env::var("RUST_LOG").map_or_else(
         |_| "info,redis=error".to_string(),
         |f| {
-            if f.contains("redis") {
+            // Unless RUST_LOG sets the redis crate's level itself (`redis=…`, `redis::…=…`).
+            let names_redis = f
+                .split(',')
+                .any(|d| d == "redis" || d.starts_with("redis=") || d.starts_with("redis::"));
+            if names_redis {
                 f
             } else {
                 format!("{f},redis=error")

@@ -1,6 +1,8 @@
 //! Where the queue lives: the stream key of each shard, its dead-letter stream, and the key that
 //! records the shard count.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::{QueueError, Shared};
 
 /// The queue's keys for a base stream key and a shard count.
@@ -68,69 +70,193 @@ impl Layout {
         }
     }
 
-    /// Records the shard count under one count key if none is recorded there yet, and fails
-    /// when another count is.
-    pub async fn check(&self, redis: &Shared, shard: Option<usize>) -> Result<(), QueueError> {
+    /// Verifies (and with `record`, records if absent) the shard count under one count key.
+    /// The queue's own key also refuses a sharded layout while the unsharded stream `<key>`
+    /// still holds entries (a switch from one shard to several without draining first).
+    async fn check(
+        &self,
+        redis: &Shared,
+        shard: Option<usize>,
+        record: bool,
+    ) -> Result<(), QueueError> {
         let key = self.count_key(shard);
         let (k, n) = (&key, self.shards);
         // SET NX … GET returns the value that was there (nil when this call set it): one
         // atomic round trip, and two processes starting at once cannot both "win".
         let stored: Option<String> = redis
             .query(async |c| {
-                redis::cmd("SET")
-                    .arg(k)
-                    .arg(n)
-                    .arg("NX")
-                    .arg("GET")
-                    .query_async(c)
-                    .await
+                let mut cmd = redis::cmd(if record { "SET" } else { "GET" });
+                cmd.arg(k);
+                if record {
+                    cmd.arg(n).arg("NX").arg("GET");
+                }
+                cmd.query_async(c).await
             })
             .await?;
         match stored {
-            None => {
-                log::debug!("recorded {n} queue shard(s) in {key:?}");
-                Ok(())
+            Some(s) if s != n.to_string() => {
+                return Err(QueueError::ShardMismatch {
+                    key: self.base.clone(),
+                    count_key: key,
+                    stored: s,
+                    configured: n,
+                });
             }
-            Some(s) if s == n.to_string() => Ok(()),
-            Some(stored) => Err(QueueError::ShardMismatch {
-                key: self.base.clone(),
-                count_key: key,
-                stored,
-                configured: n,
-            }),
+            None if record => log::debug!("recorded {n} queue shard(s) in {key:?}"),
+            _ => {}
+        }
+        if shard.is_none() && self.tagged {
+            let base = &self.base;
+            let left: u64 = redis
+                .query(async |c| {
+                    // XLEN of a key that is no stream (or none) is an error or 0: only a
+                    // stream with entries counts.
+                    let t: String = redis::cmd("TYPE").arg(base).query_async(c).await?;
+                    if t != "stream" {
+                        return Ok(0);
+                    }
+                    redis::cmd("XLEN").arg(base).query_async(c).await
+                })
+                .await?;
+            if left > 0 {
+                return Err(QueueError::UnshardedBacklog {
+                    key: self.base.clone(),
+                    entries: left,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a shard's length and the age of its oldest entry (its lag: an entry ID starts
+    /// with its creation time in milliseconds).
+    pub async fn length_and_lag(
+        &self,
+        redis: &Shared,
+        shard: usize,
+    ) -> Result<(u64, std::time::Duration), QueueError> {
+        let key = self.key(shard);
+        let mut pipe = redis::pipe();
+        pipe.cmd("XLEN")
+            .arg(&key)
+            .cmd("XRANGE")
+            .arg(&key)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1);
+        let (len, oldest): (u64, Vec<(String, redis::Value)>) =
+            redis.query(async |c| pipe.query_async(c).await).await?;
+        let lag = oldest
+            .first()
+            .map(|(id, _)| event_model::queue::entry_age(id, crate::now_since_epoch()))
+            .unwrap_or_default();
+        Ok((len, lag))
+    }
+
+    /// Ok as soon as the node of any shard answers (asked all at once), for readiness probes.
+    pub async fn any_shard_answers(&self, redis: &Shared) -> Result<(), QueueError> {
+        let probes = (0..self.shards).map(|n| {
+            let key = self.key(n);
+            Box::pin(async move {
+                // EXISTS routes by key: on a cluster it asks the node that holds the shard.
+                redis
+                    .query(async |c| redis::cmd("EXISTS").arg(&key).query_async::<u64>(c).await)
+                    .await
+            })
+        });
+        futures_util::future::select_ok(probes).await.map(|_| ())
+    }
+}
+
+/// Which of a layout's count keys were verified, shared by the tasks of one process: each is
+/// checked once, the unchecked ones again until they answer.
+pub struct LayoutCheck {
+    layout: Layout,
+    record: bool,
+    queue: AtomicBool,
+    shards: Vec<AtomicBool>,
+}
+
+impl LayoutCheck {
+    /// `record`: write the count where none is recorded (the binaries); without it a missing
+    /// count is fine (the dead-letters CLI only reads).
+    pub fn new(layout: Layout, record: bool) -> Self {
+        let shards = (0..layout.shards())
+            .map(|_| AtomicBool::new(false))
+            .collect();
+        LayoutCheck {
+            layout,
+            record,
+            queue: AtomicBool::new(false),
+            shards,
         }
     }
 
-    /// Checks the queue's count key and every shard's copy. The count is recorded in each
-    /// shard's slot too, so that a process started while some cluster node is down still
-    /// finds a mismatch on the shards it can reach (the others are checked when first used).
-    /// Returns which shards were checked; an error on a mismatch, or when nothing answered.
-    pub async fn check_all(&self, redis: &Shared) -> Result<Vec<bool>, QueueError> {
-        let mut last = None;
-        let mut any = false;
-        let mut checked = vec![false; self.shards];
-        match self.check(redis, None).await {
-            Ok(()) => any = true,
-            Err(e @ QueueError::ShardMismatch { .. }) => return Err(e),
-            Err(e) => last = Some(e),
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Checks the queue's count key and every shard's copy not checked yet, all at once. The
+    /// count is recorded in each shard's slot too, so that a process started while a cluster
+    /// node is down still finds a mismatch on the shards it reaches (the others are checked
+    /// before first use, see [`LayoutCheck::check_shard`]). Fails on a mismatch (fatal, see
+    /// [`QueueError::is_fatal`]), or when nothing was ever verified and nothing answers now.
+    pub async fn check_all(&self, redis: &Shared) -> Result<(), QueueError> {
+        let mut todo: Vec<Option<usize>> = Vec::new();
+        if !self.queue.load(Ordering::Acquire) {
+            todo.push(None);
         }
-        for (n, done) in checked.iter_mut().enumerate() {
-            if !self.tagged {
-                *done = any;
-                continue;
-            }
-            match self.check(redis, Some(n)).await {
-                Ok(()) => {
-                    *done = true;
-                    any = true;
-                }
-                Err(e @ QueueError::ShardMismatch { .. }) => return Err(e),
+        if self.layout.tagged {
+            todo.extend(
+                (0..self.shards.len())
+                    .filter(|&n| !self.is_checked(n))
+                    .map(Some),
+            );
+        }
+        let results = futures_util::future::join_all(
+            todo.iter()
+                .map(|&shard| self.layout.check(redis, shard, self.record)),
+        )
+        .await;
+        let mut last = None;
+        for (shard, result) in todo.into_iter().zip(results) {
+            match result {
+                Ok(()) => self.mark(shard),
+                Err(e) if e.is_fatal() => return Err(e),
                 Err(e) => last = Some(e),
             }
         }
+        let any = self.queue.load(Ordering::Acquire)
+            || (0..self.shards.len()).any(|n| self.is_checked(n));
         match last {
             Some(e) if !any => Err(e),
-            _ => Ok(checked),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks shard `n`'s copy of the count unless it was checked already.
+    pub async fn check_shard(&self, redis: &Shared, n: usize) -> Result<(), QueueError> {
+        if !self.is_checked(n) {
+            let shard = self.layout.tagged.then_some(n);
+            self.layout.check(redis, shard, self.record).await?;
+            self.mark(shard);
+        }
+        Ok(())
+    }
+
+    pub fn is_checked(&self, n: usize) -> bool {
+        if self.layout.tagged {
+            self.shards[n].load(Ordering::Acquire)
+        } else {
+            self.queue.load(Ordering::Acquire)
+        }
+    }
+
+    fn mark(&self, shard: Option<usize>) {
+        match shard {
+            Some(n) => self.shards[n].store(true, Ordering::Release),
+            None => self.queue.store(true, Ordering::Release),
         }
     }
 }

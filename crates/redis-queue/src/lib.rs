@@ -13,7 +13,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFuture, Value};
 
 mod layout;
-pub use layout::Layout;
+pub use layout::{Layout, LayoutCheck};
 
 /// What can go wrong talking to the queue.
 #[derive(Debug, thiserror::Error)]
@@ -35,9 +35,22 @@ pub enum QueueError {
         stored: String,
         configured: usize,
     },
+    #[error(
+        "the unsharded stream {key:?} still holds {entries} entries, and a sharded queue would \
+         never read them: run the flusher with --shards 1 until it is empty, then switch"
+    )]
+    UnshardedBacklog { key: String, entries: u64 },
 }
 
 impl QueueError {
+    /// The queue's layout in Redis does not match this process's settings: it must not run.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            QueueError::ShardMismatch { .. } | QueueError::UnshardedBacklog { .. }
+        )
+    }
+
     /// A MOVED or ASK reply inside an aborted MULTI/EXEC. The cluster client follows them for
     /// single commands, but not inside a transaction, and keeps sending the shard's transactions
     /// to the old node until its next topology refresh (seconds): a new connection starts from

@@ -260,14 +260,20 @@ async fn main() {
             next_kill = Instant::now() + Duration::from_secs(3);
         }
         if !redis_restarted && t >= Duration::from_secs(4) {
+            // One event; the status, and whether a 503 came with Retry-After.
             let probe = || async {
-                post_json(
-                    &format!("{}/v1/events", ingests[0].url),
-                    Some(TOKEN),
-                    &json!([event("probe", 0)]),
-                )
-                .await
-                .0
+                let res = http()
+                    .post(format!("{}/v1/events", ingests[0].url))
+                    .header("Authorization", format!("Bearer {TOKEN}"))
+                    .header("Content-Type", "application/json")
+                    .body(json!([event("probe", 0)]).to_string())
+                    .send()
+                    .await
+                    .expect("probe sent");
+                let status = res.status().as_u16();
+                let retry_after = res.headers().contains_key("retry-after");
+                assert!(status != 503 || retry_after, "a 503 without Retry-After");
+                status
             };
             match &mut queue {
                 Queue::Single(redis) => {
@@ -290,8 +296,21 @@ async fn main() {
                     }
                     let node = (0..3).max_by_key(|&i| on_node[i]).unwrap_or(0);
                     let port = cluster.ports()[node];
+                    // Flushers paused for a second, so the node's shards hold entries when it
+                    // dies (and some are pending with a flusher): its restart must bring them.
+                    for f in &flushers {
+                        f.proc.signal("STOP");
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                     let before = node_shard_len(cluster, node, &key);
                     cluster.kill(node);
+                    for f in &flushers {
+                        f.proc.signal("CONT");
+                    }
+                    assert!(
+                        before > 0,
+                        "the node's shards were empty when it was killed"
+                    );
                     let ping = std::process::Command::new("redis-cli")
                         .args(["-p", &port.to_string(), "ping"])
                         .output()

@@ -14,11 +14,16 @@
 //!     runs from its 200 to the first poll answer showing all its rows.
 //!     {…ingest fields…, tracked, e2e_p50_ms, e2e_p99_ms, e2e_max_ms, unseen}
 //! loadgen fill --redis-url URL --stream-key K --events N [--connections 8] [--chunk 100]
+//!               [--redis-cluster] [--shards 1]
 //!     queues N events straight into the stream, `chunk` XADDs per MULTI/EXEC (as ingest-api does).
-//!     {events, seconds, events_per_sec}
+//!     With --shards N (or --redis-cluster; --redis-url then is a comma-separated seed list) the
+//!     queue is the streams `K:{0}` … `K:{N-1}`, as ingest-api and the flusher lay it out: the
+//!     events are spread evenly over them, each MULTI/EXEC going to one shard.
+//!     {events, seconds, events_per_sec, shards}
 //! loadgen drain --redis-url URL --stream-key K --events N [--timeout-secs 300] [--watch-pids P,P]
-//!     started together with the flushers: polls XLEN until the stream is empty; fails at once if
-//!     a watched process (the flushers) exits.
+//!               [--redis-cluster] [--shards 1]
+//!     started together with the flushers: polls XLEN (of every shard, summed) until the queue is
+//!     empty; fails at once if a watched process (the flushers) exits.
 //!     {events, seconds, rows_per_sec, seconds_from_start}
 //! loadgen copy --database-url URL --file F [--batch 100] [--table events]
 //!     loads a binary COPY file in transactions of `batch` rows over one connection.
@@ -26,6 +31,8 @@
 //! loadgen entry
 //!     prints one queue entry's `e` field (an event-sized payload for redis-benchmark), not JSON-wrapped.
 //! ```
+//!
+//! Flags take a value, except the switches (`--redis-cluster`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Cursor;
@@ -51,6 +58,9 @@ struct Args {
     flags: HashMap<String, String>,
 }
 
+/// Flags without a value; present means "true".
+const SWITCHES: &[&str] = &["redis-cluster"];
+
 impl Args {
     fn parse() -> Result<Args, Error> {
         let mut it = std::env::args().skip(1);
@@ -60,7 +70,11 @@ impl Args {
             let key = a
                 .strip_prefix("--")
                 .ok_or_else(|| format!("unexpected argument {a:?}"))?;
-            let value = it.next().ok_or_else(|| format!("--{key} needs a value"))?;
+            let value = if SWITCHES.contains(&key) {
+                "true".to_string()
+            } else {
+                it.next().ok_or_else(|| format!("--{key} needs a value"))?
+            };
             flags.insert(key.to_string(), value);
         }
         Ok(Args { cmd, flags })
@@ -81,6 +95,10 @@ impl Args {
             .get(key)
             .cloned()
             .ok_or_else(|| format!("{}: --{key} is required", self.cmd).into())
+    }
+
+    fn switch(&self, key: &str) -> bool {
+        self.flags.contains_key(key)
     }
 
     fn num<T: std::str::FromStr>(&self, key: &str, default: Option<T>) -> Result<T, Error> {
@@ -688,40 +706,168 @@ async fn ingest(args: &Args, e2e: bool) -> Result<Value, Error> {
 
 // ---- fill / drain -----------------------------------------------------------------------------
 
+/// The queue `fill` and `drain` work on: one stream on one Redis node, or (`--shards N` above 1,
+/// or `--redis-cluster`) the streams `<key>:{0}` … `<key>:{N-1}`, as crates/redis-queue lays
+/// them out (the hash tag gives each shard its own cluster slot).
+struct Queue {
+    keys: Vec<String>,
+    target: Target,
+}
+
+enum Target {
+    Single(redis::Client),
+    Cluster(Box<redis::cluster::ClusterClient>),
+}
+
+/// A multiplexed connection to one node, or a cluster connection (which sends each command,
+/// or each MULTI/EXEC whose keys share a slot, to the node owning the slot).
+#[derive(Clone)]
+enum Conn {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Queue {
+    /// From --redis-url, --stream-key, --shards and --redis-cluster.
+    fn new(args: &Args) -> Result<Queue, Error> {
+        let key = args.str("stream-key")?;
+        let shards: usize = args.num("shards", Some(1))?;
+        let cluster = args.switch("redis-cluster");
+        if shards == 0 {
+            return Err("--shards must be at least 1".into());
+        }
+        if key.contains(['{', '}']) {
+            return Err("--stream-key must hold no `{` or `}` (shard keys add a hash tag)".into());
+        }
+        let keys = if shards > 1 || cluster {
+            (0..shards).map(|n| format!("{key}:{{{n}}}")).collect()
+        } else {
+            vec![key]
+        };
+        let url = args.str("redis-url")?;
+        let target = if cluster {
+            let seeds: Vec<&str> = url
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect();
+            if seeds.is_empty() {
+                return Err("--redis-url: no Redis Cluster seed URL given".into());
+            }
+            Target::Cluster(Box::new(redis::cluster::ClusterClient::new(seeds)?))
+        } else if url.contains(',') {
+            return Err(
+                "several Redis URLs given: add --redis-cluster to use them as seeds".into(),
+            );
+        } else {
+            Target::Single(redis::Client::open(url)?)
+        };
+        Ok(Queue { keys, target })
+    }
+
+    async fn connect(&self) -> Result<Conn, Error> {
+        Ok(match &self.target {
+            Target::Single(c) => Conn::Single(c.get_multiplexed_async_connection().await?),
+            Target::Cluster(c) => Conn::Cluster(c.get_async_connection().await?),
+        })
+    }
+
+    /// The entries queued in all shards together (the shards' XLENs, asked concurrently).
+    async fn len(&self, con: &Conn) -> Result<u64, Error> {
+        let lens = futures_util::future::try_join_all(self.keys.iter().map(|k| {
+            let mut c = con.clone();
+            async move { redis::cmd("XLEN").arg(k).query_async::<u64>(&mut c).await }
+        }))
+        .await?;
+        Ok(lens.iter().sum())
+    }
+}
+
 async fn fill(args: &Args) -> Result<Value, Error> {
-    args.only(&["redis-url", "stream-key", "events", "connections", "chunk"])?;
-    let key = args.str("stream-key")?;
+    args.only(&[
+        "redis-url",
+        "stream-key",
+        "events",
+        "connections",
+        "chunk",
+        "redis-cluster",
+        "shards",
+    ])?;
+    let queue = Queue::new(args)?;
     let events: usize = args.num("events", None)?;
     let connections: usize = args.num("connections", Some(8))?;
-    let chunk: usize = args.num("chunk", Some(100))?;
-    let client = redis::Client::open(args.str("redis-url")?)?;
+    let chunk: usize = args.num("chunk", Some(100))?.max(1);
     // Encode everything first: what is timed is Redis taking the MULTI/EXEC pipelines.
+    // Shard n gets events / shards entries (the first events % shards one more), in pipelines
+    // of `chunk` XADDs to that shard alone; the pipelines are sent shard by shard in turn.
     let events_gen = EventGen::new();
     let now = OffsetDateTime::now_utc();
-    let mut pipes: Vec<redis::Pipeline> = Vec::with_capacity(events.div_ceil(chunk));
-    let mut left = events;
-    while left > 0 {
-        let n = left.min(chunk);
-        left -= n;
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for _ in 0..n {
-            pipe.cmd("XADD")
-                .arg(&key)
-                .arg("*")
-                .arg(event_model::queue::VERSION_FIELD)
-                .arg(event_model::queue::ENTRY_VERSION)
-                .arg(event_model::queue::EVENT_FIELD)
-                .arg(events_gen.queued(events_gen.ids.next(), now).encode())
-                .ignore();
+    let shards = queue.keys.len();
+    let mut per_shard: Vec<Vec<redis::Pipeline>> = Vec::with_capacity(shards);
+    for (n, key) in queue.keys.iter().enumerate() {
+        let mut left = events / shards + usize::from(n < events % shards);
+        let mut pipes = Vec::with_capacity(left.div_ceil(chunk));
+        while left > 0 {
+            let k = left.min(chunk);
+            left -= k;
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for _ in 0..k {
+                pipe.cmd("XADD")
+                    .arg(key)
+                    .arg("*")
+                    .arg(event_model::queue::VERSION_FIELD)
+                    .arg(event_model::queue::ENTRY_VERSION)
+                    .arg(event_model::queue::EVENT_FIELD)
+                    .arg(events_gen.queued(events_gen.ids.next(), now).encode())
+                    .ignore();
+            }
+            pipes.push(pipe);
         }
-        pipes.push(pipe);
+        per_shard.push(pipes);
+    }
+    let rounds = per_shard.iter().map(Vec::len).max().unwrap_or(0);
+    let mut pipes: Vec<redis::Pipeline> = Vec::with_capacity(events.div_ceil(chunk) + shards);
+    let mut its: Vec<_> = per_shard.into_iter().map(Vec::into_iter).collect();
+    for _ in 0..rounds {
+        pipes.extend(its.iter_mut().filter_map(Iterator::next));
     }
     let pipes = Arc::new(pipes);
     let next = Arc::new(AtomicU64::new(0));
     let mut conns = Vec::new();
     for _ in 0..connections {
-        conns.push(client.get_multiplexed_async_connection().await?);
+        conns.push(queue.connect().await?);
     }
     let start = Instant::now();
     let tasks: Vec<_> = conns
@@ -746,6 +892,7 @@ async fn fill(args: &Args) -> Result<Value, Error> {
         "events": events,
         "seconds": round3(secs),
         "events_per_sec": round1(events as f64 / secs),
+        "shards": shards,
     }))
 }
 
@@ -756,6 +903,8 @@ async fn drain(args: &Args) -> Result<Value, Error> {
         "events",
         "timeout-secs",
         "watch-pids",
+        "redis-cluster",
+        "shards",
     ])?;
     let launched = Instant::now();
     let watch: Vec<u32> = match args.flags.get("watch-pids") {
@@ -769,18 +918,17 @@ async fn drain(args: &Args) -> Result<Value, Error> {
             .collect::<Result<_, _>>()?,
         None => Vec::new(),
     };
-    let key = args.str("stream-key")?;
+    let queue = Queue::new(args)?;
     let events: u64 = args.num("events", None)?;
     let timeout = Duration::from_secs_f64(args.num("timeout-secs", Some(300.0))?);
-    let client = redis::Client::open(args.str("redis-url")?)?;
-    let mut con = client.get_multiplexed_async_connection().await?;
+    let con = queue.connect().await?;
     let mut tick = tokio::time::interval(Duration::from_millis(5));
-    // The clock starts at the first poll that sees the stream shrink (the flushers are up and
+    // The clock starts at the first poll that sees the queue shrink (the flushers are up and
     // writing), so start-up is not counted; the rate is what was drained from then on.
     let mut first: Option<(Instant, u64)> = None;
     loop {
         tick.tick().await;
-        let len: u64 = redis::cmd("XLEN").arg(&key).query_async(&mut con).await?;
+        let len = queue.len(&con).await?;
         let now = Instant::now();
         if len == 0 {
             let (secs, rows) = match first {
