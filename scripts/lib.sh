@@ -37,7 +37,8 @@ ensure_data_dir() { mkdir -p "$ET_DATA"; chmod 755 "$ET_DATA"; }
 redis_pid() { cat "$ET_DATA/redis-$1/redis.pid" 2>/dev/null; }
 redis_running() { local pid; pid=$(redis_pid "$1") && kill -0 "$pid" 2>/dev/null; }
 redis_pong() { [ "$(redis-cli -p "$1" ping 2>/dev/null)" = PONG ]; }
-pid_gone() { ! kill -0 "$1" 2>/dev/null; }
+# Gone, or a zombie: a daemonized server's parent is init, which here may reap late or never.
+pid_gone() { ! kill -0 "$1" 2>/dev/null || [ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" = Z ]; }
 
 start_redis() { # NAME PORT [EXTRA redis-server ARGS...]
   local name=$1 port=$2 dir="$ET_DATA/redis-$1"; shift 2
