@@ -380,6 +380,17 @@ impl TestDb {
         .await;
     }
 
+    /// (rows, distinct event_ids) in `events`: equal when nothing was stored twice.
+    pub async fn rows_and_distinct(&self) -> (i64, i64) {
+        let row = self
+            .client()
+            .await
+            .query_one("SELECT count(*), count(DISTINCT event_id) FROM events", &[])
+            .await
+            .expect("count events");
+        (row.get(0), row.get(1))
+    }
+
     pub async fn count(&self) -> i64 {
         self.client()
             .await
@@ -468,6 +479,31 @@ pub async fn shard_totals(
     (len, pend, dead)
 }
 
+/// Waits until every shard of a sharded queue is empty, nothing is pending and no dead letter
+/// is left.
+pub async fn wait_shards_drained(
+    conn: &(impl redis::aio::ConnectionLike + Clone + Send),
+    base: &str,
+    shards: usize,
+) {
+    wait_for(
+        &format!("the {shards} shards of {base} to drain"),
+        LONG,
+        || {
+            let mut c = conn.clone();
+            async move {
+                (shard_totals(&mut c, base, shards, "flushers").await == (0, 0, 0)).then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+/// A JSON array of `n` valid events named `name`, each with a fresh event_id.
+pub fn batch(name: &str, n: usize) -> Value {
+    json!((0..n).map(|i| event(name, i)).collect::<Vec<_>>())
+}
+
 /// XLEN of a stream.
 pub async fn xlen(conn: &mut (impl redis::aio::ConnectionLike + Send), key: &str) -> u64 {
     redis::cmd("XLEN")
@@ -517,6 +553,25 @@ pub fn event(name: &str, i: usize) -> Value {
     })
 }
 
+/// `redis-server` in the foreground on 127.0.0.1:`port` with its data in `dir`: AOF with
+/// `appendfsync always` (an acknowledged write survives a crash), no RDB, `noeviction`.
+fn redis_server(port: u16, dir: &Path) -> Command {
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .arg("--dir")
+        .arg(dir)
+        .args([
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+        ])
+        .args(["--maxmemory-policy", "noeviction", "--daemonize", "no"]);
+    cmd
+}
+
 /// A private Redis server (AOF on, `appendfsync always`), for tests that stop or freeze it.
 pub struct RedisServer {
     pub port: u16,
@@ -541,19 +596,7 @@ impl RedisServer {
     }
 
     fn launch(&mut self) {
-        let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
-            .args(["--maxmemory-policy", "noeviction", "--daemonize", "no"]);
+        let cmd = redis_server(self.port, self.dir.path());
         self.proc = Some(Proc::spawn("redis-server", cmd));
         let port = self.port;
         let start = Instant::now();
@@ -653,29 +696,17 @@ impl RedisCluster {
 
     fn launch(&mut self, i: usize) {
         let port = self.ports[i];
-        let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .arg("--dir")
-            .arg(self.node_dir(i))
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
-            .args(["--maxmemory-policy", "noeviction", "--daemonize", "no"])
-            .args([
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-node-timeout",
-                "2000",
-                "--cluster-require-full-coverage",
-                "no",
-            ]);
+        let mut cmd = redis_server(port, &self.node_dir(i));
+        cmd.args([
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "2000",
+            "--cluster-require-full-coverage",
+            "no",
+        ]);
         self.nodes[i] = Some(Proc::spawn(&format!("redis-cluster-node{i}-{port}"), cmd));
         let start = Instant::now();
         while !redis_cli(port, &["ping"]).is_some_and(|out| out.contains("PONG")) {

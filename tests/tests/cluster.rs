@@ -7,9 +7,14 @@ use std::time::Duration;
 use et_tests::*;
 use serde_json::{Value, json};
 
-fn batch(name: &str, n: usize) -> Value {
-    json!((0..n).map(|i| event(name, i)).collect::<Vec<_>>())
-}
+/// Both binaries' flags for a cluster with 8 shards and a short Redis timeout.
+const CLUSTER_8: [&str; 5] = [
+    "--redis-cluster",
+    "--shards",
+    "8",
+    "--redis-timeout-ms",
+    "1000",
+];
 
 /// A process started with another shard count than the recorded one refuses to run, saying
 /// which count to use; nothing is written with the wrong layout.
@@ -112,19 +117,8 @@ async fn requests_spread_over_shards_and_flushers_drain_them_all() {
     let _f1 = Flusher::start(&redis, &db.url, &key, &flags, &[]);
     let _f2 = Flusher::start(&redis, &db.url, &key, &flags, &[]);
     db.wait_rows(240).await;
-    wait_for("all shards to drain", LONG, || {
-        let mut c = conn.clone();
-        let key = key.clone();
-        async move { (shard_totals(&mut c, &key, 8, "flushers").await == (0, 0, 0)).then_some(()) }
-    })
-    .await;
-    let client = db.client().await;
-    let distinct: i64 = client
-        .query_one("SELECT count(DISTINCT event_id) FROM events", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!((db.count().await, distinct), (240, 240));
+    wait_shards_drained(&conn, &key, 8).await;
+    assert_eq!(db.rows_and_distinct().await, (240, 240));
 }
 
 /// On a real 3-node cluster: with one node down, ingest-api keeps taking every request (on the
@@ -136,13 +130,7 @@ async fn cluster_keeps_taking_events_with_a_node_down() {
     let urls = cluster.urls();
     let key = "event_queue";
     let db = TestDb::migrated(&shared_admin_url()).await;
-    let flags = [
-        "--redis-cluster",
-        "--shards",
-        "8",
-        "--redis-timeout-ms",
-        "1000",
-    ];
+    let flags = CLUSTER_8;
     let ingest = Ingest::start(&urls, key, &flags);
 
     // 40 requests while no flusher runs: 5 on each shard, so some on every node.
@@ -248,11 +236,7 @@ async fn cluster_keeps_taking_events_with_a_node_down() {
     sent += 2;
     db.wait_rows(sent as i64).await;
     let conn = cluster_conn(&urls).await;
-    wait_for("all shards to drain", LONG, || {
-        let mut c = conn.clone();
-        async move { (shard_totals(&mut c, key, 8, "flushers").await == (0, 0, 0)).then_some(()) }
-    })
-    .await;
+    wait_shards_drained(&conn, key, 8).await;
     let client = db.client().await;
     let rows = client
         .query("SELECT event_id FROM events", &[])
@@ -272,13 +256,7 @@ async fn a_shard_moved_to_another_node_under_load_loses_nothing() {
     let urls = cluster.urls();
     let key = "event_queue";
     let db = TestDb::migrated(&shared_admin_url()).await;
-    let flags = [
-        "--redis-cluster",
-        "--shards",
-        "8",
-        "--redis-timeout-ms",
-        "1000",
-    ];
+    let flags = CLUSTER_8;
     let ingest = Ingest::start(&urls, key, &flags);
     let mut flusher_flags = flags.to_vec();
     flusher_flags.extend(["--claim-idle-ms", "2000"]);
@@ -362,11 +340,7 @@ async fn a_shard_moved_to_another_node_under_load_loses_nothing() {
 
     db.wait_rows(acked.len() as i64).await;
     let conn = cluster_conn(&urls).await;
-    wait_for("all shards to drain", LONG, || {
-        let mut c = conn.clone();
-        async move { (shard_totals(&mut c, key, 8, "flushers").await == (0, 0, 0)).then_some(()) }
-    })
-    .await;
+    wait_shards_drained(&conn, key, 8).await;
     let client = db.client().await;
     let rows = client
         .query("SELECT event_id::text FROM events", &[])
@@ -558,11 +532,5 @@ async fn a_frozen_node_is_skipped_until_it_answers() {
 
     let _flusher = Flusher::start(&urls, &db.url, key, &flags, &[]);
     db.wait_rows(sent).await;
-    let client = db.client().await;
-    let distinct: i64 = client
-        .query_one("SELECT count(DISTINCT event_id) FROM events", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!((db.count().await, distinct), (sent, sent));
+    assert_eq!(db.rows_and_distinct().await, (sent, sent));
 }

@@ -16,10 +16,6 @@ async fn distinct_ids(db: &TestDb) -> i64 {
         .get(0)
 }
 
-fn batch(name: &str, n: usize) -> Value {
-    json!((0..n).map(|i| event(name, i)).collect::<Vec<_>>())
-}
-
 /// A flusher killed after COMMIT and before XACK leaves its rows committed and its entries
 /// pending; another flusher claims them, takes the de-duplication path, and nothing is doubled.
 #[tokio::test]

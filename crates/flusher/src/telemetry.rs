@@ -239,22 +239,7 @@ pub enum LogFormat {
 
 /// env_logger with `RUST_LOG` (default `info`), as text or one JSON object a line.
 pub fn init_logging(format: LogFormat) {
-    // The redis crate's cluster client logs a warning for every reconnect attempt while a node
-    // is down (hundreds a second); we log the failures that matter ourselves.
-    let filter = std::env::var("RUST_LOG").map_or_else(
-        |_| "info,redis=error".to_string(),
-        |f| {
-            // Unless RUST_LOG sets the redis crate's level itself (`redis=…`, `redis::…=…`).
-            let names_redis = f
-                .split(',')
-                .any(|d| d == "redis" || d.starts_with("redis=") || d.starts_with("redis::"));
-            if names_redis {
-                f
-            } else {
-                format!("{f},redis=error")
-            }
-        },
-    );
+    let filter = redis_queue::log_filter(std::env::var("RUST_LOG").ok());
     let mut builder = env_logger::Builder::new();
     builder.parse_filters(&filter);
     if format == LogFormat::Json {

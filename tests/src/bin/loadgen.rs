@@ -43,6 +43,7 @@ use std::time::{Duration, Instant};
 
 use event_model::QueuedEvent;
 use futures_util::SinkExt;
+use redis_queue::{Conn, Connector, Layout};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -707,100 +708,31 @@ async fn ingest(args: &Args, e2e: bool) -> Result<Value, Error> {
 // ---- fill / drain -----------------------------------------------------------------------------
 
 /// The queue `fill` and `drain` work on: one stream on one Redis node, or (`--shards N` above 1,
-/// or `--redis-cluster`) the streams `<key>:{0}` … `<key>:{N-1}`, as crates/redis-queue lays
-/// them out (the hash tag gives each shard its own cluster slot).
+/// or `--redis-cluster`) the streams `<key>:{0}` … `<key>:{N-1}`, laid out and reached as the
+/// binaries do (crates/redis-queue).
 struct Queue {
     keys: Vec<String>,
-    target: Target,
-}
-
-enum Target {
-    Single(redis::Client),
-    Cluster(Box<redis::cluster::ClusterClient>),
-}
-
-/// A multiplexed connection to one node, or a cluster connection (which sends each command,
-/// or each MULTI/EXEC whose keys share a slot, to the node owning the slot).
-#[derive(Clone)]
-enum Conn {
-    Single(redis::aio::MultiplexedConnection),
-    Cluster(redis::cluster_async::ClusterConnection),
-}
-
-impl redis::aio::ConnectionLike for Conn {
-    fn req_packed_command<'a>(
-        &'a mut self,
-        cmd: &'a redis::Cmd,
-    ) -> redis::RedisFuture<'a, redis::Value> {
-        match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        cmd: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
-        match self {
-            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
-        }
-    }
+    connector: Connector,
 }
 
 impl Queue {
     /// From --redis-url, --stream-key, --shards and --redis-cluster.
     fn new(args: &Args) -> Result<Queue, Error> {
-        let key = args.str("stream-key")?;
-        let shards: usize = args.num("shards", Some(1))?;
         let cluster = args.switch("redis-cluster");
-        if shards == 0 {
-            return Err("--shards must be at least 1".into());
-        }
-        if key.contains(['{', '}']) {
-            return Err("--stream-key must hold no `{` or `}` (shard keys add a hash tag)".into());
-        }
-        let keys = if shards > 1 || cluster {
-            (0..shards).map(|n| format!("{key}:{{{n}}}")).collect()
-        } else {
-            vec![key]
-        };
-        let url = args.str("redis-url")?;
-        let target = if cluster {
-            let seeds: Vec<&str> = url
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .collect();
-            if seeds.is_empty() {
-                return Err("--redis-url: no Redis Cluster seed URL given".into());
-            }
-            Target::Cluster(Box::new(redis::cluster::ClusterClient::new(seeds)?))
-        } else if url.contains(',') {
-            return Err(
-                "several Redis URLs given: add --redis-cluster to use them as seeds".into(),
-            );
-        } else {
-            Target::Single(redis::Client::open(url)?)
-        };
-        Ok(Queue { keys, target })
+        let layout = Layout::new(
+            &args.str("stream-key")?,
+            args.num("shards", Some(1))?,
+            cluster,
+        )?;
+        Ok(Queue {
+            keys: (0..layout.shards()).map(|n| layout.key(n)).collect(),
+            connector: Connector::new(&args.str("redis-url")?, cluster)?,
+        })
     }
 
     async fn connect(&self) -> Result<Conn, Error> {
-        Ok(match &self.target {
-            Target::Single(c) => Conn::Single(c.get_multiplexed_async_connection().await?),
-            Target::Cluster(c) => Conn::Cluster(c.get_async_connection().await?),
-        })
+        let t = Duration::from_secs(30);
+        Ok(self.connector.connect(t, t).await?)
     }
 
     /// The entries queued in all shards together (the shards' XLENs, asked concurrently).
