@@ -534,3 +534,38 @@ async fn a_frozen_node_is_skipped_until_it_answers() {
     db.wait_rows(sent).await;
     assert_eq!(db.rows_and_distinct().await, (sent, sent));
 }
+
+/// Backpressure counts the whole queue: with 4 shards holding 5 entries each, no shard is over
+/// `--max-queue-len 10`, but the sum (20) is, and requests get 503 queue_full with Retry-After.
+#[tokio::test]
+async fn backpressure_uses_the_sum_of_the_shards() {
+    let redis = shared_redis_url();
+    let key = unique("full");
+    let ingest = Ingest::start(&redis, &key, &["--shards", "4", "--max-queue-len", "10"]);
+    for i in 0..4 {
+        assert_eq!(ingest.post(&batch(&format!("fill-{i}"), 5)).await.0, 200);
+    }
+    let mut conn = redis_conn(&redis).await;
+    for n in 0..4 {
+        assert_eq!(xlen(&mut conn, &shard_key(&key, n)).await, 5);
+    }
+    // The lengths are read every 250 ms, not per request: wait until ingest-api has seen them.
+    wait_for(
+        "the backlog gauge to show the sum of the shards",
+        LONG,
+        || async {
+            scrape(&ingest.url)
+                .await
+                .lines()
+                .any(|l| l == "eventtracker_queue_backlog 20")
+                .then_some(())
+        },
+    )
+    .await;
+    let (status, body) = ingest.post(&batch("one-more", 1)).await;
+    assert_eq!(
+        (status, &body["error"]),
+        (503, &json!("queue_full")),
+        "{body}"
+    );
+}
