@@ -85,6 +85,27 @@ async fn a_different_shard_count_is_refused() {
         log.contains("unsharded stream") && log.contains("still holds 1 entries"),
         "{log}"
     );
+    // The way out the message gives works: nothing was recorded by the refused process, a
+    // flusher with --shards 1 drains the old stream (this entry is no event: dead-lettered),
+    // then with the count key deleted the sharded layout starts.
+    for k in [format!("{old}:shards"), format!("{old}:{{0}}:shards")] {
+        let exists: u64 = redis::cmd("EXISTS")
+            .arg(&k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(exists, 0, "the refused process recorded {k}");
+    }
+    let drain = Flusher::start(&redis, &db.url, &old, &["--shards", "1"], &[]);
+    wait_stream_empty(&conn, &old).await;
+    drop(drain);
+    let _: u64 = redis::cmd("DEL")
+        .arg(format!("{old}:shards"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let sharded = Ingest::start(&redis, &old, &["--shards", "4"]);
+    assert_eq!(sharded.post(&batch("after-upgrade", 1)).await.0, 200);
 }
 
 /// Requests go to the shards in turn; flushers read every shard, and two flushers with two

@@ -53,7 +53,7 @@ pub struct Config {
     #[arg(long, env = "INGEST_TOKENS_FILE")]
     pub tokens_file: Option<PathBuf>,
 
-    /// Timeout of every Redis call, in milliseconds; past it a request gets 503 queue_unavailable.
+    /// Timeout of every Redis call, in milliseconds; past it a request gets 503 queue_unavailable (on a cluster after up to 2× this, trying another shard).
     #[arg(long, env = "INGEST_REDIS_TIMEOUT_MS", default_value_t = 2000)]
     pub redis_timeout_ms: u64,
 

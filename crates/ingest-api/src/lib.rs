@@ -99,6 +99,7 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let mut state = AppState::from_config(&config)?;
     state.metrics = telemetry::install_metrics();
+    telemetry::init_shard_metrics(config.shards);
     let state = web::Data::new(state);
     log::info!(
         "ingest-api: stream {:?}, {} shard(s){}, sources {:?}",
@@ -206,7 +207,9 @@ async fn track_queue_length(
     let mut failing = false;
     loop {
         tick.tick().await;
-        if let Err(e @ queue::QueueError::ShardMismatch { .. }) = state.queue.check_layout().await {
+        if let Err(e) = state.queue.check_layout().await
+            && e.is_fatal()
+        {
             let _ = fatal.send(e);
             return;
         }

@@ -109,6 +109,16 @@ pub fn queue(backlog: u64, lag: Duration, unreachable: usize) {
     metrics::gauge!("eventtracker_queue_shards_unreachable").set(unreachable as f64);
 }
 
+/// Exports the shard counters at 0 from the start, so dashboards and rate() see them before the
+/// first failover.
+pub fn init_shard_metrics(shards: usize) {
+    metrics::counter!("eventtracker_ingest_shard_failovers_total").absolute(0);
+    for shard in 0..shards {
+        metrics::counter!("eventtracker_ingest_shard_events_total", "shard" => shard.to_string())
+            .increment(0);
+    }
+}
+
 pub fn shard_write(shard: usize, events: usize) {
     metrics::counter!("eventtracker_ingest_shard_events_total", "shard" => shard.to_string())
         .increment(events as u64);

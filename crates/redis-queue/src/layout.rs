@@ -79,6 +79,28 @@ impl Layout {
         shard: Option<usize>,
         record: bool,
     ) -> Result<(), QueueError> {
+        // Before recording anything: a refused process must not leave its count behind, or the
+        // drain the message asks for would be refused in turn.
+        if shard.is_none() && self.tagged {
+            let base = &self.base;
+            let left: u64 = redis
+                .query(async |c| {
+                    // XLEN of a key that is no stream (or none) is an error or 0: only a
+                    // stream with entries counts.
+                    let t: String = redis::cmd("TYPE").arg(base).query_async(c).await?;
+                    if t != "stream" {
+                        return Ok(0);
+                    }
+                    redis::cmd("XLEN").arg(base).query_async(c).await
+                })
+                .await?;
+            if left > 0 {
+                return Err(QueueError::UnshardedBacklog {
+                    key: self.base.clone(),
+                    entries: left,
+                });
+            }
+        }
         let key = self.count_key(shard);
         let (k, n) = (&key, self.shards);
         // SET NX … GET returns the value that was there (nil when this call set it): one
@@ -104,26 +126,6 @@ impl Layout {
             }
             None if record => log::debug!("recorded {n} queue shard(s) in {key:?}"),
             _ => {}
-        }
-        if shard.is_none() && self.tagged {
-            let base = &self.base;
-            let left: u64 = redis
-                .query(async |c| {
-                    // XLEN of a key that is no stream (or none) is an error or 0: only a
-                    // stream with entries counts.
-                    let t: String = redis::cmd("TYPE").arg(base).query_async(c).await?;
-                    if t != "stream" {
-                        return Ok(0);
-                    }
-                    redis::cmd("XLEN").arg(base).query_async(c).await
-                })
-                .await?;
-            if left > 0 {
-                return Err(QueueError::UnshardedBacklog {
-                    key: self.base.clone(),
-                    entries: left,
-                });
-            }
         }
         Ok(())
     }
@@ -203,10 +205,17 @@ impl LayoutCheck {
     /// before first use, see [`LayoutCheck::check_shard`]). Fails on a mismatch (fatal, see
     /// [`QueueError::is_fatal`]), or when nothing was ever verified and nothing answers now.
     pub async fn check_all(&self, redis: &Shared) -> Result<(), QueueError> {
-        let mut todo: Vec<Option<usize>> = Vec::new();
+        let mut last = None;
+        // The queue's own key first, alone: it refuses a leftover unsharded backlog, and then no
+        // shard's copy of the count may be recorded either.
         if !self.queue.load(Ordering::Acquire) {
-            todo.push(None);
+            match self.layout.check(redis, None, self.record).await {
+                Ok(()) => self.mark(None),
+                Err(e) if e.is_fatal() => return Err(e),
+                Err(e) => last = Some(e),
+            }
         }
+        let mut todo: Vec<Option<usize>> = Vec::new();
         if self.layout.tagged {
             todo.extend(
                 (0..self.shards.len())
@@ -219,7 +228,6 @@ impl LayoutCheck {
                 .map(|&shard| self.layout.check(redis, shard, self.record)),
         )
         .await;
-        let mut last = None;
         for (shard, result) in todo.into_iter().zip(results) {
             match result {
                 Ok(()) => self.mark(shard),

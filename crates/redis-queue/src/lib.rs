@@ -37,7 +37,8 @@ pub enum QueueError {
     },
     #[error(
         "the unsharded stream {key:?} still holds {entries} entries, and a sharded queue would \
-         never read them: run the flusher with --shards 1 until it is empty, then switch"
+         never read them: run the flusher with --shards 1 until it is empty, then delete \
+         {key}:shards and start everything with the new --shards"
     )]
     UnshardedBacklog { key: String, entries: u64 },
 }
