@@ -263,7 +263,8 @@ pub struct Flusher {
 }
 
 impl Flusher {
-    /// Starts `flusher` (run) with fast test timings; `extra` adds flags, `env` adds variables.
+    /// Starts `flusher` (run) with fast test timings (a blocking read of 200 ms unless `extra`
+    /// gives `--block-ms`); `extra` adds flags, `env` adds variables.
     pub fn start(
         redis_url: &str,
         database_url: &str,
@@ -274,10 +275,13 @@ impl Flusher {
         let mut cmd = Command::new(bin("flusher"));
         cmd.args(["--redis-url", redis_url, "--database-url", database_url])
             .args(["--stream-key", stream_key])
-            .args(["--block-ms", "200", "--backoff-max-ms", "1000"])
+            .args(["--backoff-max-ms", "1000"])
             .args(["--metrics-bind", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "info,flusher=debug");
+        if !extra.contains(&"--block-ms") {
+            cmd.args(["--block-ms", "200"]);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -590,3 +590,42 @@ async fn backpressure_uses_the_sum_of_the_shards() {
         "{body}"
     );
 }
+
+/// The blocking-read rule on a cluster: a flusher blocked in XREADGROUP (here for up to 20 s on
+/// an empty queue) keeps answering /readyz, which goes through the shared connection with a 1 s
+/// timeout: it would time out if the blocking read held that connection. Then new events are
+/// still written while the reader is blocked on another shard.
+#[tokio::test]
+async fn a_blocking_read_never_holds_the_shared_connection() {
+    let cluster = RedisCluster::start();
+    let urls = cluster.urls();
+    let key = "event_queue";
+    let db = TestDb::migrated(&shared_admin_url()).await;
+    let flags = [
+        "--redis-cluster",
+        "--shards",
+        "2",
+        "--redis-timeout-ms",
+        "1000",
+    ];
+    let mut flusher_flags = flags.to_vec();
+    flusher_flags.extend(["--block-ms", "40000"]);
+    let flusher = Flusher::start(&urls, &db.url, key, &flusher_flags, &[]);
+    let base = flusher.metrics_url();
+    wait_for("the flusher to be ready", LONG, || async {
+        let res = http().get(format!("{base}/readyz")).send().await.ok()?;
+        (res.status().as_u16() == 200).then_some(())
+    })
+    .await;
+    // Blocked on an empty shard for 20 s (40 s / 2 shards) from here on.
+    for _ in 0..5 {
+        let res = http().get(format!("{base}/readyz")).send().await.unwrap();
+        assert_eq!(res.status().as_u16(), 200, "{}", res.text().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let ingest = Ingest::start(&urls, key, &flags);
+    for i in 0..4 {
+        assert_eq!(ingest.post(&batch(&format!("blocked-{i}"), 5)).await.0, 200);
+    }
+    db.wait_rows(20).await;
+}
