@@ -246,6 +246,10 @@ async fn cluster_keeps_taking_events_with_a_node_down() {
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"], "queue_unavailable", "{body}");
 
+    // Long enough for the flusher's cluster client to lose every node connection ("No
+    // connections found"), a state it does not leave by itself: it must make new connections.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
     // Back up: the stranded entries are stored, once; new requests are taken again.
     cluster.restart_down();
     let (status, body) = wait_for("a request taken after the restart", LONG, || async {

@@ -34,6 +34,8 @@ pub struct Stream {
     redis: Shared,
     /// Reads only, made on first use and re-made after an error.
     reader: Option<Conn>,
+    /// Failed reads in a row.
+    reader_failures: u32,
     pub layout: Layout,
     /// Which shards' copies of the shard count were verified, shared by the workers.
     check: Arc<LayoutCheck>,
@@ -55,6 +57,7 @@ impl Stream {
             timeout: redis.timeout(),
             redis,
             reader: None,
+            reader_failures: 0,
             layout: check.layout().clone(),
             check,
             group: group.to_string(),
@@ -160,14 +163,23 @@ impl Stream {
         let reply =
             tokio::time::timeout(block + self.timeout, cmd.query_async::<Value>(conn)).await;
         let reply = match reply {
-            Ok(Ok(v)) => v,
+            Ok(Ok(v)) => {
+                self.reader_failures = 0;
+                v
+            }
             Ok(Err(e)) => {
                 // Reconnecting is cheap; a connection that saw an error is not trusted again
-                // (a cluster connection is kept: it reconnects to each node by itself).
-                if e.code().is_none() && !self.redis.connector().is_cluster() {
+                // (a cluster connection only when it needs it, see `needs_new_connection`, or
+                // after many failures in a row with no read between).
+                let e = redis_queue::QueueError::Redis(e);
+                self.reader_failures += 1;
+                if e.needs_new_connection(self.redis.connector().is_cluster())
+                    || self.reader_failures >= 20
+                {
                     self.reader = None;
+                    self.reader_failures = 0;
                 }
-                return Err(FlusherError::Redis(e));
+                return Err(e.into());
             }
             Err(_) => {
                 self.reader = None;

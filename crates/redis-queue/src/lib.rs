@@ -4,6 +4,7 @@
 //! stored in Redis so that every process uses the same one.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use redis;
@@ -56,6 +57,20 @@ impl QueueError {
     /// single commands, but not inside a transaction, and keeps sending the shard's transactions
     /// to the old node until its next topology refresh (seconds): a new connection starts from
     /// the current slot map.
+    /// Whether a connection that returned this error should be replaced by a new one. One node:
+    /// anything but an error reply from a healthy server. A cluster connection reconnects to
+    /// each node by itself, so one node being down is no reason; it is replaced when its slot
+    /// map is stale (see [`QueueError::is_stale_topology`]) or when it has lost every node
+    /// ("No connections found": after the whole cluster was down it never recovers by itself).
+    pub fn needs_new_connection(&self, cluster: bool) -> bool {
+        if !cluster {
+            return self.code().is_none();
+        }
+        self.is_stale_topology()
+            || matches!(self, QueueError::Redis(e)
+                if e.kind() == redis::ErrorKind::ClusterConnectionNotFound)
+    }
+
     pub fn is_stale_topology(&self) -> bool {
         use redis::ServerErrorKind::{Ask, Moved};
         let QueueError::Redis(e) = self else {
@@ -207,7 +222,11 @@ pub struct Shared {
     connector: Connector,
     slot: Arc<tokio::sync::Mutex<Option<Conn>>>,
     timeout: Duration,
+    failures: Arc<AtomicU64>,
 }
+
+/// Failed calls in a row (none answered by a server) after which a connection is replaced.
+const STUCK_AFTER_FAILURES: u64 = 20;
 
 impl Shared {
     pub fn new(connector: Connector, timeout: Duration) -> Self {
@@ -215,6 +234,7 @@ impl Shared {
             connector,
             slot: Arc::default(),
             timeout,
+            failures: Arc::default(),
         }
     }
 
@@ -247,15 +267,22 @@ impl Shared {
         })
         .await
         .unwrap_or(Err(QueueError::Timeout(self.timeout)));
-        if let Err(e) = &result {
-            let drop = if self.connector.is_cluster() {
-                e.is_stale_topology()
-            } else {
-                // Not an error reply from a healthy server: do not trust this connection again.
-                e.code().is_none()
-            };
-            if drop {
-                *self.slot.lock().await = None;
+        match &result {
+            Ok(_) => self.failures.store(0, Ordering::Relaxed),
+            Err(e) => {
+                // Failures in a row with no success between, on a cluster: a connection stuck
+                // in a way the checks above do not know is replaced too, now and then.
+                let in_a_row = if e.code().is_none() {
+                    self.failures.fetch_add(1, Ordering::Relaxed) + 1
+                } else {
+                    0
+                };
+                if e.needs_new_connection(self.connector.is_cluster())
+                    || in_a_row >= STUCK_AFTER_FAILURES
+                {
+                    self.failures.store(0, Ordering::Relaxed);
+                    *self.slot.lock().await = None;
+                }
             }
         }
         result
