@@ -231,22 +231,37 @@ impl Ingest {
     pub async fn post(&self, body: &Value) -> (u16, Value) {
         post_json(&format!("{}/v1/events", self.url), Some(TOKEN), body).await
     }
+
+    /// The same, returning the whole response (for its headers).
+    pub async fn send(&self, body: &Value) -> reqwest::Response {
+        json_request(&format!("{}/v1/events", self.url), Some(TOKEN), body)
+            .send()
+            .await
+            .expect("request sent")
+    }
 }
 
 /// POSTs JSON with an optional bearer token; returns status and JSON body.
 pub async fn post_json(url: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
-    let client = http();
-    let mut req = client
-        .post(url)
-        .header("Content-Type", "application/json")
-        .body(body.to_string());
-    if let Some(t) = token {
-        req = req.header("Authorization", format!("Bearer {t}"));
-    }
-    let res = req.send().await.expect("request sent");
+    let res = json_request(url, token, body)
+        .send()
+        .await
+        .expect("request sent");
     let status = res.status().as_u16();
     let body = res.json::<Value>().await.unwrap_or(Value::Null);
     (status, body)
+}
+
+/// A JSON POST with an optional bearer token, ready to send.
+fn json_request(url: &str, token: Option<&str>, body: &Value) -> reqwest::RequestBuilder {
+    let req = http()
+        .post(url)
+        .header("Content-Type", "application/json")
+        .body(body.to_string());
+    match token {
+        Some(t) => req.header("Authorization", format!("Bearer {t}")),
+        None => req,
+    }
 }
 
 /// An HTTP client with a generous timeout (a hung server fails the test instead of hanging it).

@@ -228,14 +228,7 @@ async fn cluster_keeps_taking_events_with_a_node_down() {
     for &i in &others {
         cluster.kill(i);
     }
-    let res = http()
-        .post(format!("{}/v1/events", ingest.url))
-        .header("Authorization", format!("Bearer {TOKEN}"))
-        .header("Content-Type", "application/json")
-        .body(batch("all-down", 1).to_string())
-        .send()
-        .await
-        .unwrap();
+    let res = ingest.send(&batch("all-down", 1)).await;
     assert_eq!(res.status().as_u16(), 503);
     assert_eq!(
         res.headers()
@@ -519,14 +512,7 @@ async fn a_frozen_node_is_skipped_until_it_answers() {
         // As an SDK does: a 503 is retried with the same events (and event_ids).
         let body = batch(&format!("frozen-{i}"), 2);
         loop {
-            let res = http()
-                .post(format!("{}/v1/events", ingest.url))
-                .header("Authorization", format!("Bearer {TOKEN}"))
-                .header("Content-Type", "application/json")
-                .body(body.to_string())
-                .send()
-                .await
-                .unwrap();
+            let res = ingest.send(&body).await;
             let status = res.status().as_u16();
             statuses.push(status);
             if status == 200 {

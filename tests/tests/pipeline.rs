@@ -455,14 +455,7 @@ async fn redis_down_or_frozen_gives_503_and_recovers() {
 
     redis.kill();
     assert!(!redis.is_up());
-    let res = client
-        .post(format!("{}/v1/events", ingest.url))
-        .header("Authorization", format!("Bearer {TOKEN}"))
-        .header("Content-Type", "application/json")
-        .body(json!([event("down", 1)]).to_string())
-        .send()
-        .await
-        .unwrap();
+    let res = ingest.send(&json!([event("down", 1)])).await;
     assert_eq!(res.status().as_u16(), 503);
     assert_eq!(res.headers().get("retry-after").unwrap(), "3");
     assert_eq!(

@@ -90,7 +90,6 @@ pub struct Flusher {
     pub stats: Arc<Stats>,
     /// This worker's number in the process: where its first sweep starts; worker 0 reports.
     index: usize,
-    reports: bool,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -123,7 +122,6 @@ impl Flusher {
             config,
             stats,
             index,
-            reports: index == 0,
             shutdown,
         }
     }
@@ -227,7 +225,7 @@ impl Flusher {
             } else {
                 idle_summary_every
             };
-            if self.reports && last_summary.elapsed() >= every {
+            if self.index == 0 && last_summary.elapsed() >= every {
                 let rate =
                     (written - written_at_summary) as f64 / last_summary.elapsed().as_secs_f64();
                 written_at_summary = written;

@@ -36,7 +36,6 @@ pub struct Stream {
     reader: Option<Conn>,
     /// Failed reads in a row.
     reader_failures: u32,
-    pub layout: Layout,
     /// Which shards' copies of the shard count were verified, shared by the workers.
     check: Arc<LayoutCheck>,
     pub group: String,
@@ -58,7 +57,6 @@ impl Stream {
             redis,
             reader: None,
             reader_failures: 0,
-            layout: check.layout().clone(),
             check,
             group: group.to_string(),
             consumer: consumer.to_string(),
@@ -78,16 +76,20 @@ impl Stream {
         )
     }
 
+    pub fn layout(&self) -> &Layout {
+        self.check.layout()
+    }
+
     pub fn shards(&self) -> usize {
-        self.layout.shards()
+        self.layout().shards()
     }
 
     pub fn key(&self, shard: usize) -> String {
-        self.layout.key(shard)
+        self.layout().key(shard)
     }
 
     pub fn dead_key(&self, shard: usize) -> String {
-        self.layout.dead_key(shard)
+        self.layout().dead_key(shard)
     }
 
     /// Runs one command or pipeline on the shared connection, within the timeout.
@@ -159,7 +161,9 @@ impl Stream {
         if !block.is_zero() {
             cmd.arg("BLOCK").arg(block.as_millis() as u64);
         }
-        cmd.arg("STREAMS").arg(self.layout.key(shard)).arg(">");
+        cmd.arg("STREAMS")
+            .arg(self.check.layout().key(shard))
+            .arg(">");
         let reply =
             tokio::time::timeout(block + self.timeout, cmd.query_async::<Value>(conn)).await;
         let reply = match reply {
@@ -385,7 +389,7 @@ impl Stream {
         shard: usize,
     ) -> Result<crate::telemetry::QueueState, FlusherError> {
         let (key, dead) = (&self.key(shard), &self.dead_key(shard));
-        let (backlog, lag) = self.layout.length_and_lag(&self.redis, shard).await?;
+        let (backlog, lag) = self.layout().length_and_lag(&self.redis, shard).await?;
         let dead_len: u64 = self
             .query(async |c| redis::cmd("XLEN").arg(dead).query_async(c).await)
             .await?;

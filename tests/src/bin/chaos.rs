@@ -262,14 +262,7 @@ async fn main() {
         if !redis_restarted && t >= Duration::from_secs(4) {
             // One event; the status, and whether a 503 came with Retry-After.
             let probe = || async {
-                let res = http()
-                    .post(format!("{}/v1/events", ingests[0].url))
-                    .header("Authorization", format!("Bearer {TOKEN}"))
-                    .header("Content-Type", "application/json")
-                    .body(json!([event("probe", 0)]).to_string())
-                    .send()
-                    .await
-                    .expect("probe sent");
+                let res = ingests[0].send(&json!([event("probe", 0)])).await;
                 let status = res.status().as_u16();
                 let retry_after = res.headers().contains_key("retry-after");
                 assert!(status != 503 || retry_after, "a 503 without Retry-After");
