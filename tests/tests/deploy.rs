@@ -1,5 +1,6 @@
-//! The deployment files: linted offline (no Docker engine here) by `scripts/lint-deploy`, and the
-//! Grafana dashboard's queries checked against the metrics the real binaries export.
+//! The deployment files: linted offline (no Docker engine here) by `scripts/lint-deploy` (which also
+//! runs `promtool check rules` and `promtool test rules` on the Prometheus alerts), and the metrics the
+//! Grafana dashboard and the alerting rules query checked against what the real binaries export.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -21,18 +22,10 @@ fn deploy_files_pass_the_offline_linters() {
     );
 }
 
-/// Every metric the Grafana dashboard queries exists in a live /metrics.
-#[tokio::test]
-async fn dashboard_metrics_exist() {
-    let dashboard = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../deploy/grafana/eventtracker.json"
-    ))
-    .expect("the dashboard");
-    let parsed: Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
-    assert!(parsed["panels"].as_array().is_some_and(|p| p.len() >= 8));
-    let mut wanted = BTreeSet::new();
-    let mut rest = dashboard.as_str();
+/// The `eventtracker_…` metric names in `text`, histograms by their base name.
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
     while let Some(i) = rest.find("eventtracker_") {
         let name: String = rest[i..]
             .chars()
@@ -44,9 +37,33 @@ async fn dashboard_metrics_exist() {
             .find_map(|s| name.strip_suffix(s))
             .unwrap_or(&name)
             .to_string();
-        wanted.insert(base);
+        names.insert(base);
     }
-    assert!(wanted.len() >= 8, "{wanted:?}");
+    names
+}
+
+fn deploy_file(path: &str) -> String {
+    std::fs::read_to_string(format!("{}/../deploy/{path}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap_or_else(|e| panic!("deploy/{path}: {e}"))
+}
+
+/// Every metric the Grafana dashboard and the alerting rules query exists in a live /metrics.
+#[tokio::test]
+async fn dashboard_metrics_exist() {
+    let dashboard = deploy_file("grafana/eventtracker.json");
+    let parsed: Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    assert!(parsed["panels"].as_array().is_some_and(|p| p.len() >= 8));
+    let from_dashboard = metric_names(&dashboard);
+    assert!(from_dashboard.len() >= 8, "{from_dashboard:?}");
+    // The rules' expressions: comment lines only talk about metrics (and patterns of them).
+    let alerts: String = deploy_file("prometheus/alerts.yaml")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let from_alerts = metric_names(&alerts);
+    assert!(from_alerts.len() >= 8, "{from_alerts:?}");
+
     let db = TestDb::migrated(&shared_admin_url()).await;
     let key = unique("events");
     let ingest = Ingest::start(&shared_redis_url(), &key, &[]);
@@ -59,10 +76,15 @@ async fn dashboard_metrics_exist() {
         scrape(&ingest.url).await,
         scrape(&flusher.metrics_url()).await
     );
-    for name in &wanted {
-        assert!(
-            all.lines().any(|l| l.starts_with(name.as_str())),
-            "the dashboard queries {name}, which /metrics does not have"
-        );
+    for (what, names) in [
+        ("dashboard", &from_dashboard),
+        ("alerts.yaml", &from_alerts),
+    ] {
+        for name in names {
+            assert!(
+                all.lines().any(|l| l.starts_with(name.as_str())),
+                "the {what} queries {name}, which /metrics does not have"
+            );
+        }
     }
 }
