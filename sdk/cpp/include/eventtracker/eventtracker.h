@@ -1,0 +1,138 @@
+/* EventTracker C SDK: the stable C ABI (C89-compatible header, only et_* symbols are exported).
+ *
+ * One et_client owns one background thread, one queue (a SQLite file in WAL mode, or memory) and one
+ * HTTP connection to ingest-api. Every function is thread-safe; et_track never blocks on I/O.
+ * Two clients in one process are independent (no global state besides libcurl's one-time init). */
+#ifndef EVENTTRACKER_EVENTTRACKER_H
+#define EVENTTRACKER_EVENTTRACKER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define ET_API
+#else
+#define ET_API __attribute__((visibility("default")))
+#endif
+
+#define ET_VERSION_MAJOR 1
+#define ET_VERSION_MINOR 0
+#define ET_VERSION_PATCH 0
+
+typedef struct et_client et_client;
+
+/* ---- return codes of et_track / et_track_event ------------------------------------------------- */
+#define ET_OK 0
+#define ET_E_NAME 1          /* name missing, empty, > 200 characters, NUL, or not UTF-8 */
+#define ET_E_PROPERTIES 2    /* not a JSON object, > 32 KiB, nested > 32 levels, NUL, bad UTF-8/number */
+#define ET_E_USER_ID 3       /* > 200 characters, NUL, or not UTF-8 */
+#define ET_E_DEVICE_ID 4     /* same rules as user_id */
+#define ET_E_SESSION_ID 5    /* same rules as user_id */
+#define ET_E_TIMESTAMP 6     /* not YYYY-MM-DDTHH:MM:SS[.f{1,9}][Z|+HH:MM], no such date, before 2000 */
+#define ET_E_EVENT_ID 7      /* not a UUID xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx */
+#define ET_E_QUEUE_FULL 20   /* the in-memory hand-off buffer is full (max_buffer_events): retry later */
+#define ET_E_CLOSED 21       /* the client is closing */
+#define ET_E_ARGUMENT 22     /* NULL client or event */
+
+/* endpoint: the server's base URL ("http://host:8080"); the SDK posts to <endpoint>/v1/events.
+   queue_path NULL: memory only. Returns NULL and writes a message into err (bad URL, empty token,
+   queue file locked or unusable). */
+ET_API et_client *et_client_new(const char *endpoint, const char *token, const char *queue_path,
+                                char *err, size_t err_len);
+
+/* Options by name, applied from the next batch on; 0 = ok, non-zero = unknown option or bad value.
+   Numbers are decimal text, booleans "0"/"1".
+     token, endpoint                  credentials and base URL (a change resumes a paused client)
+     max_batch_events (100, 1..1000)  max_batch_bytes (524288: JSON before gzip, >= 4096)
+     flush_interval_ms (1000)         gzip (1: bodies above gzip_min_bytes=1024 are gzipped)
+     max_queue_events (100000)        max_queue_bytes (52428800: sum of event JSON sizes)
+     max_buffer_events (10000)        persist_interval_ms (50: longest an event waits in memory)
+     connect_timeout_ms (10000)       request_timeout_ms (30000)
+     retry_initial_ms (1000)          retry_max_ms (300000)   pause_ms (300000: retry after 401/404/...)
+     ca_file, ca_path, proxy          verify_tls (1)          user_agent
+     device_id, session_id            ("" for device_id/session_id is refused)                      */
+ET_API int et_client_set(et_client *client, const char *option, const char *value);
+
+/* properties_json: NULL or a JSON object as text; user_id: NULL or text.
+   0 = queued; non-zero = refused: one of the ET_E_* codes above. */
+ET_API int et_track(et_client *client, const char *name, const char *properties_json,
+                    const char *user_id);
+
+/* Every field. NULL fields: event_id generated (UUIDv7), timestamp now (UTC, milliseconds),
+   device_id/session_id the client's, user_id and properties absent. */
+typedef struct et_event {
+  const char *name;
+  const char *properties_json;
+  const char *user_id;
+  const char *device_id;
+  const char *session_id;
+  const char *timestamp; /* the server's grammar, e.g. "2026-11-27T10:00:00.123Z" */
+  const char *event_id;  /* idempotency key; keep it when re-tracking the same event */
+} et_event;
+
+/* Like et_track; event_id_out (NULL or >= 37 bytes) receives the event's id when queued. */
+ET_API int et_track_event(et_client *client, const et_event *event, char *event_id_out);
+
+/* 0 when everything tracked so far was answered by the server before timeout_ms; 1 on timeout.
+   (Events dropped by the queue cap count as answered; a paused client times out.) */
+ET_API int et_flush(et_client *client, int timeout_ms);
+
+/* Stops within timeout_ms, keeps what was not sent in the queue file, frees the client. */
+ET_API void et_client_free(et_client *client, int timeout_ms);
+
+typedef struct et_counters {
+  uint64_t tracked;  /* accepted by et_track in this client's life */
+  uint64_t refused;  /* refused by et_track (invalid event, buffer full) */
+  uint64_t queued;   /* waiting now: in memory + in the queue (including a previous run's) */
+  uint64_t buffered; /* of those, not yet written to the queue (what a crash can lose) */
+  uint64_t sent;     /* accepted by the server (left the queue on 200) */
+  uint64_t rejected; /* rejected by the server (200 `rejected` entries, 400): reported, not resent */
+  uint64_t dropped;  /* dropped by the SDK: oldest past the queue cap, or a single event answered 413 */
+  uint64_t retries;  /* requests answered 408/429/5xx or failed on the network, to be retried */
+  uint64_t requests; /* HTTP requests attempted */
+  int paused;        /* 1 while sending is paused after 401/403/404/405/415/... */
+  int queue_resets;  /* 1 if a corrupt queue file was moved aside at start */
+} et_counters;
+
+/* Fills *out; 0 = ok. */
+ET_API int et_client_counters(et_client *client, et_counters *out);
+
+/* Reports (called on the client's background thread; keep it short, do not call et_client_free). */
+#define ET_REPORT_REJECTED 1    /* the server rejected one event (status 200 or 400; index, event_id) */
+#define ET_REPORT_TOO_LARGE 2   /* a single event answered 413: dropped */
+#define ET_REPORT_DROPPED 3     /* count oldest events dropped past the queue cap */
+#define ET_REPORT_PAUSED 4      /* sending paused (status, message); retried after pause_ms */
+#define ET_REPORT_RETRY 5       /* a request will be retried after retry_after_ms (status 0 = network) */
+#define ET_REPORT_QUEUE_RESET 6 /* the queue file was corrupt: moved aside (message names it) */
+#define ET_REPORT_REQUEST 7     /* a request is about to be sent (count events) */
+#define ET_REPORT_SENT 8        /* a request was answered 200 (count accepted) */
+#define ET_REPORT_ERROR 9       /* a local error (SQLite), message says which */
+
+typedef struct et_report {
+  int kind;
+  int status;             /* HTTP status, 0 for a network error or none */
+  int index;              /* index of the event in its batch, or -1 */
+  int count;              /* events concerned */
+  int64_t retry_after_ms; /* ET_REPORT_RETRY / ET_REPORT_PAUSED: wait before the next attempt */
+  const char *event_id;   /* or NULL */
+  const char *message;    /* never NULL */
+} et_report;
+
+typedef void (*et_report_fn)(void *user, const et_report *report);
+
+/* Sets (or with NULL clears) the report callback; reports made before any callback was set
+   (e.g. a queue reset at start) are delivered to the first one, on the calling thread. */
+ET_API void et_client_set_report_callback(et_client *client, et_report_fn fn, void *user);
+
+/* "1.0.0" */
+ET_API const char *et_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* EVENTTRACKER_EVENTTRACKER_H */

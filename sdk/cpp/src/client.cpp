@@ -1,0 +1,1049 @@
+// The EventTracker client: track() validates and hands events to a bounded buffer; one worker thread
+// moves them into the SQLite queue and sends batches to ingest-api, applying the response rules.
+#include <curl/curl.h>
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <sys/file.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "eventtracker/eventtracker.h"
+#include "json.hpp"
+#include "util.hpp"
+
+using namespace et;
+
+namespace {
+
+constexpr size_t kMaxPropertiesBytes = 32 * 1024;
+constexpr size_t kMaxPropertiesDepth = 32;
+constexpr int64_t kRetryAfterCapMs = 5 * 60 * 1000;
+constexpr size_t kPersistChunk = 500;
+constexpr int64_t kNever = INT64_MAX / 4;
+
+struct Config {
+  std::string endpoint, token, ca_file, ca_path, proxy, user_agent = "eventtracker-cpp/1.0.0";
+  std::string device_id, session_id;
+  int64_t max_batch_events = 100;
+  int64_t max_batch_bytes = 512 * 1024;
+  int64_t flush_interval_ms = 1000;
+  bool gzip = true;
+  int64_t gzip_min_bytes = 1024;
+  int64_t max_queue_events = 100000;
+  int64_t max_queue_bytes = 50ll * 1024 * 1024;
+  int64_t max_buffer_events = 10000;
+  int64_t persist_interval_ms = 50;
+  int64_t connect_timeout_ms = 10000;
+  int64_t request_timeout_ms = 30000;
+  int64_t retry_initial_ms = 1000;
+  int64_t retry_max_ms = 300000;
+  int64_t pause_ms = 300000;
+  bool verify_tls = true;
+};
+
+struct Buffered {
+  std::string event_id;
+  std::string body;
+  uint64_t seq;
+};
+
+struct Batch {
+  std::vector<int64_t> ids;
+  std::vector<std::string> event_ids;
+  std::vector<std::string> bodies;
+  int64_t bytes = 0;
+};
+
+struct StoredReport {
+  et_report r;
+  std::string event_id, message;
+};
+
+bool endpoint_valid(const std::string &e) {
+  size_t p = e.find("://");
+  if (p == std::string::npos) return false;
+  std::string scheme = e.substr(0, p);
+  if (scheme != "http" && scheme != "https") return false;
+  if (e.size() <= p + 3 || e[p + 3] == '/') return false;
+  for (char c : e)
+    if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) return false;
+  return true;
+}
+
+bool header_safe(const std::string &s) {
+  if (s.empty()) return false;
+  for (char c : s)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return false;
+  return true;
+}
+
+bool parse_i64(const char *v, int64_t lo, int64_t hi, int64_t *out) {
+  if (!v || !*v) return false;
+  char *end = nullptr;
+  errno = 0;
+  long long x = std::strtoll(v, &end, 10);
+  if (errno || *end || x < lo || x > hi) return false;
+  *out = x;
+  return true;
+}
+
+void write_err(char *err, size_t len, const std::string &msg) {
+  if (err && len) {
+    std::snprintf(err, len, "%s", msg.c_str());
+  }
+}
+
+std::once_flag g_curl_once;  // libcurl's process-wide init, once (trivially destructible)
+
+}  // namespace
+
+struct et_client {
+  // ---- shared state (mu) ----
+  std::mutex mu;
+  std::condition_variable cv;        // wakes the worker
+  std::condition_variable done_cv;   // wakes flush()/close() waiters
+  Config cfg;
+  uint64_t cfg_version = 1;
+  bool resume_requested = false;
+  std::vector<Buffered> buffer;
+  uint64_t next_seq = 1;
+  uint64_t resolved_seq = 0;
+  int flush_waiters = 0;
+  bool worker_done = false;
+  std::atomic<bool> closing{false};
+  std::atomic<int64_t> close_deadline{kNever};
+  std::atomic<bool> abort{false};
+
+  std::atomic<uint64_t> n_tracked{0}, n_refused{0}, n_sent{0}, n_rejected{0}, n_dropped{0}, n_retries{0},
+      n_requests{0}, n_db{0}, n_buffered{0};
+  std::atomic<int> paused_flag{0};
+  int queue_resets = 0;
+
+  std::mutex cb_mu;
+  et_report_fn cb = nullptr;
+  void *cb_user = nullptr;
+  bool cb_ever_set = false;
+  std::vector<StoredReport> early;
+
+  // ---- worker-only state ----
+  std::string queue_path;
+  sqlite3 *db = nullptr;
+  int lock_fd = -1;
+  CURLM *multi = nullptr;
+  CURL *easy = nullptr;
+  Config wcfg;  // the worker's copy, refreshed before each batch
+  uint64_t wcfg_version = 0;
+  std::deque<std::pair<int64_t, uint64_t>> session_rows;  // (row id, seq) still in the queue
+  std::deque<Batch> batches;                              // taken from the queue, not yet answered
+  int64_t taken_id = 0;                                   // rows up to this id are in `batches`
+  int64_t unsent_count = 0;                               // rows after taken_id
+  int64_t unsent_since = kNever;                          // steady ms since which rows wait
+  int64_t db_bytes = 0;
+  int64_t attempts = 0;
+  int64_t next_send_at = 0;
+  bool paused = false;
+  int64_t persist_retry_at = 0;
+  const Batch *inflight = nullptr;
+  std::string resp_body, retry_after;
+  std::thread worker;
+
+  // ------------------------------------------------------------------------------------------------
+  void report(int kind, int status, int index, int count, int64_t retry_ms, const std::string &event_id,
+              const std::string &message) {
+    et_report r{};
+    r.kind = kind;
+    r.status = status;
+    r.index = index;
+    r.count = count;
+    r.retry_after_ms = retry_ms;
+    r.event_id = event_id.empty() ? nullptr : event_id.c_str();
+    r.message = message.c_str();
+    std::lock_guard<std::mutex> g(cb_mu);
+    if (cb) {
+      cb(cb_user, &r);
+    } else if (!cb_ever_set && kind == ET_REPORT_QUEUE_RESET && early.size() < 16) {
+      early.push_back(StoredReport{r, event_id, message});
+    }
+  }
+
+  // ---- SQLite ----------------------------------------------------------------------------------
+  bool exec(const char *sql) { return sqlite3_exec(db, sql, nullptr, nullptr, nullptr) == SQLITE_OK; }
+
+  int64_t scalar(const char *sql, int64_t arg = 0, bool bind = false) {
+    sqlite3_stmt *st = nullptr;
+    int64_t v = 0;
+    if (sqlite3_prepare_v2(db, sql, -1, &st, nullptr) == SQLITE_OK) {
+      if (bind) sqlite3_bind_int64(st, 1, arg);
+      if (sqlite3_step(st) == SQLITE_ROW) v = sqlite3_column_int64(st, 0);
+    }
+    sqlite3_finalize(st);
+    return v;
+  }
+
+  // Opens and checks the queue; on corruption returns false with *corrupt set.
+  bool open_db(const std::string &path, std::string *err, bool *corrupt) {
+    *corrupt = false;
+    int rc = sqlite3_open_v2(path.c_str(), &db,
+                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, nullptr);
+    if (rc != SQLITE_OK) {
+      *err = "cannot open queue " + path + ": " + (db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+      return false;
+    }
+    sqlite3_busy_timeout(db, 2000);
+    auto check = [&](int rc2) {
+      if (rc2 == SQLITE_OK || rc2 == SQLITE_DONE || rc2 == SQLITE_ROW) return true;
+      int ext = rc2 & 0xff;
+      if (ext == SQLITE_CORRUPT || ext == SQLITE_NOTADB) *corrupt = true;
+      *err = "queue " + path + ": " + sqlite3_errmsg(db);
+      return false;
+    };
+    bool mem = path == ":memory:";
+    if (!check(sqlite3_exec(db, mem ? "PRAGMA journal_mode=MEMORY" : "PRAGMA journal_mode=WAL", nullptr, nullptr,
+                            nullptr)))
+      return false;
+    if (!check(sqlite3_exec(db,
+                            "PRAGMA synchronous=NORMAL; PRAGMA journal_size_limit=4194304;"
+                            "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+                            "CREATE TABLE IF NOT EXISTS events(id INTEGER PRIMARY KEY AUTOINCREMENT,"
+                            " event_id TEXT NOT NULL, body TEXT NOT NULL);",
+                            nullptr, nullptr, nullptr)))
+      return false;
+    if (!mem) {
+      sqlite3_stmt *st = nullptr;
+      std::string result;
+      int r2 = sqlite3_prepare_v2(db, "PRAGMA quick_check", -1, &st, nullptr);
+      if (r2 == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW) {
+        const unsigned char *t = sqlite3_column_text(st, 0);
+        result = t ? reinterpret_cast<const char *>(t) : "";
+      }
+      sqlite3_finalize(st);
+      if (result != "ok") {
+        *corrupt = true;
+        *err = "queue " + path + " failed its integrity check: " + result;
+        return false;
+      }
+    }
+    return true;
+  }
+
+  bool init_queue(const std::string &path, std::string *err) {
+    queue_path = path;
+    std::string p = path.empty() ? ":memory:" : path;
+    if (!path.empty()) {
+      std::string lock = path + ".lock";
+      lock_fd = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+      if (lock_fd < 0) {
+        *err = "cannot open queue lock " + lock + ": " + std::strerror(errno);
+        return false;
+      }
+      if (flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        *err = "queue " + path + " is locked: another client (this or another process) has it open";
+        return false;
+      }
+    }
+    bool corrupt = false;
+    std::string e;
+    if (!open_db(p, &e, &corrupt)) {
+      if (db) sqlite3_close(db);
+      db = nullptr;
+      if (!corrupt || path.empty()) {
+        *err = e;
+        return false;
+      }
+      std::string aside = path + ".corrupt-" + std::to_string(unix_ms());
+      if (std::rename(path.c_str(), aside.c_str()) != 0) {
+        *err = e + "; and it could not be moved aside: " + std::strerror(errno);
+        return false;
+      }
+      std::rename((path + "-wal").c_str(), (aside + "-wal").c_str());
+      std::rename((path + "-shm").c_str(), (aside + "-shm").c_str());
+      queue_resets = 1;
+      report(ET_REPORT_QUEUE_RESET, 0, -1, 0, 0, "", e + "; moved aside to " + aside + ", starting empty");
+      if (!open_db(p, &e, &corrupt)) {
+        *err = e;
+        return false;
+      }
+    }
+    // device_id: generated once, kept with the queue.
+    sqlite3_stmt *st = nullptr;
+    std::string device;
+    if (sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key='device_id'", -1, &st, nullptr) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+      device = reinterpret_cast<const char *>(sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    if (device.empty()) {
+      device = uuid_v4();
+      std::string sql = "INSERT OR REPLACE INTO meta(key, value) VALUES('device_id', '" + device + "')";
+      exec(sql.c_str());
+    }
+    cfg.device_id = device;
+    // What a previous run left: counts as tracked, due at once.
+    if (sqlite3_prepare_v2(db, "SELECT id, length(body) FROM events ORDER BY id", -1, &st, nullptr) == SQLITE_OK) {
+      while (sqlite3_step(st) == SQLITE_ROW) {
+        session_rows.emplace_back(sqlite3_column_int64(st, 0), next_seq++);
+        db_bytes += sqlite3_column_int64(st, 1);
+      }
+    }
+    sqlite3_finalize(st);
+    n_db = session_rows.size();
+    unsent_count = static_cast<int64_t>(session_rows.size());
+    if (unsent_count) unsent_since = steady_ms() - 24 * 3600 * 1000ll;
+    return true;
+  }
+
+  // Moves the buffer into the queue; then applies the cap.
+  void persist(bool force) {
+    std::vector<Buffered> items;
+    {
+      std::lock_guard<std::mutex> g(mu);
+      if (buffer.empty()) return;
+      if (!force && steady_ms() < persist_retry_at) return;
+      items.swap(buffer);
+    }
+    sqlite3_stmt *ins = nullptr;
+    bool ok = sqlite3_prepare_v2(db, "INSERT INTO events(event_id, body) VALUES(?, ?)", -1, &ins, nullptr) ==
+              SQLITE_OK;
+    size_t done = 0;
+    std::string failure;
+    while (ok && done < items.size()) {
+      size_t end = std::min(items.size(), done + kPersistChunk);
+      if (!exec("BEGIN IMMEDIATE")) {
+        ok = false;
+        break;
+      }
+      std::vector<std::pair<int64_t, uint64_t>> rows;
+      int64_t bytes = 0;
+      for (size_t i = done; i < end && ok; i++) {
+        sqlite3_bind_text(ins, 1, items[i].event_id.data(), static_cast<int>(items[i].event_id.size()),
+                          SQLITE_STATIC);
+        sqlite3_bind_text(ins, 2, items[i].body.data(), static_cast<int>(items[i].body.size()), SQLITE_STATIC);
+        if (sqlite3_step(ins) != SQLITE_DONE) ok = false;
+        sqlite3_reset(ins);
+        rows.emplace_back(sqlite3_last_insert_rowid(db), items[i].seq);
+        bytes += static_cast<int64_t>(items[i].body.size());
+      }
+      if (ok && !exec("COMMIT")) ok = false;
+      if (!ok) {
+        failure = sqlite3_errmsg(db);
+        exec("ROLLBACK");
+        break;
+      }
+      for (auto &r : rows) session_rows.push_back(r);
+      int64_t n = static_cast<int64_t>(end - done);
+      n_db += static_cast<uint64_t>(n);
+      n_buffered -= static_cast<uint64_t>(n);
+      db_bytes += bytes;
+      if (unsent_count == 0) unsent_since = steady_ms();
+      unsent_count += n;
+      done = end;
+      enforce_cap();  // after every chunk, so the file never holds much more than the cap
+    }
+    sqlite3_finalize(ins);
+    if (done < items.size()) {
+      // Keep what could not be written (disk full, I/O error) in memory, in order; try again in 1 s.
+      std::lock_guard<std::mutex> g(mu);
+      buffer.insert(buffer.begin(), std::make_move_iterator(items.begin() + static_cast<long>(done)),
+                    std::make_move_iterator(items.end()));
+      persist_retry_at = steady_ms() + 1000;
+    }
+    if (!failure.empty()) report(ET_REPORT_ERROR, 0, -1, 0, 0, "", "writing the queue failed: " + failure);
+    enforce_cap();
+  }
+
+  // Past max_queue_events / max_queue_bytes the oldest rows go (never the batch on the wire).
+  void enforce_cap() {
+    int64_t excess_n = static_cast<int64_t>(n_db.load()) - wcfg.max_queue_events;
+    int64_t excess_b = db_bytes - wcfg.max_queue_bytes;
+    if (excess_n <= 0 && excess_b <= 0) return;
+    int64_t lo = inflight ? inflight->ids.front() : 0, hi = inflight ? inflight->ids.back() : -1;
+    sqlite3_stmt *st = nullptr;
+    sqlite3_prepare_v2(db, "SELECT id, length(body) FROM events WHERE id < ? OR id > ? ORDER BY id", -1, &st,
+                       nullptr);
+    sqlite3_bind_int64(st, 1, lo);
+    sqlite3_bind_int64(st, 2, hi);
+    int64_t upto = -1, n = 0, b = 0;
+    while ((excess_n > 0 || excess_b > 0) && sqlite3_step(st) == SQLITE_ROW) {
+      upto = sqlite3_column_int64(st, 0);
+      int64_t len = sqlite3_column_int64(st, 1);
+      n++;
+      b += len;
+      excess_n--;
+      excess_b -= len;
+    }
+    sqlite3_finalize(st);
+    if (n == 0) return;
+    sqlite3_prepare_v2(db, "DELETE FROM events WHERE id <= ? AND (id < ? OR id > ?)", -1, &st, nullptr);
+    sqlite3_bind_int64(st, 1, upto);
+    sqlite3_bind_int64(st, 2, lo);
+    sqlite3_bind_int64(st, 3, hi);
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) {
+      report(ET_REPORT_ERROR, 0, -1, 0, 0, "", std::string("dropping past the queue cap failed: ") + sqlite3_errmsg(db));
+      return;
+    }
+    n_db -= static_cast<uint64_t>(n);
+    db_bytes -= b;
+    n_dropped += static_cast<uint64_t>(n);
+    // Batches not on the wire are formed again from what is left.
+    if (inflight) {
+      while (batches.size() > 1) batches.pop_back();
+      taken_id = inflight->ids.back();
+    } else {
+      batches.clear();
+      taken_id = 0;
+    }
+    unsent_count = scalar("SELECT count(*) FROM events WHERE id > ?", taken_id, true);
+    if (unsent_count == 0) unsent_since = kNever;
+    report(ET_REPORT_DROPPED, 0, -1, static_cast<int>(n), 0, "",
+           "queue cap reached: dropped the " + std::to_string(n) + " oldest events");
+    update_resolved();
+  }
+
+  void update_resolved() {
+    int64_t min_id = n_db.load() ? scalar("SELECT min(id) FROM events") : INT64_MAX;
+    uint64_t r = 0;
+    bool changed = false;
+    while (!session_rows.empty() && session_rows.front().first < min_id) {
+      r = session_rows.front().second;
+      session_rows.pop_front();
+      changed = true;
+    }
+    if (changed) {
+      std::lock_guard<std::mutex> g(mu);
+      if (r > resolved_seq) resolved_seq = r;
+      done_cv.notify_all();
+    }
+  }
+
+  void remove_batch(const Batch &b) {
+    sqlite3_stmt *st = nullptr;
+    sqlite3_prepare_v2(db, "DELETE FROM events WHERE id BETWEEN ? AND ?", -1, &st, nullptr);
+    sqlite3_bind_int64(st, 1, b.ids.front());
+    sqlite3_bind_int64(st, 2, b.ids.back());
+    int rc = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) {
+      report(ET_REPORT_ERROR, 0, -1, 0, 0, "", std::string("deleting sent events failed: ") + sqlite3_errmsg(db));
+      return;
+    }
+    int64_t n = sqlite3_changes(db);
+    n_db -= static_cast<uint64_t>(n);
+    db_bytes -= b.bytes;
+    update_resolved();
+  }
+
+  bool form_batch() {
+    if (unsent_count <= 0) return false;
+    sqlite3_stmt *st = nullptr;
+    sqlite3_prepare_v2(db, "SELECT id, event_id, body FROM events WHERE id > ? ORDER BY id LIMIT ?", -1, &st,
+                       nullptr);
+    sqlite3_bind_int64(st, 1, taken_id);
+    sqlite3_bind_int64(st, 2, wcfg.max_batch_events);
+    Batch b;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+      int64_t len = sqlite3_column_bytes(st, 2);
+      if (!b.ids.empty() && b.bytes + len + 1 > wcfg.max_batch_bytes) break;
+      b.ids.push_back(sqlite3_column_int64(st, 0));
+      b.event_ids.emplace_back(reinterpret_cast<const char *>(sqlite3_column_text(st, 1)));
+      b.bodies.emplace_back(reinterpret_cast<const char *>(sqlite3_column_text(st, 2)), static_cast<size_t>(len));
+      b.bytes += len;
+    }
+    sqlite3_finalize(st);
+    if (b.ids.empty()) {
+      unsent_count = 0;
+      unsent_since = kNever;
+      return false;
+    }
+    taken_id = b.ids.back();
+    unsent_count -= static_cast<int64_t>(b.ids.size());
+    if (unsent_count <= 0) {
+      unsent_count = scalar("SELECT count(*) FROM events WHERE id > ?", taken_id, true);
+      if (unsent_count == 0) unsent_since = kNever;
+    }
+    batches.push_back(std::move(b));
+    return true;
+  }
+
+  // ---- HTTP ------------------------------------------------------------------------------------
+  static size_t on_body(char *p, size_t sz, size_t n, void *ud) {
+    auto *c = static_cast<et_client *>(ud);
+    if (c->resp_body.size() < (1u << 20)) c->resp_body.append(p, sz * n);
+    return sz * n;
+  }
+  static size_t on_header(char *p, size_t sz, size_t n, void *ud) {
+    auto *c = static_cast<et_client *>(ud);
+    std::string h(p, sz * n);
+    if (h.size() > 12 && strncasecmp(h.c_str(), "retry-after:", 12) == 0) {
+      std::string v = h.substr(12);
+      while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.erase(0, 1);
+      while (!v.empty() && (v.back() == '\r' || v.back() == '\n' || v.back() == ' ')) v.pop_back();
+      c->retry_after = v;
+    } else if (h.rfind("HTTP/", 0) == 0) {
+      c->retry_after.clear();  // a new response (after a 1xx)
+    }
+    return sz * n;
+  }
+
+  static bool gzip(const std::string &in, std::string *out) {
+    z_stream zs{};
+    if (deflateInit2(&zs, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) return false;
+    out->resize(deflateBound(&zs, in.size()) + 32);
+    zs.next_in = reinterpret_cast<Bytef *>(const_cast<char *>(in.data()));
+    zs.avail_in = static_cast<uInt>(in.size());
+    zs.next_out = reinterpret_cast<Bytef *>(&(*out)[0]);
+    zs.avail_out = static_cast<uInt>(out->size());
+    int rc = deflate(&zs, Z_FINISH);
+    out->resize(zs.total_out);
+    deflateEnd(&zs);
+    return rc == Z_STREAM_END;
+  }
+
+  // Sends the front batch; returns false when aborted by close.
+  bool send_front() {
+    Batch &b = batches.front();
+    std::string body;
+    body.reserve(static_cast<size_t>(b.bytes) + 64 + b.bodies.size());
+    body += "{\"sent_at\":\"";
+    body += format_utc_ms(unix_ms());
+    body += "\",\"events\":[";
+    for (size_t i = 0; i < b.bodies.size(); i++) {
+      if (i) body.push_back(',');
+      body += b.bodies[i];
+    }
+    body += "]}";
+    std::string zipped;
+    bool zip = wcfg.gzip && static_cast<int64_t>(body.size()) > wcfg.gzip_min_bytes && gzip(body, &zipped);
+    const std::string &wire = zip ? zipped : body;
+
+    std::string url = wcfg.endpoint;
+    while (!url.empty() && url.back() == '/') url.pop_back();
+    url += "/v1/events";
+    struct curl_slist *hdr = nullptr;
+    hdr = curl_slist_append(hdr, "Content-Type: application/json");
+    hdr = curl_slist_append(hdr, ("Authorization: Bearer " + wcfg.token).c_str());
+    if (zip) hdr = curl_slist_append(hdr, "Content-Encoding: gzip");
+    hdr = curl_slist_append(hdr, "Expect:");
+    curl_easy_setopt(easy, CURLOPT_URL, url.c_str());
+    curl_easy_setopt(easy, CURLOPT_HTTPHEADER, hdr);
+    curl_easy_setopt(easy, CURLOPT_POST, 1L);
+    curl_easy_setopt(easy, CURLOPT_POSTFIELDS, wire.data());
+    curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(wire.size()));
+    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, &et_client::on_body);
+    curl_easy_setopt(easy, CURLOPT_WRITEDATA, this);
+    curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, &et_client::on_header);
+    curl_easy_setopt(easy, CURLOPT_HEADERDATA, this);
+    curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(wcfg.connect_timeout_ms));
+    curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, static_cast<long>(wcfg.request_timeout_ms));
+    curl_easy_setopt(easy, CURLOPT_USERAGENT, wcfg.user_agent.c_str());
+    curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, wcfg.verify_tls ? 1L : 0L);
+    curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, wcfg.verify_tls ? 2L : 0L);
+    curl_easy_setopt(easy, CURLOPT_CAINFO, wcfg.ca_file.empty() ? nullptr : wcfg.ca_file.c_str());
+    curl_easy_setopt(easy, CURLOPT_CAPATH, wcfg.ca_path.empty() ? nullptr : wcfg.ca_path.c_str());
+    curl_easy_setopt(easy, CURLOPT_PROXY, wcfg.proxy.empty() ? nullptr : wcfg.proxy.c_str());
+    curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+    resp_body.clear();
+    retry_after.clear();
+
+    report(ET_REPORT_REQUEST, 0, -1, static_cast<int>(b.ids.size()), 0, "", "sending a batch");
+    n_requests++;
+    inflight = &b;
+    curl_multi_add_handle(multi, easy);
+    bool aborted = false;
+    CURLcode result = CURLE_OK;
+    for (;;) {
+      int running = 0;
+      curl_multi_perform(multi, &running);
+      if (!running) break;
+      persist_if_due();
+      if (abort.load() || (closing.load() && steady_ms() >= close_deadline.load())) {
+        aborted = true;
+        break;
+      }
+      int wait = 50;
+      if (closing.load()) wait = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(50, close_deadline.load() - steady_ms())));
+      curl_multi_poll(multi, nullptr, 0, wait, nullptr);
+    }
+    if (!aborted) {
+      int left = 0;
+      while (CURLMsg *m = curl_multi_info_read(multi, &left))
+        if (m->msg == CURLMSG_DONE) result = m->data.result;
+    }
+    curl_multi_remove_handle(multi, easy);
+    curl_slist_free_all(hdr);
+    inflight = nullptr;
+    if (aborted) {
+      // A transfer cut by close: the connection is gone; the batch stays queued for the next run.
+      curl_easy_setopt(easy, CURLOPT_FORBID_REUSE, 1L);
+      return false;
+    }
+    long status = 0;
+    if (result == CURLE_OK) curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
+    handle_response(result == CURLE_OK ? static_cast<int>(status) : 0,
+                    result == CURLE_OK ? std::string() : std::string(curl_easy_strerror(result)));
+    return true;
+  }
+
+  static std::string error_message(const JsonValue &v, int status) {
+    std::string m = "HTTP " + std::to_string(status);
+    if (const JsonValue *e = v.get("error"); e && e->type == JsonValue::String) m += " " + e->str;
+    if (const JsonValue *e = v.get("message"); e && e->type == JsonValue::String) m += ": " + e->str;
+    return m;
+  }
+
+  void handle_response(int status, const std::string &neterr) {
+    Batch b = std::move(batches.front());
+    batches.pop_front();
+    int n = static_cast<int>(b.ids.size());
+    JsonValue v;
+    bool parsed = !resp_body.empty() && json_parse(resp_body, 64, &v, nullptr) && v.type == JsonValue::Object;
+    auto rejected_list = [&](std::vector<bool> &seen) {
+      int k = 0;
+      const JsonValue *rj = parsed ? v.get("rejected") : nullptr;
+      if (!rj || rj->type != JsonValue::Array) return 0;
+      for (const JsonValue &e : rj->arr) {
+        const JsonValue *ix = e.get("index");
+        const JsonValue *er = e.get("error");
+        if (!ix || ix->type != JsonValue::Number) continue;
+        int i = static_cast<int>(ix->num);
+        if (i < 0 || i >= n || seen[static_cast<size_t>(i)]) continue;
+        seen[static_cast<size_t>(i)] = true;
+        k++;
+        report(ET_REPORT_REJECTED, status, i, 1, 0, b.event_ids[static_cast<size_t>(i)],
+               er && er->type == JsonValue::String ? er->str : "rejected");
+      }
+      return k;
+    };
+    if (status == 200) {
+      std::vector<bool> seen(static_cast<size_t>(n), false);
+      int k = rejected_list(seen);
+      n_rejected += static_cast<uint64_t>(k);
+      n_sent += static_cast<uint64_t>(n - k);
+      attempts = 0;
+      report(ET_REPORT_SENT, 200, -1, n - k, 0, "", "batch accepted");
+      remove_batch(b);  // last: flush() waiters wake on it and must see the counters and reports
+      return;
+    }
+    if (status == 400) {
+      std::vector<bool> seen(static_cast<size_t>(n), false);
+      rejected_list(seen);
+      std::string msg = parsed ? error_message(v, status) : "HTTP 400";
+      for (int i = 0; i < n; i++)
+        if (!seen[static_cast<size_t>(i)])
+          report(ET_REPORT_REJECTED, status, i, 1, 0, b.event_ids[static_cast<size_t>(i)], msg);
+      n_rejected += static_cast<uint64_t>(n);
+      attempts = 0;
+      remove_batch(b);
+      return;
+    }
+    if (status == 413) {
+      attempts = 0;
+      if (n == 1) {
+        n_dropped++;
+        report(ET_REPORT_TOO_LARGE, 413, 0, 1, 0, b.event_ids[0], "a single event was answered 413: dropped");
+        remove_batch(b);
+        return;
+      }
+      size_t half = static_cast<size_t>(n) / 2;
+      Batch a, c;
+      for (size_t i = 0; i < static_cast<size_t>(n); i++) {
+        Batch &t = i < half ? a : c;
+        t.ids.push_back(b.ids[i]);
+        t.event_ids.push_back(std::move(b.event_ids[i]));
+        t.bytes += static_cast<int64_t>(b.bodies[i].size());
+        t.bodies.push_back(std::move(b.bodies[i]));
+      }
+      batches.push_front(std::move(c));
+      batches.push_front(std::move(a));
+      return;
+    }
+    int64_t now = steady_ms();
+    bool retry = status == 0 || status == 408 || status == 429 || (status >= 500 && status <= 599);
+    batches.push_front(std::move(b));
+    if (retry) {
+      attempts++;
+      n_retries++;
+      int64_t delay = -1;
+      if (status != 0 && !retry_after.empty()) {
+        bool digits = std::all_of(retry_after.begin(), retry_after.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
+        if (digits) {
+          delay = retry_after.size() > 7 ? kRetryAfterCapMs : std::stoll(retry_after) * 1000;
+        } else {
+          time_t t = curl_getdate(retry_after.c_str(), nullptr);
+          if (t != -1) delay = std::max<int64_t>(0, static_cast<int64_t>(t) * 1000 - unix_ms());
+        }
+        if (delay > kRetryAfterCapMs) delay = kRetryAfterCapMs;
+      }
+      if (delay < 0) {
+        int64_t cap = wcfg.retry_initial_ms;
+        for (int64_t i = 1; i < attempts && cap < wcfg.retry_max_ms; i++) cap *= 2;
+        cap = std::min(cap, wcfg.retry_max_ms);
+        delay = cap > 0 ? static_cast<int64_t>(random_u64() % static_cast<uint64_t>(cap + 1)) : 0;
+      }
+      next_send_at = now + delay;
+      std::string msg = status == 0 ? "network error: " + neterr
+                                    : (parsed ? error_message(v, status) : "HTTP " + std::to_string(status));
+      report(ET_REPORT_RETRY, status, -1, n, delay, "", msg);
+      return;
+    }
+    // 401, 403, 404, 405, 415 and anything else: pause with the events kept.
+    paused = true;
+    paused_flag = 1;
+    next_send_at = now + wcfg.pause_ms;
+    std::string msg = parsed ? error_message(v, status) : "HTTP " + std::to_string(status);
+    report(ET_REPORT_PAUSED, status, -1, n, wcfg.pause_ms, "", "sending paused: " + msg);
+  }
+
+  // ---- the worker ------------------------------------------------------------------------------
+  void refresh_config() {
+    std::lock_guard<std::mutex> g(mu);
+    if (wcfg_version != cfg_version) {
+      wcfg = cfg;
+      wcfg_version = cfg_version;
+    }
+    if (resume_requested) {
+      resume_requested = false;
+      paused = false;
+      paused_flag = 0;
+      attempts = 0;
+      next_send_at = 0;
+    }
+  }
+
+  void persist_if_due() {
+    bool due;
+    {
+      std::lock_guard<std::mutex> g(mu);
+      due = !buffer.empty() &&
+            (closing.load() || flush_waiters > 0 || static_cast<int64_t>(buffer.size()) >= 100 ||
+             steady_ms() - oldest_buffered_at >= wcfg.persist_interval_ms);
+    }
+    if (due) persist(closing.load());
+  }
+
+  int64_t oldest_buffered_at = 0;  // under mu: when the buffer last went from empty to non-empty
+
+  void run() {
+    for (;;) {
+      refresh_config();
+      persist_if_due();
+      int64_t now = steady_ms();
+      bool is_closing = closing.load();
+      if (is_closing && (abort.load() || now >= close_deadline.load())) break;
+      bool have = !batches.empty() || unsent_count > 0;
+      bool can_send = now >= next_send_at;
+      int waiters;
+      {
+        std::lock_guard<std::mutex> g(mu);
+        waiters = flush_waiters;
+      }
+      bool due = !batches.empty() || unsent_count >= wcfg.max_batch_events ||
+                 (unsent_count > 0 && (is_closing || waiters > 0 || now - unsent_since >= wcfg.flush_interval_ms));
+      if (is_closing && (!have || !can_send)) break;
+      if (have && due && can_send) {
+        if (batches.empty() && !form_batch()) continue;
+        if (!send_front()) break;
+        continue;
+      }
+      std::unique_lock<std::mutex> lk(mu);
+      if (resume_requested || wcfg_version != cfg_version) continue;
+      if (closing.load() != is_closing) continue;
+      if (!buffer.empty() && (flush_waiters > 0 || is_closing || static_cast<int64_t>(buffer.size()) >= 100)) continue;
+      if (flush_waiters > 0 && unsent_count > 0 && can_send) continue;
+      int64_t wake = kNever;
+      if (!buffer.empty()) wake = std::min(wake, oldest_buffered_at + wcfg.persist_interval_ms);
+      if (have) {
+        int64_t send_due = batches.empty() && unsent_count < wcfg.max_batch_events && flush_waiters == 0
+                               ? unsent_since + wcfg.flush_interval_ms
+                               : now;
+        wake = std::min(wake, std::max(next_send_at, send_due));
+      }
+      if (is_closing) wake = std::min(wake, close_deadline.load());
+      if (wake >= kNever)
+        cv.wait(lk);
+      else if (wake > now)
+        cv.wait_for(lk, std::chrono::milliseconds(wake - now));
+    }
+    persist(true);  // whatever is still in memory goes to disk, even past the deadline (local I/O only)
+    std::lock_guard<std::mutex> g(mu);
+    worker_done = true;
+    done_cv.notify_all();
+  }
+};
+
+// ---- the C API ---------------------------------------------------------------------------------
+
+extern "C" {
+
+ET_API const char *et_version(void) { return "1.0.0"; }
+
+ET_API et_client *et_client_new(const char *endpoint, const char *token, const char *queue_path, char *err,
+                                size_t err_len) {
+  try {
+    if (!endpoint || !endpoint_valid(endpoint)) {
+      write_err(err, err_len, "bad endpoint URL: expected http://host[:port] or https://host[:port]");
+      return nullptr;
+    }
+    if (!token || !header_safe(token)) {
+      write_err(err, err_len, "empty token (or one with control characters)");
+      return nullptr;
+    }
+    std::call_once(g_curl_once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+    auto *c = new et_client();
+    c->cfg.endpoint = endpoint;
+    c->cfg.token = token;
+    c->cfg.session_id = uuid_v4();
+    std::string e;
+    if (!c->init_queue(queue_path ? queue_path : "", &e)) {
+      write_err(err, err_len, e);
+      if (c->db) sqlite3_close(c->db);
+      if (c->lock_fd >= 0) ::close(c->lock_fd);
+      delete c;
+      return nullptr;
+    }
+    c->wcfg = c->cfg;
+    c->wcfg_version = c->cfg_version;
+    c->multi = curl_multi_init();
+    c->easy = curl_easy_init();
+    if (!c->multi || !c->easy) {
+      write_err(err, err_len, "libcurl initialisation failed");
+      if (c->easy) curl_easy_cleanup(c->easy);
+      if (c->multi) curl_multi_cleanup(c->multi);
+      sqlite3_close(c->db);
+      if (c->lock_fd >= 0) ::close(c->lock_fd);
+      delete c;
+      return nullptr;
+    }
+    c->worker = std::thread([c] { c->run(); });
+    return c;
+  } catch (const std::exception &ex) {
+    write_err(err, err_len, std::string("out of resources: ") + ex.what());
+    return nullptr;
+  }
+}
+
+ET_API int et_client_set(et_client *c, const char *option, const char *value) {
+  if (!c || !option || !value) return 1;
+  try {
+    std::string o = option, v = value;
+    std::lock_guard<std::mutex> g(c->mu);
+    Config &k = c->cfg;
+    int64_t x = 0;
+    auto num = [&](int64_t lo, int64_t hi, int64_t *field) {
+      if (!parse_i64(value, lo, hi, &x)) return false;
+      *field = x;
+      return true;
+    };
+    auto flag = [&](bool *field) {
+      if (v != "0" && v != "1") return false;
+      *field = v == "1";
+      return true;
+    };
+    bool ok;
+    bool resume = false;
+    if (o == "token") ok = header_safe(v) && (k.token = v, resume = true);
+    else if (o == "endpoint") ok = endpoint_valid(v) && (k.endpoint = v, resume = true);
+    else if (o == "max_batch_events") ok = num(1, 1000, &k.max_batch_events);
+    else if (o == "max_batch_bytes") ok = num(4096, 1 << 30, &k.max_batch_bytes);
+    else if (o == "flush_interval_ms") ok = num(0, 86400000, &k.flush_interval_ms);
+    else if (o == "gzip") ok = flag(&k.gzip);
+    else if (o == "gzip_min_bytes") ok = num(0, 1 << 30, &k.gzip_min_bytes);
+    else if (o == "max_queue_events") ok = num(1, INT64_MAX / 4, &k.max_queue_events);
+    else if (o == "max_queue_bytes") ok = num(1024, INT64_MAX / 4, &k.max_queue_bytes);
+    else if (o == "max_buffer_events") ok = num(1, 100000000, &k.max_buffer_events);
+    else if (o == "persist_interval_ms") ok = num(0, 60000, &k.persist_interval_ms);
+    else if (o == "connect_timeout_ms") ok = num(1, 3600000, &k.connect_timeout_ms);
+    else if (o == "request_timeout_ms") ok = num(1, 3600000, &k.request_timeout_ms);
+    else if (o == "retry_initial_ms") ok = num(0, 3600000, &k.retry_initial_ms);
+    else if (o == "retry_max_ms") ok = num(0, 3600000, &k.retry_max_ms);
+    else if (o == "pause_ms") ok = num(0, 86400000, &k.pause_ms);
+    else if (o == "verify_tls") ok = flag(&k.verify_tls);
+    else if (o == "ca_file") ok = (k.ca_file = v, true);
+    else if (o == "ca_path") ok = (k.ca_path = v, true);
+    else if (o == "proxy") ok = (k.proxy = v, true);
+    else if (o == "user_agent") ok = header_safe(v) && (k.user_agent = v, true);
+    else if (o == "device_id") ok = text_valid(v, false) && (k.device_id = v, true);
+    else if (o == "session_id") ok = text_valid(v, false) && (k.session_id = v, true);
+    else return 1;
+    if (!ok) return 2;
+    c->cfg_version++;
+    if (resume) c->resume_requested = true;
+    c->cv.notify_one();
+    return 0;
+  } catch (...) {
+    return 3;
+  }
+}
+
+ET_API int et_track_event(et_client *c, const et_event *ev, char *event_id_out) {
+  if (!c || !ev) return ET_E_ARGUMENT;
+  try {
+    auto refuse = [&](int code) {
+      c->n_refused++;
+      return code;
+    };
+    if (!ev->name || !text_valid(ev->name, false)) return refuse(ET_E_NAME);
+    std::string_view props;
+    if (ev->properties_json) {
+      props = ev->properties_json;
+      while (!props.empty() && (props.front() == ' ' || props.front() == '\n' || props.front() == '\t' || props.front() == '\r'))
+        props.remove_prefix(1);
+      while (!props.empty() && (props.back() == ' ' || props.back() == '\n' || props.back() == '\t' || props.back() == '\r'))
+        props.remove_suffix(1);
+      if (props.empty() || props.front() != '{' || props.size() > kMaxPropertiesBytes ||
+          !json_parse(props, kMaxPropertiesDepth, nullptr, nullptr))
+        return refuse(ET_E_PROPERTIES);
+    }
+    auto opt_text = [](const char *s) { return !s || !*s || text_valid(s, true); };
+    if (!opt_text(ev->user_id)) return refuse(ET_E_USER_ID);
+    if (!opt_text(ev->device_id)) return refuse(ET_E_DEVICE_ID);
+    if (!opt_text(ev->session_id)) return refuse(ET_E_SESSION_ID);
+    if (ev->timestamp && !timestamp_valid(ev->timestamp, nullptr)) return refuse(ET_E_TIMESTAMP);
+    if (ev->event_id && !uuid_valid(ev->event_id)) return refuse(ET_E_EVENT_ID);
+    if (c->closing.load()) return refuse(ET_E_CLOSED);
+
+    Buffered b;
+    b.event_id = ev->event_id ? std::string(ev->event_id) : uuid_v7();
+    std::string ts = ev->timestamp ? std::string(ev->timestamp) : format_utc_ms(unix_ms());
+    std::string &s = b.body;
+    s.reserve(160 + props.size());
+    s += "{\"event_id\":\"";
+    s += b.event_id;
+    s += "\",\"name\":";
+    json_append_string(s, ev->name);
+    s += ",\"timestamp\":\"";
+    s += ts;
+    s += '"';
+    if (ev->user_id && *ev->user_id) {
+      s += ",\"user_id\":";
+      json_append_string(s, ev->user_id);
+    }
+    if (!props.empty()) {
+      s += ",\"properties\":";
+      s.append(props.data(), props.size());
+    }
+    {
+      std::unique_lock<std::mutex> lk(c->mu);
+      if (static_cast<int64_t>(c->buffer.size()) >= c->cfg.max_buffer_events) {
+        lk.unlock();
+        return refuse(ET_E_QUEUE_FULL);
+      }
+      const std::string &dev = ev->device_id && *ev->device_id ? std::string(ev->device_id) : c->cfg.device_id;
+      const std::string &ses = ev->session_id && *ev->session_id ? std::string(ev->session_id) : c->cfg.session_id;
+      s += ",\"device_id\":";
+      json_append_string(s, dev);
+      s += ",\"session_id\":";
+      json_append_string(s, ses);
+      s += '}';
+      if (event_id_out) std::memcpy(event_id_out, b.event_id.c_str(), b.event_id.size() + 1);
+      b.seq = c->next_seq++;
+      bool was_empty = c->buffer.empty();
+      if (was_empty) c->oldest_buffered_at = steady_ms();
+      c->buffer.push_back(std::move(b));
+      c->n_buffered++;
+      c->n_tracked++;
+      if (was_empty || c->buffer.size() == 100) c->cv.notify_one();
+    }
+    return ET_OK;
+  } catch (...) {
+    c->n_refused++;
+    return ET_E_QUEUE_FULL;
+  }
+}
+
+ET_API int et_track(et_client *c, const char *name, const char *properties_json, const char *user_id) {
+  et_event e{};
+  e.name = name;
+  e.properties_json = properties_json;
+  e.user_id = user_id;
+  return et_track_event(c, &e, nullptr);
+}
+
+ET_API int et_flush(et_client *c, int timeout_ms) {
+  if (!c) return 1;
+  std::unique_lock<std::mutex> lk(c->mu);
+  uint64_t target = c->next_seq - 1;
+  if (c->resolved_seq >= target) return 0;
+  c->flush_waiters++;
+  c->cv.notify_one();
+  bool ok = c->done_cv.wait_for(lk, std::chrono::milliseconds(std::max(0, timeout_ms)),
+                                [&] { return c->resolved_seq >= target || c->worker_done; });
+  c->flush_waiters--;
+  return ok && c->resolved_seq >= target ? 0 : 1;
+}
+
+ET_API int et_client_counters(et_client *c, et_counters *out) {
+  if (!c || !out) return 1;
+  std::memset(out, 0, sizeof *out);
+  out->tracked = c->n_tracked;
+  out->refused = c->n_refused;
+  out->buffered = c->n_buffered;
+  out->queued = c->n_db + c->n_buffered;
+  out->sent = c->n_sent;
+  out->rejected = c->n_rejected;
+  out->dropped = c->n_dropped;
+  out->retries = c->n_retries;
+  out->requests = c->n_requests;
+  out->paused = c->paused_flag;
+  out->queue_resets = c->queue_resets;
+  return 0;
+}
+
+ET_API void et_client_set_report_callback(et_client *c, et_report_fn fn, void *user) {
+  if (!c) return;
+  std::vector<StoredReport> early;
+  {
+    std::lock_guard<std::mutex> g(c->cb_mu);
+    c->cb = fn;
+    c->cb_user = user;
+    if (fn && !c->cb_ever_set) {
+      c->cb_ever_set = true;
+      early.swap(c->early);
+      for (auto &s : early) {
+        s.r.event_id = s.event_id.empty() ? nullptr : s.event_id.c_str();
+        s.r.message = s.message.c_str();
+        fn(user, &s.r);
+      }
+    }
+  }
+}
+
+ET_API void et_client_free(et_client *c, int timeout_ms) {
+  if (!c) return;
+  int64_t deadline = steady_ms() + std::max(0, timeout_ms);
+  {
+    std::lock_guard<std::mutex> g(c->mu);
+    c->close_deadline = deadline;
+    c->closing = true;
+    c->cv.notify_all();
+  }
+  curl_multi_wakeup(c->multi);
+  {
+    std::unique_lock<std::mutex> lk(c->mu);
+    c->done_cv.wait_until(lk, std::chrono::steady_clock::now() + std::chrono::milliseconds(std::max<int64_t>(0, deadline - steady_ms())),
+                          [&] { return c->worker_done; });
+  }
+  c->abort = true;
+  curl_multi_wakeup(c->multi);
+  c->worker.join();
+  curl_easy_cleanup(c->easy);
+  curl_multi_cleanup(c->multi);
+  if (c->db) sqlite3_close(c->db);
+  if (c->lock_fd >= 0) ::close(c->lock_fd);
+  delete c;
+}
+
+}  // extern "C"

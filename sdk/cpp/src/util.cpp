@@ -1,0 +1,163 @@
+#include "util.hpp"
+
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <random>
+#include <thread>
+
+#include "json.hpp"
+
+namespace et {
+
+int64_t steady_ms() {
+  using namespace std::chrono;
+  return duration_cast<milliseconds>(steady_clock::now().time_since_epoch()).count();
+}
+
+int64_t unix_ms() {
+  using namespace std::chrono;
+  return duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
+}
+
+namespace {
+struct Rng {
+  uint64_t s = 0;
+  bool seeded = false;
+};
+thread_local Rng tl_rng;  // trivially destructible: safe at process exit
+uint64_t splitmix(uint64_t &x) {
+  uint64_t z = (x += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+void hex_uuid(const unsigned char b[16], std::string &out) {
+  static const char hex[] = "0123456789abcdef";
+  out.clear();
+  out.reserve(36);
+  for (int i = 0; i < 16; i++) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) out.push_back('-');
+    out.push_back(hex[b[i] >> 4]);
+    out.push_back(hex[b[i] & 15]);
+  }
+}
+int64_t days_from_civil(int64_t y, unsigned m, unsigned d) {
+  y -= m <= 2;
+  const int64_t era = (y >= 0 ? y : y - 399) / 400;
+  const unsigned yoe = static_cast<unsigned>(y - era * 400);
+  const unsigned doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+  const unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  return era * 146097 + static_cast<int64_t>(doe) - 719468;
+}
+}  // namespace
+
+uint64_t random_u64() {
+  Rng &r = tl_rng;
+  if (!r.seeded) {
+    std::random_device rd;
+    r.s = (static_cast<uint64_t>(rd()) << 32) ^ rd() ^
+          static_cast<uint64_t>(std::hash<std::thread::id>()(std::this_thread::get_id())) ^
+          static_cast<uint64_t>(steady_ms());
+    r.seeded = true;
+  }
+  return splitmix(r.s);
+}
+
+std::string uuid_v7() {
+  unsigned char b[16];
+  uint64_t ms = static_cast<uint64_t>(unix_ms());
+  for (int i = 0; i < 6; i++) b[i] = static_cast<unsigned char>(ms >> (40 - 8 * i));
+  uint64_t r1 = random_u64(), r2 = random_u64();
+  for (int i = 6; i < 16; i++) b[i] = static_cast<unsigned char>((i < 12 ? r1 >> (8 * (i - 6)) : r2 >> (8 * (i - 12))));
+  b[6] = static_cast<unsigned char>(0x70 | (b[6] & 0x0F));
+  b[8] = static_cast<unsigned char>(0x80 | (b[8] & 0x3F));
+  std::string out;
+  hex_uuid(b, out);
+  return out;
+}
+
+std::string uuid_v4() {
+  unsigned char b[16];
+  uint64_t r1 = random_u64(), r2 = random_u64();
+  for (int i = 0; i < 8; i++) b[i] = static_cast<unsigned char>(r1 >> (8 * i));
+  for (int i = 0; i < 8; i++) b[8 + i] = static_cast<unsigned char>(r2 >> (8 * i));
+  b[6] = static_cast<unsigned char>(0x40 | (b[6] & 0x0F));
+  b[8] = static_cast<unsigned char>(0x80 | (b[8] & 0x3F));
+  std::string out;
+  hex_uuid(b, out);
+  return out;
+}
+
+std::string format_utc_ms(int64_t ms) {
+  time_t secs = static_cast<time_t>(ms / 1000);
+  struct tm tm {};
+  gmtime_r(&secs, &tm);
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms % 1000));
+  return buf;
+}
+
+bool timestamp_valid(std::string_view s, int64_t *unix_s) {
+  auto digits = [&](size_t from, size_t n, unsigned *v) {
+    *v = 0;
+    for (size_t i = from; i < from + n; i++) {
+      if (i >= s.size() || s[i] < '0' || s[i] > '9') return false;
+      *v = *v * 10 + static_cast<unsigned>(s[i] - '0');
+    }
+    return true;
+  };
+  if (s.size() < 19 || s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' || s[16] != ':') return false;
+  unsigned y, mo, d, h, mi, se;
+  if (!digits(0, 4, &y) || !digits(5, 2, &mo) || !digits(8, 2, &d) || !digits(11, 2, &h) ||
+      !digits(14, 2, &mi) || !digits(17, 2, &se))
+    return false;
+  size_t i = 19;
+  if (i < s.size() && s[i] == '.') {
+    size_t start = ++i;
+    while (i < s.size() && s[i] >= '0' && s[i] <= '9') i++;
+    if (i == start || i - start > 9) return false;
+  }
+  int64_t offset_s = 0;
+  std::string_view rest = s.substr(i);
+  if (rest.empty() || rest == "Z") {
+  } else if (rest.size() == 6 && (rest[0] == '+' || rest[0] == '-') && rest[3] == ':') {
+    unsigned oh, om;
+    if (!digits(i + 1, 2, &oh) || !digits(i + 4, 2, &om) || oh > 23 || om > 59) return false;
+    offset_s = (rest[0] == '-' ? -1 : 1) * static_cast<int64_t>(oh * 3600 + om * 60);
+  } else {
+    return false;
+  }
+  static const unsigned mdays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+  if (mo < 1 || mo > 12 || d < 1) return false;
+  bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+  unsigned maxd = mdays[mo - 1] + (mo == 2 && leap ? 1 : 0);
+  if (d > maxd || h > 23 || mi > 59 || se > 59) return false;
+  int64_t t = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + se - offset_s;
+  if (t < 946684800) return false;  // the server's --min-timestamp default, 2000-01-01T00:00:00Z
+  if (unix_s) *unix_s = t;
+  return true;
+}
+
+bool uuid_valid(std::string_view s) {
+  if (s.size() != 36) return false;
+  for (size_t i = 0; i < 36; i++) {
+    char c = s[i];
+    if (i == 8 || i == 13 || i == 18 || i == 23) {
+      if (c != '-') return false;
+    } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+bool text_valid(std::string_view s, bool allow_empty) {
+  size_t chars = 0;
+  if (!utf8_check(s, &chars)) return false;
+  if (chars == 0 && !allow_empty) return false;
+  return chars <= 200;
+}
+
+}  // namespace et

@@ -1,0 +1,35 @@
+#pragma once
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "eventtracker/eventtracker.h"
+#include "harness.hpp"
+
+inline et_client *new_client(const std::string &endpoint, const std::string &queue_path,
+                             const char *token = h::kToken) {
+  char err[512] = {0};
+  et_client *c = et_client_new(endpoint.c_str(), token, queue_path.empty() ? nullptr : queue_path.c_str(), err,
+                               sizeof err);
+  EXPECT_NE(c, nullptr) << err;
+  return c;
+}
+
+inline et_counters counters(et_client *c) {
+  et_counters k{};
+  et_client_counters(c, &k);
+  return k;
+}
+
+// Tracks, waiting while the in-memory hand-off buffer is full (what an app that must not lose may do).
+inline void track_retrying(et_client *c, const char *name, const std::string &props, const char *user = nullptr) {
+  for (;;) {
+    int rc = et_track(c, name, props.c_str(), user);
+    if (rc != ET_E_QUEUE_FULL) {
+      ASSERT_EQ(rc, ET_OK);
+      return;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+

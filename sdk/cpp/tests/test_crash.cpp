@@ -1,0 +1,103 @@
+// 3. The app is SIGKILLed with thousands of events queued, server unreachable; the next process delivers.
+// 4. Close within its timeout with the server unreachable or hanging; the next run sends what was left.
+#include <sys/stat.h>
+
+#include <thread>
+
+#include <sqlite3.h>
+
+#include "common.hpp"
+
+namespace {
+std::string unreachable() { return "http://127.0.0.1:" + std::to_string(h::free_port()); }
+
+// Rows in a queue file no client has open.
+int64_t queue_rows(const std::string &path) {
+  sqlite3 *db = nullptr;
+  int64_t n = -1;
+  if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK) {
+    sqlite3_stmt *st = nullptr;
+    if (sqlite3_prepare_v2(db, "SELECT count(*) FROM events", -1, &st, nullptr) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+      n = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+  }
+  sqlite3_close(db);
+  return n;
+}
+
+// Delivers what a queue file holds to a real pipeline; checks rows and ingest's counter.
+void deliver_leftovers(const std::string &queue, int64_t expected) {
+  EXPECT_EQ(queue_rows(queue), expected) << "events in the queue file";
+  h::Pipeline p;
+  double before = p.ingest->accepted();
+  et_client *c = new_client(p.ingest->url, queue);
+  ASSERT_NE(c, nullptr);
+  ASSERT_EQ(et_flush(c, 120000), 0);
+  EXPECT_EQ(counters(c).sent, static_cast<uint64_t>(expected));
+  et_client_free(c, 1000);
+  EXPECT_EQ(p.ingest->accepted() - before, static_cast<double>(expected));
+  ASSERT_EQ(p.wait_rows(expected, 120000), expected);
+  EXPECT_EQ(p.db->query("SELECT count(DISTINCT event_id) FROM events"), std::to_string(expected));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_EQ(p.db->count(), expected);
+}
+}  // namespace
+
+TEST(Crash, SigkilledAppWithQueuedEventsIsDeliveredByTheNextProcess) {
+  std::string queue = h::temp_dir() + "/queue.db";
+  h::Proc app("app", {h::helper_path(), "track-and-wait", unreachable(), queue, "5000"});
+  ASSERT_TRUE(h::wait_until([&] { return app.log().find("READY") != std::string::npos; }, 60000)) << app.log();
+  EXPECT_NE(app.log().find("READY queued=5000"), std::string::npos) << app.log();
+  app.signal(SIGKILL);
+  EXPECT_EQ(app.wait_exit(10000), -1000 - SIGKILL);
+  deliver_leftovers(queue, 5000);
+}
+
+TEST(Shutdown, UnreachableServerCloseReturnsInTimeAndEventsStayOnDisk) {
+  std::string queue = h::temp_dir() + "/queue.db";
+  et_client *c = new_client(unreachable(), queue);
+  ASSERT_NE(c, nullptr);
+  for (int i = 0; i < 300; i++) track_retrying(c, "unreachable", "{\"i\":" + std::to_string(i) + "}");
+  ASSERT_TRUE(h::wait_until([&] { return counters(c).retries >= 1; }, 30000));
+  int64_t t0 = h::now_ms();
+  et_client_free(c, 1000);
+  int64_t took = h::now_ms() - t0;
+  EXPECT_LE(took, 3000) << "et_client_free(c, 1000) took " << took << " ms";
+  deliver_leftovers(queue, 300);
+}
+
+TEST(Shutdown, HangingServerCloseAbortsTheTransferAndEventsStayOnDisk) {
+  h::FakeServer hang([](size_t, const h::FakeRequest &) {
+    h::FakeResponse r;
+    r.hang = true;
+    return r;
+  });
+  std::string queue = h::temp_dir() + "/queue.db";
+  et_client *c = new_client(hang.url(), queue);
+  ASSERT_NE(c, nullptr);
+  for (int i = 0; i < 300; i++) track_retrying(c, "hanging", "{\"i\":" + std::to_string(i) + "}");
+  ASSERT_TRUE(h::wait_until([&] { return hang.requests().size() >= 1; }, 30000)) << "no request reached the server";
+  EXPECT_EQ(hang.closed_connections(), 0);
+  int64_t t0 = h::now_ms();
+  et_client_free(c, 1000);
+  int64_t took = h::now_ms() - t0;
+  EXPECT_LE(took, 3000) << "et_client_free(c, 1000) took " << took << " ms";
+  EXPECT_TRUE(h::wait_until([&] { return hang.closed_connections() >= 1; }, 10000))
+      << "the hanging server never saw its connection closed";
+  deliver_leftovers(queue, 300);
+}
+
+TEST(Shutdown, ProcessExitingWithoutClosingNeitherHangsNorCrashes) {
+  h::FakeServer hang([](size_t, const h::FakeRequest &) {
+    h::FakeResponse r;
+    r.hang = true;
+    return r;
+  });
+  std::string queue = h::temp_dir() + "/queue.db";
+  h::Proc app("app", {h::helper_path(), "exit-without-close", hang.url(), queue, "200"});
+  int rc = app.wait_exit(20000);
+  EXPECT_EQ(rc, 0) << "exit status (INT32_MIN: still running after 20 s; < -1000: killed by a signal)\n" << app.log();
+  EXPECT_NE(app.log().find("exiting"), std::string::npos) << app.log();
+  deliver_leftovers(queue, 200);  // what it tracked was on disk and the lock was released
+}
