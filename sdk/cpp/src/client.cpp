@@ -156,6 +156,7 @@ struct et_client {
   bool paused = false;
   int64_t persist_retry_at = 0;
   const Batch *inflight = nullptr;
+  int64_t report_time_ms = 0;  // when set, the time the next report carries
   std::string resp_body, retry_after;
   std::thread worker;
 
@@ -170,6 +171,8 @@ struct et_client {
     r.retry_after_ms = retry_ms;
     r.event_id = event_id.empty() ? nullptr : event_id.c_str();
     r.message = message.c_str();
+    r.time_ms = report_time_ms ? report_time_ms : steady_ms();
+    report_time_ms = 0;
     std::lock_guard<std::mutex> g(cb_mu);
     if (cb) {
       cb(cb_user, &r);
@@ -558,6 +561,7 @@ struct et_client {
     resp_body.clear();
     retry_after.clear();
 
+    report_time_ms = steady_ms();
     report(ET_REPORT_REQUEST, 0, -1, static_cast<int>(b.ids.size()), 0, "", "sending a batch");
     n_requests++;
     inflight = &b;
@@ -694,6 +698,7 @@ struct et_client {
         delay = cap > 0 ? static_cast<int64_t>(random_u64() % static_cast<uint64_t>(cap + 1)) : 0;
       }
       next_send_at = now + delay;
+      report_time_ms = now;
       std::string msg = status == 0 ? "network error: " + neterr
                                     : (parsed ? error_message(v, status) : "HTTP " + std::to_string(status));
       report(ET_REPORT_RETRY, status, -1, n, delay, "", msg);

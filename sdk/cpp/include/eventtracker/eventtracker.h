@@ -120,6 +120,8 @@ typedef struct et_report {
   int64_t retry_after_ms; /* ET_REPORT_RETRY / ET_REPORT_PAUSED: wait before the next attempt */
   const char *event_id;   /* or NULL */
   const char *message;    /* never NULL */
+  int64_t time_ms;        /* CLOCK_MONOTONIC milliseconds when it happened (for RETRY: the moment the
+                             wait starts, so the next REQUEST comes at time_ms + retry_after_ms or later) */
 } et_report;
 
 typedef void (*et_report_fn)(void *user, const et_report *report);
