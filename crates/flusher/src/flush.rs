@@ -358,8 +358,8 @@ impl Flusher {
             for (entry, reason, _) in &dead {
                 log::warn!("dead-lettering entry {}: {reason}", entry.id);
             }
-            self.stream.dead_letter(shard, &dead).await?;
-            self.stats.dead(dead.len());
+            let moved = self.stream.dead_letter(shard, &dead).await?;
+            self.stats.dead(moved as usize);
         }
 
         // Entries delivered many times are retried alone: they may be what broke earlier batches.
@@ -408,6 +408,8 @@ impl Flusher {
         let mut backoff = self.backoff_start();
         let mut last_keep = Instant::now();
         while let Some(part) = todo.pop() {
+            // A long isolation or outage must not let another flusher claim these entries.
+            self.keep_fresh(shard, &part, &todo, &mut last_keep).await;
             let events: Vec<&QueuedEvent> = part.iter().map(|(_, e)| e).collect();
             let started = Instant::now();
             match sink::write(&self.pool, &events).await {
@@ -435,10 +437,11 @@ impl Flusher {
                         "dead-lettering entry {}: PostgreSQL refused it ({sqlstate}): {message}",
                         entry.id
                     );
-                    self.stream
+                    let moved = self
+                        .stream
                         .dead_letter(shard, &[(entry, message, Some(sqlstate))])
                         .await?;
-                    self.stats.dead(1);
+                    self.stats.dead(moved as usize);
                 }
                 Err(WriteError::Data { sqlstate, .. }) => {
                     log::info!(
@@ -461,17 +464,6 @@ impl Flusher {
                     log::warn!("writing to PostgreSQL failed: {e}; retrying in {backoff:?}");
                     telemetry::postgres_error();
                     self.stats.backoff();
-                    if last_keep.elapsed() >= Duration::from_millis(self.config.claim_idle_ms / 3) {
-                        last_keep = Instant::now();
-                        let ids: Vec<String> = part
-                            .iter()
-                            .chain(todo.iter().flatten())
-                            .map(|(e, _)| e.id.clone())
-                            .collect();
-                        if let Err(e) = self.stream.keep_claimed(shard, &ids).await {
-                            log::warn!("refreshing the claim on {} entries: {e}", ids.len());
-                        }
-                    }
                     self.sleep(backoff).await;
                     backoff = self.next_backoff(backoff);
                     todo.push(part);
@@ -479,5 +471,28 @@ impl Flusher {
             }
         }
         Ok(Written::Done)
+    }
+
+    /// Re-claims the entries still in hand once a third of `--claim-idle-ms` has passed since
+    /// the last time, so no other flusher takes them over while this one is still at work.
+    async fn keep_fresh(
+        &self,
+        shard: usize,
+        part: &[(&Entry, QueuedEvent)],
+        todo: &[Vec<(&Entry, QueuedEvent)>],
+        last_keep: &mut Instant,
+    ) {
+        if last_keep.elapsed() < Duration::from_millis(self.config.claim_idle_ms / 3) {
+            return;
+        }
+        *last_keep = Instant::now();
+        let ids: Vec<String> = part
+            .iter()
+            .chain(todo.iter().flatten())
+            .map(|(e, _)| e.id.clone())
+            .collect();
+        if let Err(e) = self.stream.keep_claimed(shard, &ids).await {
+            log::warn!("refreshing the claim on {} entries: {e}", ids.len());
+        }
     }
 }

@@ -54,6 +54,7 @@ impl From<redis_queue::QueueError> for FlusherError {
             Q::Redis(e) => FlusherError::Redis(e),
             Q::Timeout(d) => FlusherError::RedisUnavailable(format!("no answer within {d:?}")),
             Q::Config(s) => FlusherError::Config(s),
+            e @ Q::Full => FlusherError::RedisUnavailable(e.to_string()),
             e @ (Q::ShardMismatch { .. } | Q::UnshardedBacklog { .. }) => {
                 FlusherError::Layout(e.to_string())
             }

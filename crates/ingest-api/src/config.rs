@@ -109,6 +109,10 @@ pub struct Config {
     #[arg(long, env = "INGEST_MAX_QUEUE_LEN", default_value_t = 1_000_000)]
     pub max_queue_len: u64,
 
+    /// Above this share of Redis `maxmemory` (used memory / maxmemory, on every shard's node), requests get 503 queue_full, so ingest alone never fills Redis.
+    #[arg(long, env = "INGEST_MAX_REDIS_MEMORY_RATIO", default_value_t = 0.9)]
+    pub max_redis_memory_ratio: f64,
+
     /// Seconds a client is told to wait (Retry-After) on a 503.
     #[arg(long, env = "INGEST_RETRY_AFTER_SECS", default_value_t = 1)]
     pub retry_after_secs: u32,

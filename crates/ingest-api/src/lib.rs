@@ -65,6 +65,7 @@ impl AppState {
             &config.stream_key,
             config.shards,
             Duration::from_millis(config.redis_timeout_ms),
+            config.max_redis_memory_ratio,
         )?;
         Ok(AppState {
             tokens,
@@ -215,7 +216,7 @@ async fn track_queue_length(
         }
         let result = state.queue.refresh_length().await;
         match &result {
-            Ok((len, lag, unreachable)) => telemetry::queue(*len, *lag, *unreachable),
+            Ok(state) => telemetry::queue(state),
             Err(_) => telemetry::redis_error(),
         }
         match result {

@@ -67,6 +67,11 @@ fn describe() {
         "Shards whose node did not answer the last length read"
     );
     describe_gauge!(
+        redis_queue::MEMORY_RATIO_GAUGE,
+        redis_queue::MEMORY_RATIO_HELP
+    );
+    metrics::gauge!(redis_queue::MEMORY_RATIO_GAUGE).set(0.0);
+    describe_gauge!(
         "eventtracker_queue_lag_seconds",
         "Age of the oldest entry still in the queue (the oldest of all shards)"
     );
@@ -103,10 +108,11 @@ pub fn redis_error() {
     metrics::counter!("eventtracker_ingest_redis_errors_total").increment(1);
 }
 
-pub fn queue(backlog: u64, lag: Duration, unreachable: usize) {
-    metrics::gauge!("eventtracker_queue_backlog").set(backlog as f64);
-    metrics::gauge!("eventtracker_queue_lag_seconds").set(lag.as_secs_f64());
-    metrics::gauge!("eventtracker_queue_shards_unreachable").set(unreachable as f64);
+pub fn queue(state: &crate::queue::QueueLength) {
+    metrics::gauge!("eventtracker_queue_backlog").set(state.len as f64);
+    metrics::gauge!("eventtracker_queue_lag_seconds").set(state.lag.as_secs_f64());
+    metrics::gauge!("eventtracker_queue_shards_unreachable").set(state.unreachable as f64);
+    metrics::gauge!(redis_queue::MEMORY_RATIO_GAUGE).set(state.memory_ratio);
 }
 
 /// Exports the shard counters at 0 from the start, so dashboards and rate() see them before the
