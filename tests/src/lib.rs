@@ -1009,6 +1009,38 @@ impl PgServer {
         );
     }
 
+    /// SIGSTOP to the postmaster and every backend: PostgreSQL stops answering without closing
+    /// a connection, as a host that froze or a failover without a TCP reset does.
+    pub fn freeze(&self) {
+        self.signal_all("STOP");
+    }
+
+    /// SIGCONT to the same processes.
+    pub fn thaw(&self) {
+        self.signal_all("CONT");
+    }
+
+    fn signal_all(&self, sig: &str) {
+        let pidfile =
+            std::fs::read_to_string(self.data().join("postmaster.pid")).expect("postmaster.pid");
+        let postmaster = pidfile.lines().next().expect("a pid").trim().to_string();
+        let out = Command::new("pgrep")
+            .args(["-P", &postmaster])
+            .output()
+            .expect("pgrep");
+        let mut pids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        pids.push(postmaster);
+        for pid in pids {
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(pid)
+                .status();
+        }
+    }
+
     /// The server's log, to show that it really went down.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()

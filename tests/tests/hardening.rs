@@ -348,3 +348,192 @@ async fn try_flag(binary: &str, flag: &str, value: &str) {
         }
     }
 }
+
+/// PostgreSQL stops answering (its processes SIGSTOPped) under load, longer than
+/// `--pg-timeout-ms`: the flusher's writes time out (seen on its error counter while frozen),
+/// and after the thaw every accepted event is stored exactly once.
+#[tokio::test]
+async fn a_silent_postgresql_times_out_and_nothing_is_lost() {
+    let pg = PgServer::start();
+    let db = TestDb::migrated(&pg.admin_url()).await;
+    let key = unique("events");
+    let ingest = Ingest::start(&shared_redis_url(), &key, &[]);
+    let flusher = Flusher::start(
+        &shared_redis_url(),
+        &db.url,
+        &key,
+        &["--claim-idle-ms", "4000", "--pg-timeout-ms", "1000"],
+        &[],
+    );
+    let metrics = flusher.metrics_url();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (url, stop) = (ingest.url.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut accepted = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (status, body) = post_json(
+                    &format!("{url}/v1/events"),
+                    Some(TOKEN),
+                    &batch("frozen-pg", 20),
+                )
+                .await;
+                assert_eq!(status, 200, "{body}");
+                accepted += body["accepted"].as_u64().unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            accepted
+        })
+    };
+    db.wait_rows(100).await;
+    let errors_before = metric(&metrics, "eventtracker_flusher_postgres_errors_total")
+        .await
+        .expect("the postgres error counter");
+    pg.freeze();
+    wait_for(
+        "a write to time out while PostgreSQL is frozen",
+        LONG,
+        || async {
+            let errors = metric(&metrics, "eventtracker_flusher_postgres_errors_total").await?;
+            (errors > errors_before).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        flusher.proc.log_text().contains("--pg-timeout-ms"),
+        "no timeout in the flusher's log"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pg.thaw();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let accepted = load.await.unwrap() as i64;
+    db.wait_rows(accepted).await;
+    let mut conn = redis_conn(&shared_redis_url()).await;
+    wait_stream_empty(&conn, &key).await;
+    assert_eq!(db.rows_and_distinct().await, (accepted, accepted));
+    assert_eq!(xlen(&mut conn, &format!("{key}:dead")).await, 0);
+}
+
+/// An operator's trigger refuses one marked event with a custom SQLSTATE. After 3 failures in a
+/// row the batch is split; the row refused alone while its siblings are stored is dead-lettered
+/// with its SQLSTATE. The attempts are counted by a sequence the trigger bumps (not rolled
+/// back): 3 at each of the 7 levels the split takes to reach the row.
+#[tokio::test]
+async fn a_row_refused_with_an_unexpected_sqlstate_is_isolated() {
+    let db = TestDb::migrated(&shared_admin_url()).await;
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE SEQUENCE poison_attempts;
+             CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF NEW.name = 'poison' THEN
+                 PERFORM nextval('poison_attempts');
+                 RAISE EXCEPTION 'poison refused' USING ERRCODE = 'ET001';
+               END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse_poison BEFORE INSERT ON events
+               FOR EACH ROW EXECUTE FUNCTION refuse_poison();",
+        )
+        .await
+        .unwrap();
+    let key = unique("events");
+    let ingest = Ingest::start(&shared_redis_url(), &key, &[]);
+    let mut events: Vec<Value> = (0..50).map(|i| event("fine", i)).collect();
+    events[17]["name"] = json!("poison");
+    assert_eq!(ingest.post(&json!(events)).await.0, 200);
+    let _flusher = Flusher::start(
+        &shared_redis_url(),
+        &db.url,
+        &key,
+        &["--backoff-initial-ms", "10"],
+        &[],
+    );
+    let mut conn = redis_conn(&shared_redis_url()).await;
+    let dead_key = format!("{key}:dead");
+    wait_for("the poison row to be dead-lettered", LONG, || {
+        let mut c = conn.clone();
+        let dead_key = dead_key.clone();
+        async move { (xlen(&mut c, &dead_key).await == 1).then_some(()) }
+    })
+    .await;
+    db.wait_rows(49).await;
+    wait_stream_empty(&conn, &key).await;
+    let dead: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(&dead_key)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let fields = &dead[0].1;
+    assert!(
+        fields.contains(&("dl_sqlstate".into(), "ET001".into())),
+        "{fields:?}"
+    );
+    let attempts: i64 = db
+        .client()
+        .await
+        .query_one("SELECT last_value FROM poison_attempts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(attempts, 3 * 7);
+    assert_eq!(db.rows_and_distinct().await, (49, 49));
+}
+
+/// Two flushers, a claim window shorter than one isolation (a trigger sleeps on every row), one
+/// bad row: exactly one dead letter, and `requeue --all` puts it back once.
+#[tokio::test]
+async fn a_slow_isolation_dead_letters_once() {
+    let db = TestDb::migrated(&shared_admin_url()).await;
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE FUNCTION slow_rows() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+               IF NEW.name = 'slow' THEN PERFORM pg_sleep(0.01); END IF;
+               IF NEW.name = 'bad' THEN
+                 RAISE EXCEPTION 'bad row' USING ERRCODE = '22023';
+               END IF;
+               RETURN NEW;
+             END $$;
+             CREATE TRIGGER slow_rows BEFORE INSERT ON events
+               FOR EACH ROW EXECUTE FUNCTION slow_rows();",
+        )
+        .await
+        .unwrap();
+    let key = unique("events");
+    let ingest = Ingest::start(&shared_redis_url(), &key, &[]);
+    let mut events: Vec<Value> = (0..100).map(|i| event("slow", i)).collect();
+    events[93]["name"] = json!("bad");
+    let flags = ["--claim-idle-ms", "2000", "--pg-timeout-ms", "1900"];
+    let mut a = Flusher::start(&shared_redis_url(), &db.url, &key, &flags, &[]);
+    let mut b = Flusher::start(&shared_redis_url(), &db.url, &key, &flags, &[]);
+    a.metrics_url();
+    b.metrics_url();
+    assert_eq!(ingest.post(&json!(events)).await.0, 200);
+    db.wait_rows(99).await;
+    let mut conn = redis_conn(&shared_redis_url()).await;
+    wait_stream_empty(&conn, &key).await;
+    let dead_key = format!("{key}:dead");
+    assert_eq!(pending(&mut conn, &key, "flushers").await, 0);
+    // Nothing pending and the stream empty: neither flusher holds an entry it could still
+    // dead-letter (the move needs the entry pending with it).
+    assert_eq!(xlen(&mut conn, &dead_key).await, 1);
+    a.proc.signal("TERM");
+    b.proc.signal("TERM");
+    assert!(a.proc.wait_exit(LONG).success());
+    assert!(b.proc.wait_exit(LONG).success());
+    let out = Command::new(bin("flusher"))
+        .args(["dead-letters", "requeue", "--all"])
+        .args(["--redis-url", &shared_redis_url(), "--stream-key", &key])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(xlen(&mut conn, &key).await, 1);
+    assert_eq!(xlen(&mut conn, &dead_key).await, 0);
+    assert_eq!(db.rows_and_distinct().await, (99, 99));
+}
