@@ -537,3 +537,83 @@ async fn a_slow_isolation_dead_letters_once() {
     assert_eq!(xlen(&mut conn, &dead_key).await, 0);
     assert_eq!(db.rows_and_distinct().await, (99, 99));
 }
+
+/// One source limited to 100 events/s with a burst of 200, sending through two ingest-api
+/// instances at once: what both admit together stays within burst + rate x time (the limit
+/// lives in Redis, not in each instance), the rest is refused whole with 429 rate_limited and
+/// Retry-After, and another source is never limited. Per-source counters add up.
+#[tokio::test]
+async fn a_noisy_source_is_limited_across_instances_and_others_are_not() {
+    let key = unique("events");
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "quiet=quiet-token-0123456789\n").unwrap();
+    let tokens_flag = tokens.display().to_string();
+    let flags = [
+        "--max-events",
+        "50",
+        "--rate-limits",
+        "test-source=100/200",
+        "--tokens-file",
+        tokens_flag.as_str(),
+    ];
+    let a = Ingest::start(&shared_redis_url(), &key, &flags);
+    let b = Ingest::start(&shared_redis_url(), &key, &flags);
+    let started = Instant::now();
+    let (mut admitted, mut limited, mut quiet_ok) = (0u64, 0u64, 0u64);
+    for round in 0..20 {
+        for ingest in [&a, &b] {
+            let res = ingest.send(&batch("noisy", 50)).await;
+            match res.status().as_u16() {
+                200 => admitted += 50,
+                429 => {
+                    let retry: u64 = res.headers()["retry-after"]
+                        .to_str()
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+                    let body: Value = res.json().await.unwrap();
+                    assert_eq!(body["error"], "rate_limited");
+                    limited += 50;
+                }
+                other => panic!("round {round}: status {other}"),
+            }
+        }
+        let (status, _) = post_json(
+            &format!("{}/v1/events", a.url),
+            Some("quiet-token-0123456789"),
+            &batch("quiet", 50),
+        )
+        .await;
+        assert_eq!(status, 200, "the quiet source was limited");
+        quiet_ok += 50;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!("admitted {admitted}, limited {limited} in {elapsed:.2}s");
+    // The burst is admitted at once; past it, about rate x time (one batch of slack).
+    assert!(admitted >= 200, "admitted {admitted}");
+    assert!(
+        admitted as f64 <= 200.0 + 100.0 * elapsed + 50.0,
+        "admitted {admitted} in {elapsed:.2}s"
+    );
+    assert!(limited > 0);
+    let (pa, pb) = (scrape(&a.url).await, scrape(&b.url).await);
+    let sum = |outcome: &str, source: &str| {
+        let labels = format!("source=\"{source}\",outcome=\"{outcome}\"");
+        labelled_in(&pa, "eventtracker_ingest_source_events_total", &labels).unwrap_or(-1.0)
+            + labelled_in(&pb, "eventtracker_ingest_source_events_total", &labels).unwrap_or(-1.0)
+    };
+    assert_eq!(sum("accepted", "test-source"), admitted as f64);
+    assert_eq!(sum("rate_limited", "test-source"), limited as f64);
+    assert_eq!(sum("accepted", "quiet"), quiet_ok as f64);
+    assert_eq!(sum("rate_limited", "quiet"), 0.0);
+    // A burst below a full batch is refused at start.
+    let out = Command::new(bin("ingest-api"))
+        .args(["--bind", "127.0.0.1:0", "--tokens", "s=secret-token-0123"])
+        .args(["--rate-limits", "s=10/20"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-events"));
+}

@@ -53,6 +53,10 @@ pub struct Config {
     #[arg(long, env = "INGEST_TOKENS_FILE")]
     pub tokens_file: Option<PathBuf>,
 
+    /// Per-source rate limits as `source=RATE` or `source=RATE/BURST` (events per second, events at once; burst defaults to one second of rate), comma-separated; also `rate=`/`burst=` on a tokens file line. Off for sources not named. Past it: 429 rate_limited.
+    #[arg(long, env = "INGEST_RATE_LIMITS", value_delimiter = ',')]
+    pub rate_limits: Vec<String>,
+
     /// Timeout of every Redis call, in milliseconds; past it a request gets 503 queue_unavailable (on a cluster after up to 2× this, trying another shard).
     #[arg(long, env = "INGEST_REDIS_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub redis_timeout_ms: u64,

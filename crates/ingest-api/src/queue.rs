@@ -73,6 +73,11 @@ impl EventQueue {
         })
     }
 
+    /// The shared Redis connection (for the rate limiter's state).
+    pub fn redis(&self) -> &Shared {
+        &self.redis
+    }
+
     pub fn layout(&self) -> &Layout {
         self.check.layout()
     }

@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::body::{Body, Encoding, read_body, too_large_on_wire};
 use crate::error::{ApiError, Rejected};
+use crate::ratelimit::Admission;
 use crate::telemetry;
 
 /// Bytes an accepted event holds beyond its JSON text: its source, ids, timestamps, the
@@ -100,6 +101,9 @@ pub async fn ingest(
             received_at,
         })
         .collect();
+    if !rejected.is_empty() {
+        telemetry::source_events(&source, "rejected", rejected.len());
+    }
     if accepted.is_empty() {
         return Err(ApiError::InvalidEvents(rejected));
     }
@@ -107,6 +111,21 @@ pub async fn ingest(
         return Err(ApiError::QueueFull {
             retry_after: state.retry_after_secs,
         });
+    }
+    match state
+        .rate_limiter
+        .admit(state.queue.redis(), &source, accepted.len())
+        .await
+    {
+        Ok(Admission::Admitted) => {}
+        Ok(Admission::Limited { retry_after_secs }) => {
+            telemetry::source_events(&source, "rate_limited", accepted.len());
+            return Err(ApiError::RateLimited {
+                retry_after: retry_after_secs,
+            });
+        }
+        // Fail open: the write below needs Redis too, and says so if it is down.
+        Err(e) => log::warn!("rate limit of {source:?} not checked: {e}"),
     }
     if let Err(e) = state.queue.push(&accepted).await {
         if let crate::queue::QueueError::Full = e {
@@ -124,6 +143,7 @@ pub async fn ingest(
         });
     }
     telemetry::accepted(accepted.len());
+    telemetry::source_events(&source, "accepted", accepted.len());
     Ok(HttpResponse::Ok().json(Accepted {
         accepted: accepted.len(),
         rejected,

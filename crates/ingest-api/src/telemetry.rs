@@ -88,6 +88,27 @@ pub fn request(route: &str, status: u16, took: Duration) {
         .record(took.as_secs_f64());
 }
 
+/// Events of a configured source by outcome (`accepted`, `rejected`, `rate_limited`); the
+/// labels are the sources of the tokens, a fixed set.
+pub fn source_events(source: &str, outcome: &'static str, n: usize) {
+    metrics::counter!("eventtracker_ingest_source_events_total", "source" => source.to_string(), "outcome" => outcome)
+        .increment(n as u64);
+}
+
+/// Exports every source's counters at 0 from the start.
+pub fn init_source_metrics(sources: &[&str]) {
+    metrics::describe_counter!(
+        "eventtracker_ingest_source_events_total",
+        "Events per source (one per API token's source) by outcome: accepted, rejected, rate_limited"
+    );
+    for source in sources {
+        for outcome in ["accepted", "rejected", "rate_limited"] {
+            metrics::counter!("eventtracker_ingest_source_events_total", "source" => source.to_string(), "outcome" => outcome)
+                .absolute(0);
+        }
+    }
+}
+
 pub fn accepted(n: usize) {
     metrics::counter!("eventtracker_ingest_events_accepted_total").increment(n as u64);
 }
