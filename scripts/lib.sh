@@ -126,7 +126,7 @@ start_pg() { # NAME PORT
   local name=$1 port=$2 dir="$ET_DATA/pg-$1"
   ensure_data_dir; mkdir -p "$dir"; chown postgres: "$dir"; chmod 700 "$dir"
   if [ ! -f "$dir/PG_VERSION" ]; then
-    as_pg "$ET_PG_BIN/initdb" -A trust -U postgres --no-sync -D "$dir" >/dev/null
+    as_pg "$ET_PG_BIN/initdb" -A trust -U postgres -E UTF8 --locale=C.UTF-8 --no-sync -D "$dir" >/dev/null
   fi
   if pg_running "$name"; then
     echo "postgres $name already running"

@@ -957,7 +957,17 @@ impl PgServer {
         };
         run_ok(
             as_postgres(&pg_bin("initdb"))
-                .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+                .args([
+                    "-A",
+                    "trust",
+                    "-U",
+                    "postgres",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                    "--no-sync",
+                    "-D",
+                ])
                 .arg(s.data()),
         );
         s.start_server();
@@ -999,6 +1009,38 @@ impl PgServer {
         );
     }
 
+    /// SIGSTOP to the postmaster and every backend: PostgreSQL stops answering without closing
+    /// a connection, as a host that froze or a failover without a TCP reset does.
+    pub fn freeze(&self) {
+        self.signal_all("STOP");
+    }
+
+    /// SIGCONT to the same processes.
+    pub fn thaw(&self) {
+        self.signal_all("CONT");
+    }
+
+    fn signal_all(&self, sig: &str) {
+        let pidfile =
+            std::fs::read_to_string(self.data().join("postmaster.pid")).expect("postmaster.pid");
+        let postmaster = pidfile.lines().next().expect("a pid").trim().to_string();
+        let out = Command::new("pgrep")
+            .args(["-P", &postmaster])
+            .output()
+            .expect("pgrep");
+        let mut pids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        pids.push(postmaster);
+        for pid in pids {
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(pid)
+                .status();
+        }
+    }
+
     /// The server's log, to show that it really went down.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
@@ -1036,4 +1078,56 @@ fn run_ok(cmd: &mut Command) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A gauge or counter from a /metrics page: the first sample of `name` (any labels), or `None`
+/// when the page has none (a test that needs the metric must not read its absence as 0).
+pub async fn metric(base: &str, name: &str) -> Option<f64> {
+    metric_in(&scrape(base).await, name)
+}
+
+/// The same, from an already scraped page.
+pub fn metric_in(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A sample with exactly these labels (`source="a",outcome="b"`), or `None`.
+pub fn labelled_in(page: &str, name: &str, labels: &str) -> Option<f64> {
+    let prefix = format!("{name}{{{labels}}} ");
+    page.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Peak resident memory (VmHWM) of a process, in bytes.
+pub fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kb * 1024
+}
+
+/// Runs `redis-cli -p PORT ARGS…` and returns its output (trimmed).
+pub fn redis_cli_out(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A field of `INFO memory` (`used_memory`, `maxmemory`).
+pub fn redis_memory(port: u16, field: &str) -> u64 {
+    redis_cli_out(port, &["INFO", "memory"])
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("INFO memory has no {field}"))
 }

@@ -1,7 +1,6 @@
 //! One event of a batch: the contract's field rules, checked one event at a time so that a bad
 //! event is reported by index while the good ones of the same batch are accepted.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -92,19 +91,22 @@ pub fn validate_event<'a>(
     limits: &Limits,
     now: OffsetDateTime,
 ) -> Result<ValidEvent<'a>, EventError> {
-    let fields: HashMap<String, &'a RawValue> = serde_json::from_str(raw.get())
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    let fields = de::DeserializeSeed::deserialize(FieldsSeed, &mut de)
         .map_err(|_| EventError::new("event", "must be a JSON object"))?;
-    if let Some(unknown) = fields
-        .keys()
-        .filter(|k| !FIELDS.contains(&k.as_str()))
-        .min()
-    {
+    if let Some(unknown) = fields.unknown {
         return Err(EventError::new(
-            printable(unknown),
+            printable(&unknown),
             "unknown field (expected one of event_id, name, timestamp, device_id, session_id, user_id, properties)",
         ));
     }
-    let get = |name: &str| fields.get(name).copied().filter(|v| v.get() != "null");
+    let get = |name: &str| {
+        FIELDS
+            .iter()
+            .position(|f| *f == name)
+            .and_then(|i| fields.values[i])
+            .filter(|v| v.get() != "null")
+    };
 
     let event_id = match get("event_id") {
         None => None,
@@ -165,6 +167,48 @@ pub fn validate_event<'a>(
         user_id,
         properties,
     })
+}
+
+/// An event's known fields by their place in [`FIELDS`] (a repeated key: the last one), and
+/// the smallest unknown key. Read without building a map: an event of a million keys costs no
+/// more memory than one of seven.
+struct Fields<'a> {
+    values: [Option<&'a RawValue>; FIELDS.len()],
+    unknown: Option<String>,
+}
+
+struct FieldsSeed;
+
+impl<'de> de::DeserializeSeed<'de> for FieldsSeed {
+    type Value = Fields<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Fields<'de>, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FieldsSeed {
+    type Value = Fields<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an event object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
+        let mut fields = Fields {
+            values: [None; FIELDS.len()],
+            unknown: None,
+        };
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match FIELDS.iter().position(|f| *f == key) {
+                Some(i) => fields.values[i] = Some(map.next_value()?),
+                None => {
+                    map.next_value::<de::IgnoredAny>()?;
+                    if fields.unknown.as_deref().is_none_or(|u| key.as_ref() < u) {
+                        fields.unknown = Some(key.into_owned());
+                    }
+                }
+            }
+        }
+        Ok(fields)
+    }
 }
 
 /// A key as it can be shown back to the client: NULs escaped, long keys cut.
@@ -232,13 +276,101 @@ fn check_properties(v: &RawValue, limits: &Limits) -> Result<(), EventError> {
         max_depth: limits.max_properties_depth,
     };
     match de::DeserializeSeed::deserialize(check, &mut de) {
-        Ok(()) => Ok(()),
+        Ok(()) => check_numbers(text),
         Err(e) => {
             let msg = e.to_string();
             // serde_json appends " at line L column C"; the position inside one value helps nobody.
             let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
             Err(EventError::new("properties", msg))
         }
+    }
+}
+
+/// Largest display scale (digits after the decimal point, as written) of PostgreSQL's numeric,
+/// which stores every jsonb number: `0.1e-16383` and 16,384 fraction digits are refused (22003).
+pub const PG_NUMERIC_MAX_SCALE: i64 = 16_383;
+/// Most digits before the decimal point of a numeric (its weight, 32,768 base-10000 digits).
+pub const PG_NUMERIC_MAX_INT_DIGITS: i64 = 131_072;
+
+/// Every number of valid JSON `text` is one PostgreSQL's jsonb can store. serde_json reads
+/// `1e-20000` as the f64 0.0; jsonb parses the text as a numeric and refuses it.
+fn check_numbers(text: &str) -> Result<(), EventError> {
+    let bytes = text.as_bytes();
+    let (mut i, mut in_string, mut escaped) = (0, false, false);
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+        } else if b == b'"' {
+            in_string = true;
+            i += 1;
+        } else if b == b'-' || b.is_ascii_digit() {
+            let start = i;
+            while i < bytes.len()
+                && matches!(bytes[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+            {
+                i += 1;
+            }
+            if !pg_numeric_fits(&text[start..i]) {
+                let shown: String = text[start..i].chars().take(24).collect();
+                return Err(EventError::new(
+                    "properties",
+                    format!(
+                        "the number {shown}{} is out of PostgreSQL's range (at most {PG_NUMERIC_MAX_SCALE} digits after the decimal point and {PG_NUMERIC_MAX_INT_DIGITS} before it, exponent included)",
+                        if i - start > 24 { "…" } else { "" }
+                    ),
+                ));
+            }
+        } else {
+            i += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a JSON number (valid syntax) fits PostgreSQL's numeric. Its display scale is the
+/// fraction digits as written less the exponent (`0e-16384` is refused though it is zero); its
+/// weight counts the digits before the point from the first significant one.
+pub fn pg_numeric_fits(number: &str) -> bool {
+    let unsigned = number.strip_prefix('-').unwrap_or(number);
+    let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+        Some(at) => (&unsigned[..at], &unsigned[at + 1..]),
+        None => (unsigned, "0"),
+    };
+    let exponent_digits = exponent
+        .trim_start_matches(['+', '-'])
+        .trim_start_matches('0');
+    // Beyond any limit below, and beyond what an i64 holds.
+    if exponent_digits.len() > 9 {
+        return false;
+    }
+    let mut exp: i64 = if exponent_digits.is_empty() {
+        0
+    } else {
+        match exponent_digits.parse() {
+            Ok(e) => e,
+            Err(_) => return false,
+        }
+    };
+    if exponent.starts_with('-') {
+        exp = -exp;
+    }
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let scale = frac.len() as i64 - exp;
+    if scale > PG_NUMERIC_MAX_SCALE {
+        return false;
+    }
+    let digits = int.bytes().chain(frac.bytes());
+    match digits.clone().position(|d| d != b'0') {
+        // Zero: only its scale matters.
+        None => true,
+        Some(first) => int.len() as i64 - first as i64 + exp <= PG_NUMERIC_MAX_INT_DIGITS,
     }
 }
 
@@ -1070,5 +1202,58 @@ mod tests {
         for (json, want) in cases {
             assert_eq!(check(&json).unwrap_err().to_string(), want);
         }
+    }
+
+    /// Each case as PostgreSQL 15 answered `SELECT '{"x": <n>}'::jsonb` (run by hand on the
+    /// real server while writing this; the differential test in tests/ checks it live).
+    #[test]
+    fn numbers_follow_postgresql_numeric_limits() {
+        let ones = |n: usize| "1".repeat(n);
+        let cases: Vec<(String, bool)> = vec![
+            ("1e-1000".into(), true),
+            ("1e-16383".into(), true),
+            ("1e-16384".into(), false),
+            ("0e-16383".into(), true),
+            ("0e-16384".into(), false),
+            ("0.0e-16384".into(), false),
+            ("10e-16384".into(), false),
+            ("0.001e-16380".into(), true),
+            ("0.001e-16381".into(), false),
+            (format!("0.{}", ones(16383)), true),
+            (format!("0.{}", ones(16384)), false),
+            (format!("0.{}e-3", ones(16380)), true),
+            (format!("0.{}e-4", ones(16380)), false),
+            ("1e131071".into(), true),
+            ("9.9e131071".into(), true),
+            ("1e131072".into(), false),
+            (format!("{}e130072", ones(1000)), true),
+            ("1e-99999999999999999999".into(), false),
+            ("1E+0999".into(), true),
+            ("-0.0e1000".into(), true),
+            ("-12.5".into(), true),
+        ];
+        for (n, ok) in cases {
+            assert_eq!(pg_numeric_fits(&n), ok, "{}", &n[..n.len().min(40)]);
+        }
+    }
+
+    #[test]
+    fn properties_with_unstorable_numbers_are_rejected() {
+        let e = event_with("properties", r#"{"a":[1,"1e-20000",{"b":1e-20000}]}"#);
+        assert_rejected(check(&e), "properties", "is out of PostgreSQL's range");
+        assert!(
+            check(&event_with(
+                "properties",
+                r#"{"s":"1e-20000","n":-1.5e300}"#
+            ))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn an_event_of_many_unknown_keys_names_the_smallest() {
+        let keys: Vec<String> = (0..10_000).map(|i| format!("\"k{i:05}\":0")).collect();
+        let e = format!("{{{},\"name\":\"n\"}}", keys.join(","));
+        assert_rejected(check(&e), "k00000", "unknown field");
     }
 }

@@ -44,7 +44,7 @@ pub enum DeadLetterCommand {
     /// Print dead letters, oldest first, one JSON object a line (with the reason and SQLSTATE).
     List {
         /// Print at most this many.
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 100, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
         count: usize,
     },
     /// Put dead letters back on the queue (after fixing what made them fail).
@@ -102,7 +102,7 @@ pub struct Common {
     pub stream_key: String,
 
     /// Streams the queue is split into; every flusher reads all of them. Must match ingest-api's (stored in `<key>:shards`).
-    #[arg(long, env = "FLUSHER_SHARDS", default_value_t = 1, global = true)]
+    #[arg(long, env = "FLUSHER_SHARDS", default_value_t = 1, global = true, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     pub shards: usize,
 
     /// Consumer group shared by all flushers.
@@ -126,51 +126,85 @@ pub struct RunConfig {
     pub consumer: Option<String>,
 
     /// Entries read and written per batch.
-    #[arg(long, env = "FLUSHER_BATCH_SIZE", default_value_t = 100)]
+    #[arg(long, env = "FLUSHER_BATCH_SIZE", default_value_t = 100, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
     pub batch_size: usize,
 
     /// Batches in flight at once: each read by its own consumer (`<consumer>-<n>`) and written
     /// on its own pooled PostgreSQL connection.
-    #[arg(long, env = "FLUSHER_CONCURRENCY", default_value_t = 1)]
+    #[arg(long, env = "FLUSHER_CONCURRENCY", default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
     pub concurrency: usize,
 
     /// How long one blocking read waits for new entries, in milliseconds (with shards: after a sweep of all found none, a read blocks on one shard for this / shards).
-    #[arg(long, env = "FLUSHER_BLOCK_MS", default_value_t = 1000)]
+    #[arg(long, env = "FLUSHER_BLOCK_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub block_ms: u64,
 
     /// Timeout of every other Redis call, in milliseconds.
-    #[arg(long, env = "FLUSHER_REDIS_TIMEOUT_MS", default_value_t = 5000)]
+    #[arg(long, env = "FLUSHER_REDIS_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub redis_timeout_ms: u64,
 
     /// Entries pending longer than this (ms) with another consumer are claimed and written.
-    #[arg(long, env = "FLUSHER_CLAIM_IDLE_MS", default_value_t = 30_000)]
+    #[arg(long, env = "FLUSHER_CLAIM_IDLE_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
     pub claim_idle_ms: u64,
 
     /// Consumers idle this long (seconds) with nothing pending are removed from the group.
-    #[arg(long, env = "FLUSHER_CONSUMER_IDLE_SECS", default_value_t = 3600)]
+    #[arg(long, env = "FLUSHER_CONSUMER_IDLE_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(0..=31_536_000))]
     pub consumer_idle_secs: u64,
 
     /// An entry delivered more often than this is retried alone (and dead-lettered only if its data is refused).
-    #[arg(long, env = "FLUSHER_MAX_DELIVERIES", default_value_t = 10)]
+    #[arg(long, env = "FLUSHER_MAX_DELIVERIES", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_deliveries: u64,
 
     /// First wait after a failed write, in milliseconds; doubles each time.
-    #[arg(long, env = "FLUSHER_BACKOFF_INITIAL_MS", default_value_t = 100)]
+    #[arg(long, env = "FLUSHER_BACKOFF_INITIAL_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub backoff_initial_ms: u64,
 
     /// Longest wait between retries, in milliseconds.
-    #[arg(long, env = "FLUSHER_BACKOFF_MAX_MS", default_value_t = 10_000)]
+    #[arg(long, env = "FLUSHER_BACKOFF_MAX_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub backoff_max_ms: u64,
 
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[arg(long, env = "FLUSHER_METRICS_BIND", default_value = "0.0.0.0:9100")]
     pub metrics_bind: SocketAddr,
 
+    /// Longest wait for a pooled PostgreSQL connection, and for each COPY (or de-duplicating write) to commit, in milliseconds; past it the connection is dropped and the batch retried. Must be below --claim-idle-ms [default: half of --claim-idle-ms, at most 10000].
+    #[arg(long, env = "FLUSHER_PG_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub pg_timeout_ms: Option<u64>,
+
     /// PostgreSQL connections in the pool.
-    #[arg(long, env = "FLUSHER_PG_POOL_SIZE", default_value_t = 4)]
+    #[arg(long, env = "FLUSHER_PG_POOL_SIZE", default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     pub pg_pool_size: usize,
 
     /// Seconds to finish the batch in hand after SIGTERM/SIGINT before exiting anyway.
-    #[arg(long, env = "FLUSHER_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
+    #[arg(long, env = "FLUSHER_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub shutdown_timeout_secs: u64,
+}
+
+impl RunConfig {
+    /// What clap cannot check flag by flag: how flags relate.
+    pub fn check(&self) -> Result<(), String> {
+        if self.backoff_initial_ms > self.backoff_max_ms {
+            return Err(format!(
+                "--backoff-initial-ms ({}) must not be above --backoff-max-ms ({})",
+                self.backoff_initial_ms, self.backoff_max_ms
+            ));
+        }
+        // A write still running when another flusher may claim its entries would race it.
+        if self.pg_timeout().as_millis() >= u128::from(self.claim_idle_ms) {
+            return Err(format!(
+                "--pg-timeout-ms ({}) must be below --claim-idle-ms ({}): a write must give up \
+                 before another flusher may claim its entries",
+                self.pg_timeout().as_millis(),
+                self.claim_idle_ms
+            ));
+        }
+        Ok(())
+    }
+
+    /// `--pg-timeout-ms`, or half of `--claim-idle-ms` up to 10 s.
+    pub fn pg_timeout(&self) -> Duration {
+        Duration::from_millis(
+            self.pg_timeout_ms
+                .unwrap_or((self.claim_idle_ms / 2).clamp(1, 10_000)),
+        )
+    }
 }

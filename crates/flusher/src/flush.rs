@@ -358,8 +358,8 @@ impl Flusher {
             for (entry, reason, _) in &dead {
                 log::warn!("dead-lettering entry {}: {reason}", entry.id);
             }
-            self.stream.dead_letter(shard, &dead).await?;
-            self.stats.dead(dead.len());
+            let moved = self.stream.dead_letter(shard, &dead).await?;
+            self.stats.dead(moved as usize);
         }
 
         // Entries delivered many times are retried alone: they may be what broke earlier batches.
@@ -407,12 +407,21 @@ impl Flusher {
         let mut todo = vec![rows];
         let mut backoff = self.backoff_start();
         let mut last_keep = Instant::now();
+        // The same unexpected SQLSTATE for the part in hand, and how often in a row.
+        let mut streak: Option<(String, u32)> = None;
+        // Whether any part of this batch committed: a row refused alone with an unexpected
+        // SQLSTATE is condemned only when its siblings could be stored.
+        let mut committed_any = false;
         while let Some(part) = todo.pop() {
+            // A long isolation or outage must not let another flusher claim these entries.
+            self.keep_fresh(shard, &part, &todo, &mut last_keep).await;
             let events: Vec<&QueuedEvent> = part.iter().map(|(_, e)| e).collect();
             let started = Instant::now();
-            match sink::write(&self.pool, &events).await {
+            match sink::write(&self.pool, &events, self.config.pg_timeout()).await {
                 Ok(path) => {
                     backoff = self.backoff_start();
+                    streak = None;
+                    committed_any = true;
                     if fault_exit_after_commit() {
                         log::error!("fault hook: exiting after COMMIT, before XACK");
                         std::process::exit(86);
@@ -435,10 +444,11 @@ impl Flusher {
                         "dead-lettering entry {}: PostgreSQL refused it ({sqlstate}): {message}",
                         entry.id
                     );
-                    self.stream
+                    let moved = self
+                        .stream
                         .dead_letter(shard, &[(entry, message, Some(sqlstate))])
                         .await?;
-                    self.stats.dead(1);
+                    self.stats.dead(moved as usize);
                 }
                 Err(WriteError::Data { sqlstate, .. }) => {
                     log::info!(
@@ -449,6 +459,64 @@ impl Flusher {
                     let right = part.split_off(part.len() / 2);
                     todo.push(right);
                     todo.push(part);
+                }
+                Err(WriteError::Refused { sqlstate, message }) => {
+                    let count = match &streak {
+                        Some((code, n)) if *code == sqlstate => n + 1,
+                        _ => 1,
+                    };
+                    streak = Some((sqlstate.clone(), count));
+                    let whole = part.len() + todo.iter().map(Vec::len).sum::<usize>();
+                    if count < sink::REFUSED_STREAK
+                        || (part.len() == 1 && !committed_any && todo.is_empty())
+                    {
+                        // Not yet a pattern, or nothing of this batch could be stored at all:
+                        // PostgreSQL's side, not this row's. Retry after a backoff.
+                        if self.stopping() {
+                            log::warn!(
+                                "shutting down with {whole} entries unwritten; they stay pending for another flusher"
+                            );
+                            return Ok(Written::Abandoned);
+                        }
+                        log::warn!(
+                            "PostgreSQL refused a batch of {} ({sqlstate}, {count} time(s) in a row): {message}; retrying in {backoff:?}",
+                            part.len()
+                        );
+                        telemetry::postgres_error();
+                        self.stats.backoff();
+                        self.sleep(backoff).await;
+                        backoff = self.next_backoff(backoff);
+                        todo.push(part);
+                        continue;
+                    }
+                    streak = None;
+                    backoff = self.backoff_start();
+                    if part.len() > 1 {
+                        log::info!(
+                            "PostgreSQL refused a batch of {} {} times in a row ({sqlstate}); splitting it",
+                            part.len(),
+                            sink::REFUSED_STREAK
+                        );
+                        let mut part = part;
+                        let right = part.split_off(part.len() / 2);
+                        todo.push(right);
+                        todo.push(part);
+                    } else if !committed_any {
+                        // Alone and refused, but no sibling stored yet: try them first.
+                        todo.insert(0, part);
+                    } else {
+                        let (entry, _) = &part[0];
+                        log::warn!(
+                            "dead-lettering entry {}: PostgreSQL refused it alone {} times ({sqlstate}) while its siblings were stored: {message}",
+                            entry.id,
+                            sink::REFUSED_STREAK
+                        );
+                        let moved = self
+                            .stream
+                            .dead_letter(shard, &[(entry, message, Some(sqlstate))])
+                            .await?;
+                        self.stats.dead(moved as usize);
+                    }
                 }
                 Err(WriteError::Transient(e)) => {
                     if self.stopping() {
@@ -461,17 +529,6 @@ impl Flusher {
                     log::warn!("writing to PostgreSQL failed: {e}; retrying in {backoff:?}");
                     telemetry::postgres_error();
                     self.stats.backoff();
-                    if last_keep.elapsed() >= Duration::from_millis(self.config.claim_idle_ms / 3) {
-                        last_keep = Instant::now();
-                        let ids: Vec<String> = part
-                            .iter()
-                            .chain(todo.iter().flatten())
-                            .map(|(e, _)| e.id.clone())
-                            .collect();
-                        if let Err(e) = self.stream.keep_claimed(shard, &ids).await {
-                            log::warn!("refreshing the claim on {} entries: {e}", ids.len());
-                        }
-                    }
                     self.sleep(backoff).await;
                     backoff = self.next_backoff(backoff);
                     todo.push(part);
@@ -479,5 +536,28 @@ impl Flusher {
             }
         }
         Ok(Written::Done)
+    }
+
+    /// Re-claims the entries still in hand once a third of `--claim-idle-ms` has passed since
+    /// the last time, so no other flusher takes them over while this one is still at work.
+    async fn keep_fresh(
+        &self,
+        shard: usize,
+        part: &[(&Entry, QueuedEvent)],
+        todo: &[Vec<(&Entry, QueuedEvent)>],
+        last_keep: &mut Instant,
+    ) {
+        if last_keep.elapsed() < Duration::from_millis(self.config.claim_idle_ms / 3) {
+            return;
+        }
+        *last_keep = Instant::now();
+        let ids: Vec<String> = part
+            .iter()
+            .chain(todo.iter().flatten())
+            .map(|(e, _)| e.id.clone())
+            .collect();
+        if let Err(e) = self.stream.keep_claimed(shard, &ids).await {
+            log::warn!("refreshing the claim on {} entries: {e}", ids.len());
+        }
     }
 }

@@ -38,8 +38,19 @@ pub enum FlusherError {
     Postgres(#[from] tokio_postgres::Error),
     #[error("postgres pool: {0}")]
     PostgresPool(String),
-    #[error("metrics endpoint: {0}")]
+    #[error("metrics endpoint")]
     Io(#[from] std::io::Error),
+    #[error(
+        "cannot listen on {addr} for /metrics, /healthz and /readyz (another flusher on this \
+         host? give each its own --metrics-bind or FLUSHER_METRICS_BIND)"
+    )]
+    MetricsBind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    /// Flags that are fine alone but not together: exit code 2, as clap's own refusals.
+    #[error("{0}")]
+    Usage(String),
     #[error("migration {name}: {source}")]
     Migration {
         name: &'static str,
@@ -54,6 +65,7 @@ impl From<redis_queue::QueueError> for FlusherError {
             Q::Redis(e) => FlusherError::Redis(e),
             Q::Timeout(d) => FlusherError::RedisUnavailable(format!("no answer within {d:?}")),
             Q::Config(s) => FlusherError::Config(s),
+            e @ Q::Full => FlusherError::RedisUnavailable(e.to_string()),
             e @ (Q::ShardMismatch { .. } | Q::UnshardedBacklog { .. }) => {
                 FlusherError::Layout(e.to_string())
             }
@@ -195,23 +207,11 @@ pub async fn run(
     config: RunConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), FlusherError> {
-    if config.batch_size == 0 {
-        return Err(FlusherError::Config(
-            "--batch-size must be at least 1".into(),
-        ));
-    }
+    config.check().map_err(FlusherError::Usage)?;
     let consumer = config
         .consumer
         .clone()
         .unwrap_or_else(default_consumer_name);
-    if config.concurrency == 0 {
-        return Err(FlusherError::Config(
-            "--concurrency must be at least 1".into(),
-        ));
-    }
-    if config.block_ms == 0 {
-        return Err(FlusherError::Config("--block-ms must be at least 1".into()));
-    }
     let (redis, check) = redis_and_layout(
         &common,
         Duration::from_millis(config.redis_timeout_ms),
@@ -238,7 +238,12 @@ pub async fn run(
         &common.database_url,
         config.pg_pool_size.max(config.concurrency),
     )?;
-    let listener = std::net::TcpListener::bind(config.metrics_bind)?;
+    let listener = std::net::TcpListener::bind(config.metrics_bind).map_err(|source| {
+        FlusherError::MetricsBind {
+            addr: config.metrics_bind,
+            source,
+        }
+    })?;
     // Tests and scripts read this line to learn the port when --metrics-bind ends in :0.
     println!("flusher metrics on http://{}", listener.local_addr()?);
     let probes = telemetry::Probes {

@@ -25,7 +25,11 @@ async fn main() -> ExitCode {
                 source = s.source();
             }
             log::error!("{msg}");
-            ExitCode::FAILURE
+            if matches!(e, flusher::FlusherError::Usage(_)) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -24,6 +24,7 @@ const MIGRATION_LOCK: i64 = 0x4576_656e_7454_726b;
 
 /// Applies what is missing; returns the versions applied by this run.
 pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, FlusherError> {
+    check_encoding(client).await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
@@ -35,6 +36,26 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, FlusherError> {
     let applied = result?;
     unlock?;
     Ok(applied)
+}
+
+/// ingest-api accepts any Unicode text (but NUL) and jsonb stores it only in a UTF8 database:
+/// in another encoding rows it accepted would be refused and dead-lettered.
+async fn check_encoding(client: &Client) -> Result<(), FlusherError> {
+    let row = client
+        .query_one(
+            "SELECT pg_encoding_to_char(encoding), current_database() FROM pg_database \
+             WHERE datname = current_database()",
+            &[],
+        )
+        .await?;
+    let (encoding, db): (String, String) = (row.get(0), row.get(1));
+    if encoding != "UTF8" {
+        return Err(FlusherError::Config(format!(
+            "database {db:?} has encoding {encoding}: EventTracker needs UTF8 (create it with \
+             CREATE DATABASE {db} ENCODING 'UTF8' TEMPLATE template0)"
+        )));
+    }
+    Ok(())
 }
 
 async fn apply_missing(client: &mut Client) -> Result<Vec<i32>, FlusherError> {

@@ -10,6 +10,9 @@ use crate::FlusherError;
 /// Arbitrary constant naming EventTracker's retention lock.
 const RETENTION_LOCK: i64 = 0x4576_656e_7452_6574;
 
+/// The longest duration `parse_duration` takes: 100 years.
+pub const MAX_DURATION_SECS: u64 = 36_500 * 86_400;
+
 /// Parses `30d`, `12h`, `90m`, `3600s` (a whole number and one unit).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -18,14 +21,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("{s:?}: expected a number and a unit, like 30d"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        "w" => n * 7 * 86_400,
+    let unit_secs: u64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
         _ => return Err(format!("{s:?}: the unit must be s, m, h, d or w")),
     };
+    // Checked: `213503982334602d` once wrapped to ~17 hours, and data younger than asked went.
+    let secs = n
+        .checked_mul(unit_secs)
+        .filter(|&secs| secs <= MAX_DURATION_SECS)
+        .ok_or_else(|| format!("{s:?}: at most {}d (100 years)", MAX_DURATION_SECS / 86_400))?;
     if secs == 0 {
         return Err(format!("{s:?}: must be more than zero"));
     }

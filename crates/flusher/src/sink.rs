@@ -2,6 +2,8 @@
 //! a unique violation (a redelivered batch, an SDK retry) the batch goes through a temporary
 //! staging table and `INSERT … ON CONFLICT DO NOTHING`, de-duplicated within the batch first.
 
+use std::time::Duration;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use event_model::QueuedEvent;
@@ -25,9 +27,17 @@ pub enum WritePath {
 pub enum WriteError {
     /// PostgreSQL refused a row for its data: isolate it, dead-letter it.
     Data { sqlstate: String, message: String },
+    /// PostgreSQL refused the write with a SQLSTATE that is neither a data error nor its own
+    /// trouble (a chunk that takes no writes, an operator's trigger or constraint): possibly
+    /// tied to one row. Retried; after [`REFUSED_STREAK`] failures in a row with the same
+    /// SQLSTATE the batch is split as for data errors.
+    Refused { sqlstate: String, message: String },
     /// PostgreSQL is down, restarting, or failed for reasons not tied to the rows: back off, retry.
     Transient(FlusherError),
 }
+
+/// Failures in a row of one batch with the same unexpected SQLSTATE after which it is split.
+pub const REFUSED_STREAK: u32 = 3;
 
 /// Creates the connection pool. No connection is made yet.
 pub fn pool(database_url: &str, size: usize) -> Result<Pool, FlusherError> {
@@ -52,21 +62,53 @@ pub fn pool(database_url: &str, size: usize) -> Result<Pool, FlusherError> {
 }
 
 /// Writes the rows in one transaction; on a unique violation, once more through staging.
-pub async fn write(pool: &Pool, rows: &[&QueuedEvent]) -> Result<WritePath, WriteError> {
-    let mut client = pool
-        .get()
+///
+/// Taking a connection and each write are bounded by `timeout`: a PostgreSQL that stops
+/// answering without closing the connection (a failover without a TCP reset, a frozen host)
+/// would otherwise hold the batch for minutes. A connection that timed out is dropped, never
+/// returned to the pool; whether its write committed is unknown, so the batch is retried and
+/// a committed one takes the de-duplication path.
+pub async fn write(
+    pool: &Pool,
+    rows: &[&QueuedEvent],
+    timeout: Duration,
+) -> Result<WritePath, WriteError> {
+    let timed_out = |what: &str| {
+        WriteError::Transient(FlusherError::PostgresPool(format!(
+            "{what} took longer than {} ms (--pg-timeout-ms)",
+            timeout.as_millis()
+        )))
+    };
+    let mut client = tokio::time::timeout(timeout, pool.get())
         .await
+        .map_err(|_| timed_out("taking a connection"))?
         .map_err(|e| WriteError::Transient(FlusherError::PostgresPool(e.to_string())))?;
-    match copy_into(&mut client, "events", rows, false).await {
-        Ok(()) => Ok(WritePath::Copy),
-        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-            copy_into(&mut client, "events", rows, true)
-                .await
-                .map_err(classify)?;
-            Ok(WritePath::Dedup)
+    // Set when a statement was cut off: the connection is then in an unknown state.
+    let mut cut_off = false;
+    let first = tokio::time::timeout(timeout, copy_into(&mut client, "events", rows, false)).await;
+    let result = match first {
+        Ok(Ok(())) => Ok(WritePath::Copy),
+        Ok(Err(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            match tokio::time::timeout(timeout, copy_into(&mut client, "events", rows, true)).await
+            {
+                Ok(r) => r.map(|()| WritePath::Dedup).map_err(classify),
+                Err(_) => {
+                    cut_off = true;
+                    Err(timed_out("the de-duplicating write"))
+                }
+            }
         }
-        Err(e) => Err(classify(e)),
+        Ok(Err(e)) => Err(classify(e)),
+        Err(_) => {
+            cut_off = true;
+            Err(timed_out("the COPY"))
+        }
+    };
+    if cut_off {
+        // Close it rather than hand it to the next batch.
+        drop(deadpool_postgres::Object::take(client));
     }
+    result
 }
 
 async fn copy_into(
@@ -185,8 +227,24 @@ fn classify(e: tokio_postgres::Error) -> WriteError {
             sqlstate: db.code().code().to_string(),
             message: db.message().to_string(),
         },
+        Some(db) if !is_server_trouble(db.code()) => WriteError::Refused {
+            sqlstate: db.code().code().to_string(),
+            message: db.message().to_string(),
+        },
         _ => WriteError::Transient(FlusherError::Postgres(e)),
     }
+}
+
+/// PostgreSQL's own trouble, never the row's: connection exceptions (08), transaction rollbacks
+/// such as serialization failures and deadlocks (40), insufficient resources (53), operator
+/// intervention such as a shutdown (57), and a read-only transaction (25006, a standby after a
+/// failover). Such a batch is retried whole, never split.
+fn is_server_trouble(code: &SqlState) -> bool {
+    let c = code.code();
+    ["08", "40", "53", "57"]
+        .iter()
+        .any(|class| c.starts_with(class))
+        || c == "25006"
 }
 
 /// SQLSTATE class 22 (data exception), class 23 (integrity constraint) and 54000/54001

@@ -113,9 +113,31 @@ impl Stream {
     }
 
     /// Creates the consumer group at ID 0 (so nothing queued before the first flusher is
-    /// skipped), creating the stream too if needed. An existing group is left as it is.
+    /// skipped), creating the stream too if needed. Reads first: a Redis at maxmemory refuses
+    /// XGROUP CREATE, and a flusher must start against it when the group exists already.
     pub async fn ensure_group(&self, shard: usize) -> Result<(), FlusherError> {
         let (key, group) = (&self.key(shard), &self.group);
+        let groups = self
+            .query(async |c| {
+                redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(key)
+                    .query_async::<Value>(c)
+                    .await
+            })
+            .await;
+        match groups {
+            Ok(v)
+                if as_array(v.clone())
+                    .into_iter()
+                    .any(|g| group_name(g).as_deref() == Some(group.as_str())) =>
+            {
+                return Ok(());
+            }
+            // No stream yet ("ERR no such key"), or no such group: create them.
+            Ok(_) | Err(FlusherError::Redis(_)) => {}
+            Err(e) => return Err(e),
+        }
         let result = self
             .query(async |c| {
                 redis::cmd("XGROUP")
@@ -290,70 +312,69 @@ impl Stream {
         .await
     }
 
-    /// Acknowledges and deletes entries whose rows are committed, in one MULTI/EXEC.
+    /// Acknowledges and deletes entries whose rows are committed (atomically, also while Redis
+    /// is out of memory: see [`redis_queue::settle`]).
     pub async fn ack_delete(&self, shard: usize, ids: &[String]) -> Result<(), FlusherError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
         let key = self.key(shard);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("XACK")
-            .arg(&key)
-            .arg(&self.group)
-            .arg(ids)
-            .ignore()
-            .cmd("XDEL")
-            .arg(&key)
-            .arg(ids)
-            .ignore();
-        self.query(async |c| pipe.query_async::<()>(c).await).await
+        redis_queue::settle::ack_delete(&self.redis, &key, &self.group, ids).await?;
+        Ok(())
     }
 
-    /// Moves entries to the dead-letter stream with the reason, in one MULTI/EXEC with their
-    /// acknowledgement and deletion from the main stream.
+    /// Moves entries to the dead-letter stream with the reason, each only if it is still
+    /// pending with this consumer (another flusher that claimed it settles it instead), with
+    /// its acknowledgement and deletion from the main stream. Returns how many it moved.
     pub async fn dead_letter(
         &self,
         shard: usize,
         dead: &[(&Entry, String, Option<String>)],
-    ) -> Result<(), FlusherError> {
+    ) -> Result<u64, FlusherError> {
         if dead.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let (key, dead_key) = (self.key(shard), self.dead_key(shard));
         let now = time::OffsetDateTime::now_utc();
         let at = event_model::timestamp::format_timestamp(now);
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let mut ids = Vec::new();
-        for (entry, reason, sqlstate) in dead {
-            let cmd = pipe.cmd("XADD").arg(&dead_key).arg("*");
-            for (k, v) in &entry.fields {
-                cmd.arg(k).arg(v);
-            }
-            cmd.arg(DL_ORIGINAL_ID)
-                .arg(&entry.id)
-                .arg(DL_REASON)
-                .arg(reason)
-                .arg(DL_SQLSTATE)
-                .arg(sqlstate.as_deref().unwrap_or(""))
-                .arg(DL_AT)
-                .arg(&at)
-                .arg(DL_CONSUMER)
-                .arg(&self.consumer)
-                .ignore();
-            ids.push(entry.id.clone());
+        let letters: Vec<redis_queue::settle::DeadLetter<'_>> = dead
+            .iter()
+            .map(|(entry, reason, sqlstate)| {
+                let mut fields: Vec<(&[u8], &[u8])> = entry
+                    .fields
+                    .iter()
+                    .map(|(k, v)| (k.as_slice(), v.as_slice()))
+                    .collect();
+                fields.extend([
+                    (DL_ORIGINAL_ID.as_bytes(), entry.id.as_bytes()),
+                    (DL_REASON.as_bytes(), reason.as_bytes()),
+                    (
+                        DL_SQLSTATE.as_bytes(),
+                        sqlstate.as_deref().unwrap_or("").as_bytes(),
+                    ),
+                    (DL_AT.as_bytes(), at.as_bytes()),
+                    (DL_CONSUMER.as_bytes(), self.consumer.as_bytes()),
+                ]);
+                redis_queue::settle::DeadLetter {
+                    id: &entry.id,
+                    fields,
+                }
+            })
+            .collect();
+        let moved = redis_queue::settle::dead_letter(
+            &self.redis,
+            &key,
+            &dead_key,
+            &self.group,
+            &self.consumer,
+            &letters,
+        )
+        .await?;
+        if (moved as usize) < dead.len() {
+            log::info!(
+                "{} of {} entries to dead-letter were claimed by another flusher meanwhile; it settles them",
+                dead.len() - moved as usize,
+                dead.len()
+            );
         }
-        pipe.cmd("XACK")
-            .arg(&key)
-            .arg(&self.group)
-            .arg(&ids)
-            .ignore()
-            .cmd("XDEL")
-            .arg(&key)
-            .arg(&ids)
-            .ignore();
-        self.query(async |c| pipe.query_async::<()>(c).await).await
+        Ok(moved)
     }
 
     /// Backlog, lag, pending and dead-letter counts of all shards together (lag: the oldest
@@ -371,6 +392,7 @@ impl Stream {
                     total.pending += q.pending;
                     total.dead += q.dead;
                     total.lag = total.lag.max(q.lag);
+                    total.memory_ratio = total.memory_ratio.max(q.memory_ratio);
                 }
                 Err(e) => {
                     total.unreachable += 1;
@@ -389,7 +411,7 @@ impl Stream {
         shard: usize,
     ) -> Result<crate::telemetry::QueueState, FlusherError> {
         let (key, dead) = (&self.key(shard), &self.dead_key(shard));
-        let (backlog, lag) = self.layout().length_and_lag(&self.redis, shard).await?;
+        let stats = self.layout().shard_stats(&self.redis, shard).await?;
         let dead_len: u64 = self
             .query(async |c| redis::cmd("XLEN").arg(dead).query_async(c).await)
             .await?;
@@ -411,11 +433,12 @@ impl Stream {
             })
             .unwrap_or(0);
         Ok(crate::telemetry::QueueState {
-            backlog,
-            lag,
+            backlog: stats.len,
+            lag: stats.lag,
             pending,
             dead: dead_len,
             unreachable: 0,
+            memory_ratio: stats.memory_ratio,
         })
     }
 
@@ -485,6 +508,17 @@ fn as_array(v: Value) -> Vec<Value> {
         Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
         _ => Vec::new(),
     }
+}
+
+/// The `name` of one `XINFO GROUPS` item (a flat array in RESP2, a map in RESP3).
+fn group_name(v: Value) -> Option<String> {
+    let mut it = as_array(v).into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        if as_string(&k).as_deref() == Some("name") {
+            return as_string(&v);
+        }
+    }
+    None
 }
 
 fn as_bytes(v: Value) -> Option<Vec<u8>> {

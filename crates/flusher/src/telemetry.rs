@@ -82,6 +82,10 @@ fn describe() {
         "eventtracker_queue_shards_unreachable",
         "Shards whose node did not answer the last queue-state read"
     );
+    describe_gauge!(
+        redis_queue::MEMORY_RATIO_GAUGE,
+        redis_queue::MEMORY_RATIO_HELP
+    );
     // Every series exists from the start: dashboards and alerts see zeros, not gaps.
     for c in [
         "eventtracker_flusher_events_written_total",
@@ -137,6 +141,8 @@ pub struct QueueState {
     pub dead: u64,
     /// Shards that could not be read (their node is down): not in the other numbers.
     pub unreachable: usize,
+    /// The fullest shard node's memory over its maxmemory (see [`redis_queue::ShardStats`]).
+    pub memory_ratio: f64,
 }
 
 impl QueueState {
@@ -146,6 +152,7 @@ impl QueueState {
         metrics::gauge!("eventtracker_queue_pending").set(self.pending as f64);
         metrics::gauge!("eventtracker_queue_dead_letters").set(self.dead as f64);
         metrics::gauge!("eventtracker_queue_shards_unreachable").set(self.unreachable as f64);
+        metrics::gauge!(redis_queue::MEMORY_RATIO_GAUGE).set(self.memory_ratio);
     }
 }
 

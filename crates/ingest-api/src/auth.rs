@@ -7,10 +7,13 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-/// The known tokens, each as (source name, SHA-256 of the secret).
+/// The known tokens, each as (source name, SHA-256 of the secret), and the rate limits the
+/// tokens file sets per source.
 #[derive(Clone, Default)]
 pub struct TokenStore {
     entries: Vec<(String, [u8; 32])>,
+    /// `rate=`/`burst=` options of tokens file lines, by source.
+    pub limits: Vec<(String, crate::ratelimit::Limit)>,
 }
 
 impl std::fmt::Debug for TokenStore {
@@ -27,8 +30,16 @@ impl std::fmt::Debug for TokenStore {
 pub enum TokenConfigError {
     #[error("token #{index}: expected source=secret")]
     Malformed { index: usize },
-    #[error("{path}: line {line}: expected source=secret or source=sha256:<64 hex digits>")]
+    #[error(
+        "{path}: line {line}: expected source=secret or source=sha256:<64 hex digits>, then optionally rate=<events/s> and burst=<events>"
+    )]
     MalformedLine { path: String, line: usize },
+    #[error("{path}: line {line}: {problem}")]
+    BadLimit {
+        path: String,
+        line: usize,
+        problem: String,
+    },
     #[error("reading tokens file {path}: {source}")]
     Io {
         path: String,
@@ -63,7 +74,33 @@ impl TokenStore {
                     path: path.display().to_string(),
                     line: n + 1,
                 };
-                let (source, value) = split_pair(line).ok_or_else(bad)?;
+                let mut words = line.split_whitespace();
+                let pair = words.next().unwrap_or_default();
+                let (source, value) = split_pair(pair).ok_or_else(bad)?;
+                let (mut rate, mut burst) = (None, None);
+                for option in words {
+                    match option.split_once('=') {
+                        Some(("rate", v)) => rate = Some(v),
+                        Some(("burst", v)) => burst = Some(v),
+                        _ => return Err(bad()),
+                    }
+                }
+                if let Some(rate) = rate {
+                    let text = match burst {
+                        Some(b) => format!("{rate}/{b}"),
+                        None => rate.to_string(),
+                    };
+                    let limit = crate::ratelimit::Limit::parse(&text).map_err(|problem| {
+                        TokenConfigError::BadLimit {
+                            path: path.display().to_string(),
+                            line: n + 1,
+                            problem,
+                        }
+                    })?;
+                    store.limits.push((source.to_string(), limit));
+                } else if burst.is_some() {
+                    return Err(bad());
+                }
                 match value.strip_prefix("sha256:") {
                     Some(hex_digest) => {
                         let mut digest = [0u8; 32];
@@ -186,6 +223,14 @@ mod tests {
         let err = TokenStore::load(&[], Some(&file)).unwrap_err().to_string();
         assert!(err.contains("line 1"), "{err}");
         assert!(!err.contains("abcd"), "a secret must not be echoed: {err}");
+        std::fs::write(&file, "web=s3cret rate=0\n").unwrap();
+        assert!(TokenStore::load(&[], Some(&file)).is_err());
+        std::fs::write(&file, "web=s3cret burst=10\n").unwrap();
+        assert!(TokenStore::load(&[], Some(&file)).is_err());
+        std::fs::write(&file, "web=s3cret rate=10 burst=20\n").unwrap();
+        let store = TokenStore::load(&[], Some(&file)).unwrap();
+        assert_eq!(store.limits.len(), 1);
+        assert_eq!(store.authenticate(Some(b"Bearer s3cret")), Some("web"));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

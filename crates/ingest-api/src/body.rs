@@ -32,7 +32,7 @@ pub struct BodyLimits {
 /// A body in memory, with the share of the all-requests budget it holds until dropped.
 pub struct Body {
     pub bytes: Vec<u8>,
-    _budget: Budget,
+    pub budget: Budget,
 }
 
 /// Bytes held by all requests together: a semaphore with one permit per byte.
@@ -50,13 +50,27 @@ impl SharedBudget {
     }
 }
 
-/// One request's share of the shared budget; grows with its buffer, released on drop.
-struct Budget {
+/// One request's share of the shared budget; grows with its buffer and with what the request
+/// builds from it (see [`Budget::charge`]), released on drop.
+pub struct Budget {
     shared: SharedBudget,
     held: Option<OwnedSemaphorePermit>,
 }
 
 impl Budget {
+    /// Adds `bytes` to the share, for memory the request is about to allocate (its queue
+    /// entries, the Redis pipeline); 503 server_busy when the budget has no room.
+    pub fn charge(&mut self, bytes: usize, retry_after_secs: u32) -> Result<(), ApiError> {
+        let have = self.held.as_ref().map_or(0, |p| p.num_permits());
+        if self.grow_to(have.saturating_add(bytes)) {
+            Ok(())
+        } else {
+            Err(ApiError::ServerBusy {
+                retry_after: retry_after_secs,
+            })
+        }
+    }
+
     /// Grows the share to `total` bytes; never waits (waiting could deadlock two big requests
     /// that each hold half), so a full budget fails this request at once.
     fn grow_to(&mut self, total: usize) -> bool {
@@ -153,7 +167,7 @@ async fn read(
     };
     Ok(Body {
         bytes: buf.buf,
-        _budget: buf.budget,
+        budget: buf.budget,
     })
 }
 

@@ -37,7 +37,7 @@ pub struct Config {
     pub stream_key: String,
 
     /// Streams the queue is split into; each request goes to one. Must match every flusher's (stored in `<key>:shards`).
-    #[arg(long, env = "INGEST_SHARDS", default_value_t = 1)]
+    #[arg(long, env = "INGEST_SHARDS", default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     pub shards: usize,
 
     /// API tokens as `source=secret` pairs, comma-separated. The source name is stored with every event.
@@ -53,44 +53,48 @@ pub struct Config {
     #[arg(long, env = "INGEST_TOKENS_FILE")]
     pub tokens_file: Option<PathBuf>,
 
+    /// Per-source rate limits as `source=RATE` or `source=RATE/BURST` (events per second, events at once; burst defaults to one second of rate), comma-separated; also `rate=`/`burst=` on a tokens file line. Off for sources not named. Past it: 429 rate_limited.
+    #[arg(long, env = "INGEST_RATE_LIMITS", value_delimiter = ',')]
+    pub rate_limits: Vec<String>,
+
     /// Timeout of every Redis call, in milliseconds; past it a request gets 503 queue_unavailable (on a cluster after up to 2× this, trying another shard).
-    #[arg(long, env = "INGEST_REDIS_TIMEOUT_MS", default_value_t = 2000)]
+    #[arg(long, env = "INGEST_REDIS_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub redis_timeout_ms: u64,
 
     /// Largest request body as received (compressed or not), in bytes.
-    #[arg(long, env = "INGEST_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "INGEST_MAX_BODY_BYTES", default_value_t = 1024 * 1024, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_073_741_824))]
     pub max_body_bytes: usize,
 
     /// Largest request body after gzip decompression, in bytes.
-    #[arg(long, env = "INGEST_MAX_DECOMPRESSED_BYTES", default_value_t = 10 * 1024 * 1024)]
+    #[arg(long, env = "INGEST_MAX_DECOMPRESSED_BYTES", default_value_t = 10 * 1024 * 1024, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_073_741_824))]
     pub max_decompressed_bytes: usize,
 
     /// Most bytes all request bodies together may hold in memory (past it: 503 server_busy).
-    #[arg(long, env = "INGEST_MAX_INFLIGHT_BYTES", default_value_t = 128 * 1024 * 1024)]
+    #[arg(long, env = "INGEST_MAX_INFLIGHT_BYTES", default_value_t = 128 * 1024 * 1024, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_099_511_627_776))]
     pub max_inflight_bytes: usize,
 
     /// A request's headers must arrive within this many milliseconds (slowloris guard).
-    #[arg(long, env = "INGEST_HEADER_TIMEOUT_MS", default_value_t = 5000)]
+    #[arg(long, env = "INGEST_HEADER_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub header_timeout_ms: u64,
 
     /// A request's whole body must arrive within this many milliseconds (else 408).
-    #[arg(long, env = "INGEST_BODY_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(long, env = "INGEST_BODY_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub body_timeout_ms: u64,
 
     /// Seconds an idle keep-alive connection stays open.
-    #[arg(long, env = "INGEST_KEEP_ALIVE_SECS", default_value_t = 30)]
+    #[arg(long, env = "INGEST_KEEP_ALIVE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub keep_alive_secs: u64,
 
     /// Most concurrent connections per worker thread; past it new connections wait in the backlog.
-    #[arg(long, env = "INGEST_MAX_CONNECTIONS", default_value_t = 4096)]
+    #[arg(long, env = "INGEST_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub max_connections: usize,
 
     /// Most events in one batch.
-    #[arg(long, env = "INGEST_MAX_EVENTS", default_value_t = 1000)]
+    #[arg(long, env = "INGEST_MAX_EVENTS", default_value_t = 1000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     pub max_events: usize,
 
     /// Largest `properties` JSON text of one event, in bytes.
-    #[arg(long, env = "INGEST_MAX_PROPERTIES_BYTES", default_value_t = 32 * 1024)]
+    #[arg(long, env = "INGEST_MAX_PROPERTIES_BYTES", default_value_t = 32 * 1024, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=1_073_741_824))]
     pub max_properties_bytes: usize,
 
     /// Earliest accepted event timestamp (RFC 3339).
@@ -102,19 +106,23 @@ pub struct Config {
     pub min_timestamp: String,
 
     /// How far ahead of the server's clock an event timestamp may be, in seconds.
-    #[arg(long, env = "INGEST_MAX_FUTURE_SECS", default_value_t = 86_400)]
+    #[arg(long, env = "INGEST_MAX_FUTURE_SECS", default_value_t = 86_400, value_parser = clap::value_parser!(i64).range(0..=315_576_000))]
     pub max_future_secs: i64,
 
     /// Above this many entries in the queue (all shards together), requests get 503 queue_full.
-    #[arg(long, env = "INGEST_MAX_QUEUE_LEN", default_value_t = 1_000_000)]
+    #[arg(long, env = "INGEST_MAX_QUEUE_LEN", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000_000))]
     pub max_queue_len: u64,
 
+    /// Above this share of Redis `maxmemory` (used memory / maxmemory, on every shard's node), requests get 503 queue_full, so ingest alone never fills Redis.
+    #[arg(long, env = "INGEST_MAX_REDIS_MEMORY_RATIO", default_value_t = 0.9, value_parser = crate::config::ratio)]
+    pub max_redis_memory_ratio: f64,
+
     /// Seconds a client is told to wait (Retry-After) on a 503.
-    #[arg(long, env = "INGEST_RETRY_AFTER_SECS", default_value_t = 1)]
+    #[arg(long, env = "INGEST_RETRY_AFTER_SECS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=86_400))]
     pub retry_after_secs: u32,
 
     /// HTTP worker threads (0 = one per CPU core).
-    #[arg(long, env = "INGEST_WORKERS", default_value_t = 0)]
+    #[arg(long, env = "INGEST_WORKERS", default_value_t = 0, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1024))]
     pub workers: usize,
 
     /// Log lines as `text` or `json` (one object a line); the level comes from RUST_LOG.
@@ -122,6 +130,14 @@ pub struct Config {
     pub log_format: LogFormat,
 
     /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
-    #[arg(long, env = "INGEST_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
+    #[arg(long, env = "INGEST_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub shutdown_timeout_secs: u64,
+}
+
+/// A ratio in (0, 1], for `--max-redis-memory-ratio`.
+pub fn ratio(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r > 0.0 && r <= 1.0 => Ok(r),
+        _ => Err(format!("{s:?} is not a number in (0, 1]")),
+    }
 }

@@ -34,6 +34,10 @@ pub enum ApiError {
     QueueUnavailable { retry_after: u32 },
     #[error("the queue is full; retry the whole batch later")]
     QueueFull { retry_after: u32 },
+    #[error(
+        "this source sends more events than its rate limit allows; retry the whole batch later"
+    )]
+    RateLimited { retry_after: u32 },
     #[error("the server is holding as many request bytes as it allows; retry later")]
     ServerBusy { retry_after: u32 },
     #[error("{0}")]
@@ -59,6 +63,7 @@ impl ApiError {
             ApiError::QueueUnavailable { .. } => "queue_unavailable",
             ApiError::QueueFull { .. } => "queue_full",
             ApiError::ServerBusy { .. } => "server_busy",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
@@ -89,6 +94,7 @@ impl ResponseError for ApiError {
             | ApiError::QueueFull { .. }
             | ApiError::ServerBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -102,7 +108,8 @@ impl ResponseError for ApiError {
             }
             ApiError::QueueUnavailable { retry_after }
             | ApiError::QueueFull { retry_after }
-            | ApiError::ServerBusy { retry_after } => {
+            | ApiError::ServerBusy { retry_after }
+            | ApiError::RateLimited { retry_after } => {
                 res.insert_header((header::RETRY_AFTER, retry_after.to_string()));
             }
             ApiError::MethodNotAllowed(allow) => {

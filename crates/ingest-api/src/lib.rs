@@ -7,6 +7,7 @@ pub mod body;
 pub mod config;
 pub mod error;
 pub mod queue;
+pub mod ratelimit;
 pub mod routes;
 pub mod telemetry;
 
@@ -31,6 +32,7 @@ pub struct AppState {
     pub body_budget: SharedBudget,
     pub max_events: usize,
     pub max_queue_len: u64,
+    pub rate_limiter: ratelimit::RateLimiter,
     pub retry_after_secs: u32,
     /// Renders `/metrics`; `None` when another recorder owns the process.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
@@ -47,6 +49,9 @@ pub enum StartError {
     MinTimestamp(&'static str),
     #[error("{0}")]
     Queue(#[from] queue::QueueError),
+    /// Settings that are fine alone but not together: exit code 2, as clap's own refusals.
+    #[error("{0}")]
+    Usage(String),
     #[error("http server: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -57,6 +62,7 @@ impl AppState {
         if tokens.is_empty() {
             return Err(StartError::NoTokens);
         }
+        let rate_limiter = rate_limiter(config, &tokens)?;
         let min_timestamp = event_model::timestamp::parse_timestamp(&config.min_timestamp)
             .map_err(StartError::MinTimestamp)?;
         let queue = EventQueue::new(
@@ -65,6 +71,7 @@ impl AppState {
             &config.stream_key,
             config.shards,
             Duration::from_millis(config.redis_timeout_ms),
+            config.max_redis_memory_ratio,
         )?;
         Ok(AppState {
             tokens,
@@ -84,10 +91,52 @@ impl AppState {
             body_budget: SharedBudget::new(config.max_inflight_bytes),
             max_events: config.max_events,
             max_queue_len: config.max_queue_len,
+            rate_limiter,
             retry_after_secs: config.retry_after_secs,
             metrics: None,
         })
     }
+}
+
+/// The limits of `--rate-limits` and of the tokens file (the flag wins), each for a known source
+/// and with room for a full batch.
+fn rate_limiter(
+    config: &Config,
+    tokens: &TokenStore,
+) -> Result<ratelimit::RateLimiter, StartError> {
+    let mut limits: std::collections::HashMap<String, ratelimit::Limit> =
+        tokens.limits.iter().cloned().collect();
+    for item in config
+        .rate_limits
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+    {
+        let (source, limit) = item.split_once('=').ok_or_else(|| {
+            StartError::Usage(format!(
+                "--rate-limits: {item:?} is not source=RATE[/BURST]"
+            ))
+        })?;
+        let limit = ratelimit::Limit::parse(limit)
+            .map_err(|e| StartError::Usage(format!("--rate-limits: {e}")))?;
+        limits.insert(source.trim().to_string(), limit);
+    }
+    let sources = tokens.sources();
+    for (source, limit) in &limits {
+        if !sources.contains(&source.as_str()) {
+            return Err(StartError::Usage(format!(
+                "--rate-limits: no token has the source {source:?} (sources: {sources:?})"
+            )));
+        }
+        if limit.burst < config.max_events as u64 {
+            return Err(StartError::Usage(format!(
+                "--rate-limits: the burst of {source:?} ({}) is below --max-events ({}): a full \
+                 batch would never be admitted",
+                limit.burst, config.max_events
+            )));
+        }
+    }
+    Ok(ratelimit::RateLimiter::new(limits, &config.stream_key))
 }
 
 /// Serves until `shutdown` resolves, then stops taking connections and lets in-flight requests
@@ -100,6 +149,7 @@ pub async fn run(
     let mut state = AppState::from_config(&config)?;
     state.metrics = telemetry::install_metrics();
     telemetry::init_shard_metrics(config.shards);
+    telemetry::init_source_metrics(&state.tokens.sources());
     let state = web::Data::new(state);
     log::info!(
         "ingest-api: stream {:?}, {} shard(s){}, sources {:?}",
@@ -215,7 +265,7 @@ async fn track_queue_length(
         }
         let result = state.queue.refresh_length().await;
         match &result {
-            Ok((len, lag, unreachable)) => telemetry::queue(*len, *lag, *unreachable),
+            Ok(state) => telemetry::queue(state),
             Err(_) => telemetry::redis_error(),
         }
         match result {

@@ -32,7 +32,11 @@ async fn main() -> ExitCode {
                 source = s.source();
             }
             log::error!("{msg}");
-            ExitCode::FAILURE
+            if matches!(e, ingest_api::StartError::Usage(_)) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -20,6 +20,8 @@ pub struct EventQueue {
     check: Arc<LayoutCheck>,
     next: Arc<AtomicUsize>,
     shards: Arc<Vec<ShardState>>,
+    /// A shard whose node is fuller than this takes no writes (see [`EventQueue::is_full`]).
+    max_memory_ratio: f64,
 }
 
 #[derive(Default)]
@@ -27,6 +29,27 @@ struct ShardState {
     length: AtomicU64,
     /// A write to it failed: skipped until the length refresh (every 250 ms) reads it again.
     down: AtomicBool,
+    /// Its node's memory over maxmemory, as f64 bits, from the last refresh.
+    memory_ratio: AtomicU64,
+}
+
+impl ShardState {
+    fn memory_ratio(&self) -> f64 {
+        f64::from_bits(self.memory_ratio.load(Ordering::Relaxed))
+    }
+}
+
+/// The whole queue as [`EventQueue::refresh_length`] read it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueueLength {
+    /// Entries in all shards.
+    pub len: u64,
+    /// Age of the oldest entry of any shard.
+    pub lag: Duration,
+    /// Shards that could not be read.
+    pub unreachable: usize,
+    /// The fullest shard node's memory over maxmemory.
+    pub memory_ratio: f64,
 }
 
 impl EventQueue {
@@ -37,6 +60,7 @@ impl EventQueue {
         stream_key: &str,
         shards: usize,
         timeout: Duration,
+        max_memory_ratio: f64,
     ) -> Result<Self, QueueError> {
         let layout = Layout::new(stream_key, shards, cluster)?;
         let redis = Shared::new(Connector::new(redis_url, cluster)?, timeout);
@@ -45,7 +69,13 @@ impl EventQueue {
             shards: Arc::new((0..shards).map(|_| ShardState::default()).collect()),
             check: Arc::new(LayoutCheck::new(layout, true)),
             next: Arc::default(),
+            max_memory_ratio,
         })
+    }
+
+    /// The shared Redis connection (for the rate limiter's state).
+    pub fn redis(&self) -> &Shared {
+        &self.redis
     }
 
     pub fn layout(&self) -> &Layout {
@@ -67,13 +97,23 @@ impl EventQueue {
     pub async fn push(&self, events: &[QueuedEvent]) -> Result<usize, QueueError> {
         let n = self.shards.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        // A shard whose node is past the memory ratio is never written to: Redis must keep
+        // room for the flushers' own bookkeeping, and for the backlog to drain.
+        let roomy = |s: &usize| !self.shard_full(*s);
         if !self.redis.connector().is_cluster() {
-            return self.push_to(start, events).await.map(|()| start);
+            let Some(shard) = (0..n).map(|k| (start + k) % n).find(roomy) else {
+                return Err(QueueError::Full);
+            };
+            return self.push_to(shard, events).await.map(|()| shard);
         }
         // Healthy shards first, in turn; one that is down is a last resort.
         let (up, down): (Vec<usize>, Vec<usize>) = (0..n)
             .map(|k| (start + k) % n)
+            .filter(roomy)
             .partition(|&s| !self.shards[s].down.load(Ordering::Relaxed));
+        if up.is_empty() && down.is_empty() {
+            return Err(QueueError::Full);
+        }
         let deadline = tokio::time::Instant::now() + 2 * self.redis.timeout();
         let mut last = None;
         for shard in up.into_iter().chain(down.into_iter().take(1)) {
@@ -121,6 +161,16 @@ impl EventQueue {
         Ok(())
     }
 
+    fn shard_full(&self, shard: usize) -> bool {
+        self.shards[shard].memory_ratio() >= self.max_memory_ratio
+    }
+
+    /// Every shard's node is past the memory ratio (as last read): requests get 503 queue_full
+    /// until the flushers free memory.
+    pub fn is_full(&self) -> bool {
+        (0..self.shards.len()).all(|s| self.shard_full(s))
+    }
+
     /// Ready when at least one shard's node answers.
     pub async fn ping(&self) -> Result<(), QueueError> {
         self.layout().any_shard_answers(&self.redis).await
@@ -139,35 +189,39 @@ impl EventQueue {
     /// all shards at once. A shard that answers is healthy again; one that does not is marked
     /// down. Returns the total length, the largest lag, and how many shards could not be read
     /// (an error if none could).
-    pub async fn refresh_length(&self) -> Result<(u64, Duration, usize), QueueError> {
+    pub async fn refresh_length(&self) -> Result<QueueLength, QueueError> {
         let layout = self.layout();
         let reads = futures_util::future::join_all(
-            (0..self.shards.len()).map(|n| layout.length_and_lag(&self.redis, n)),
+            (0..self.shards.len()).map(|n| layout.shard_stats(&self.redis, n)),
         )
         .await;
-        let (mut total, mut lag, mut failed, mut last) = (0, Duration::ZERO, 0, None);
+        let (mut total, mut last) = (QueueLength::default(), None);
         for (state, read) in self.shards.iter().zip(reads) {
             match read {
-                Ok((len, age)) => {
-                    state.length.store(len, Ordering::Relaxed);
+                Ok(stats) => {
+                    state.length.store(stats.len, Ordering::Relaxed);
                     state.down.store(false, Ordering::Relaxed);
-                    total += len;
-                    lag = lag.max(age);
+                    state
+                        .memory_ratio
+                        .store(stats.memory_ratio.to_bits(), Ordering::Relaxed);
+                    total.len += stats.len;
+                    total.lag = total.lag.max(stats.lag);
+                    total.memory_ratio = total.memory_ratio.max(stats.memory_ratio);
                 }
                 Err(e) => {
-                    failed += 1;
+                    total.unreachable += 1;
                     if e.code().is_none() {
                         state.down.store(true, Ordering::Relaxed);
                     }
                     // Keep its last known length: an unreachable shard still holds its backlog.
-                    total += state.length.load(Ordering::Relaxed);
+                    total.len += state.length.load(Ordering::Relaxed);
                     last = Some(e);
                 }
             }
         }
         match last {
-            Some(e) if failed == self.shards.len() => Err(e),
-            _ => Ok((total, lag, failed)),
+            Some(e) if total.unreachable == self.shards.len() => Err(e),
+            _ => Ok(total),
         }
     }
 }

@@ -10,9 +10,14 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::body::{Encoding, read_body, too_large_on_wire};
+use crate::body::{Body, Encoding, read_body, too_large_on_wire};
 use crate::error::{ApiError, Rejected};
+use crate::ratelimit::Admission;
 use crate::telemetry;
+
+/// Bytes an accepted event holds beyond its JSON text: its source, ids, timestamps, the
+/// entry's field names and the Redis protocol framing.
+const PER_EVENT_OVERHEAD: usize = 256;
 
 #[derive(Serialize)]
 struct Accepted {
@@ -47,9 +52,10 @@ pub async fn ingest(
     {
         return Err(too_large_on_wire(limits));
     }
-    let body = read_body(payload, encoding, limits, &state.body_budget).await?;
+    let Body { bytes, mut budget } =
+        read_body(payload, encoding, limits, &state.body_budget).await?;
     let received_at = OffsetDateTime::now_utc();
-    let batch = parse_batch(&body.bytes, state.max_events).map_err(|e| match e {
+    let batch = parse_batch(&bytes, state.max_events).map_err(|e| match e {
         event_model::BatchError::InvalidJson(m) => ApiError::InvalidJson(m),
         event_model::BatchError::InvalidBatch(m) => ApiError::InvalidBatch(m),
         event_model::BatchError::Empty => ApiError::EmptyBatch,
@@ -58,22 +64,11 @@ pub async fn ingest(
         }
     })?;
 
-    let mut accepted = Vec::with_capacity(batch.events.len());
+    let mut valid = Vec::with_capacity(batch.events.len());
     let mut rejected = Vec::new();
     for (index, raw) in batch.events.iter().enumerate() {
         match validate_event(raw, &state.limits, received_at) {
-            Ok(e) => accepted.push(QueuedEvent {
-                time: e.time,
-                event_id: e.event_id.unwrap_or_else(Uuid::now_v7),
-                name: e.name,
-                source: source.clone(),
-                device_id: e.device_id,
-                session_id: e.session_id,
-                user_id: e.user_id,
-                properties: e.properties.map_or_else(empty_object, RawValue::to_owned),
-                sent_at: batch.sent_at,
-                received_at,
-            }),
+            Ok(e) => valid.push((raw.get().len(), e)),
             Err(err) => {
                 telemetry::rejected(&err.field);
                 rejected.push(Rejected {
@@ -83,15 +78,61 @@ pub async fn ingest(
             }
         }
     }
+    // What the accepted events become before the write is done: their owned copies, the
+    // encoded entries and the Redis pipeline, each at most the event's text plus its fixed
+    // fields. Charged before any of it is built.
+    let building: usize = valid
+        .iter()
+        .map(|(len, _)| 3 * (len + PER_EVENT_OVERHEAD))
+        .sum();
+    budget.charge(building, state.retry_after_secs)?;
+    let accepted: Vec<QueuedEvent> = valid
+        .into_iter()
+        .map(|(_, e)| QueuedEvent {
+            time: e.time,
+            event_id: e.event_id.unwrap_or_else(Uuid::now_v7),
+            name: e.name,
+            source: source.clone(),
+            device_id: e.device_id,
+            session_id: e.session_id,
+            user_id: e.user_id,
+            properties: e.properties.map_or_else(empty_object, RawValue::to_owned),
+            sent_at: batch.sent_at,
+            received_at,
+        })
+        .collect();
+    if !rejected.is_empty() {
+        telemetry::source_events(&source, "rejected", rejected.len());
+    }
     if accepted.is_empty() {
         return Err(ApiError::InvalidEvents(rejected));
     }
-    if state.queue.cached_length() > state.max_queue_len {
+    if state.queue.cached_length() > state.max_queue_len || state.queue.is_full() {
         return Err(ApiError::QueueFull {
             retry_after: state.retry_after_secs,
         });
     }
+    match state
+        .rate_limiter
+        .admit(state.queue.redis(), &source, accepted.len())
+        .await
+    {
+        Ok(Admission::Admitted) => {}
+        Ok(Admission::Limited { retry_after_secs }) => {
+            telemetry::source_events(&source, "rate_limited", accepted.len());
+            return Err(ApiError::RateLimited {
+                retry_after: retry_after_secs,
+            });
+        }
+        // Fail open: the write below needs Redis too, and says so if it is down.
+        Err(e) => log::warn!("rate limit of {source:?} not checked: {e}"),
+    }
     if let Err(e) = state.queue.push(&accepted).await {
+        if let crate::queue::QueueError::Full = e {
+            return Err(ApiError::QueueFull {
+                retry_after: state.retry_after_secs,
+            });
+        }
         if e.is_fatal() {
             log::error!("{e}");
         }
@@ -102,6 +143,7 @@ pub async fn ingest(
         });
     }
     telemetry::accepted(accepted.len());
+    telemetry::source_events(&source, "accepted", accepted.len());
     Ok(HttpResponse::Ok().json(Accepted {
         accepted: accepted.len(),
         rejected,

@@ -67,6 +67,11 @@ fn describe() {
         "Shards whose node did not answer the last length read"
     );
     describe_gauge!(
+        redis_queue::MEMORY_RATIO_GAUGE,
+        redis_queue::MEMORY_RATIO_HELP
+    );
+    metrics::gauge!(redis_queue::MEMORY_RATIO_GAUGE).set(0.0);
+    describe_gauge!(
         "eventtracker_queue_lag_seconds",
         "Age of the oldest entry still in the queue (the oldest of all shards)"
     );
@@ -81,6 +86,27 @@ pub fn request(route: &str, status: u16, took: Duration) {
         .increment(1);
     metrics::histogram!("eventtracker_ingest_request_duration_seconds", "route" => route)
         .record(took.as_secs_f64());
+}
+
+/// Events of a configured source by outcome (`accepted`, `rejected`, `rate_limited`); the
+/// labels are the sources of the tokens, a fixed set.
+pub fn source_events(source: &str, outcome: &'static str, n: usize) {
+    metrics::counter!("eventtracker_ingest_source_events_total", "source" => source.to_string(), "outcome" => outcome)
+        .increment(n as u64);
+}
+
+/// Exports every source's counters at 0 from the start.
+pub fn init_source_metrics(sources: &[&str]) {
+    metrics::describe_counter!(
+        "eventtracker_ingest_source_events_total",
+        "Events per source (one per API token's source) by outcome: accepted, rejected, rate_limited"
+    );
+    for source in sources {
+        for outcome in ["accepted", "rejected", "rate_limited"] {
+            metrics::counter!("eventtracker_ingest_source_events_total", "source" => source.to_string(), "outcome" => outcome)
+                .absolute(0);
+        }
+    }
 }
 
 pub fn accepted(n: usize) {
@@ -103,10 +129,11 @@ pub fn redis_error() {
     metrics::counter!("eventtracker_ingest_redis_errors_total").increment(1);
 }
 
-pub fn queue(backlog: u64, lag: Duration, unreachable: usize) {
-    metrics::gauge!("eventtracker_queue_backlog").set(backlog as f64);
-    metrics::gauge!("eventtracker_queue_lag_seconds").set(lag.as_secs_f64());
-    metrics::gauge!("eventtracker_queue_shards_unreachable").set(unreachable as f64);
+pub fn queue(state: &crate::queue::QueueLength) {
+    metrics::gauge!("eventtracker_queue_backlog").set(state.len as f64);
+    metrics::gauge!("eventtracker_queue_lag_seconds").set(state.lag.as_secs_f64());
+    metrics::gauge!("eventtracker_queue_shards_unreachable").set(state.unreachable as f64);
+    metrics::gauge!(redis_queue::MEMORY_RATIO_GAUGE).set(state.memory_ratio);
 }
 
 /// Exports the shard counters at 0 from the start, so dashboards and rate() see them before the

@@ -103,18 +103,26 @@ impl Layout {
         }
         let key = self.count_key(shard);
         let (k, n) = (&key, self.shards);
-        // SET NX … GET returns the value that was there (nil when this call set it): one
-        // atomic round trip, and two processes starting at once cannot both "win".
-        let stored: Option<String> = redis
-            .query(async |c| {
-                let mut cmd = redis::cmd(if record { "SET" } else { "GET" });
-                cmd.arg(k);
-                if record {
-                    cmd.arg(n).arg("NX").arg("GET");
-                }
-                cmd.query_async(c).await
-            })
+        // Read first: a Redis at maxmemory refuses every write, and a process must still start
+        // against it when the count is recorded already. Only a missing count is written, with
+        // SET NX … GET, which returns the value that was there (nil when this call set it): two
+        // processes starting at once cannot both "win".
+        let mut stored: Option<String> = redis
+            .query(async |c| redis::cmd("GET").arg(k).query_async(c).await)
             .await?;
+        if stored.is_none() && record {
+            stored = redis
+                .query(async |c| {
+                    redis::cmd("SET")
+                        .arg(k)
+                        .arg(n)
+                        .arg("NX")
+                        .arg("GET")
+                        .query_async(c)
+                        .await
+                })
+                .await?;
+        }
         match stored {
             Some(s) if s != n.to_string() => {
                 return Err(QueueError::ShardMismatch {
@@ -130,13 +138,13 @@ impl Layout {
         Ok(())
     }
 
-    /// Reads a shard's length and the age of its oldest entry (its lag: an entry ID starts
-    /// with its creation time in milliseconds).
-    pub async fn length_and_lag(
+    /// Reads a shard's length, the age of its oldest entry (its lag: an entry ID starts with its
+    /// creation time in milliseconds) and how full its node's memory is, in one round trip.
+    pub async fn shard_stats(
         &self,
         redis: &Shared,
         shard: usize,
-    ) -> Result<(u64, std::time::Duration), QueueError> {
+    ) -> Result<ShardStats, QueueError> {
         let key = self.key(shard);
         let mut pipe = redis::pipe();
         pipe.cmd("XLEN")
@@ -146,14 +154,29 @@ impl Layout {
             .arg("-")
             .arg("+")
             .arg("COUNT")
-            .arg(1);
-        let (len, oldest): (u64, Vec<(String, redis::Value)>) =
+            .arg(1)
+            // EVAL routes by its key: on a cluster it asks the node that holds the shard.
+            .cmd("EVAL")
+            .arg(MEMORY_LUA)
+            .arg(1)
+            .arg(&key);
+        let (len, oldest, (used, max)): (u64, Vec<(String, redis::Value)>, (u64, u64)) =
             redis.query(async |c| pipe.query_async(c).await).await?;
         let lag = oldest
             .first()
             .map(|(id, _)| event_model::queue::entry_age(id, crate::now_since_epoch()))
             .unwrap_or_default();
-        Ok((len, lag))
+        // Without maxmemory Redis never refuses a write for memory: the ratio is 0.
+        let memory_ratio = if max == 0 {
+            0.0
+        } else {
+            used as f64 / max as f64
+        };
+        Ok(ShardStats {
+            len,
+            lag,
+            memory_ratio,
+        })
     }
 
     /// Ok as soon as the node of any shard answers (asked all at once), for readiness probes.
@@ -170,6 +193,34 @@ impl Layout {
         futures_util::future::select_ok(probes).await.map(|_| ())
     }
 }
+
+/// The gauge both binaries export for [`ShardStats::memory_ratio`] (the largest of any shard's
+/// node), and its help text.
+pub const MEMORY_RATIO_GAUGE: &str = "eventtracker_redis_memory_ratio";
+pub const MEMORY_RATIO_HELP: &str = "Redis memory used over maxmemory (the fullest node holding a shard; 0 without maxmemory); at 1 Redis refuses writes";
+
+/// One shard as [`Layout::shard_stats`] reads it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ShardStats {
+    /// Entries in the stream.
+    pub len: u64,
+    /// Age of the oldest entry.
+    pub lag: std::time::Duration,
+    /// The node's memory as Redis counts it for `maxmemory` (used memory less the replication
+    /// and AOF buffers), over `maxmemory`; 0 when no `maxmemory` is set. At 1 the node refuses
+    /// every write that may grow memory.
+    pub memory_ratio: f64,
+}
+
+/// Reads `INFO memory` on the node that holds KEYS[1]. Flagged `no-writes` and `allow-oom`, so
+/// it runs on a node that is out of memory too.
+const MEMORY_LUA: &str = r#"#!lua flags=no-writes,allow-oom
+local info = redis.call('INFO', 'memory')
+local used = tonumber(string.match(info, 'used_memory:(%d+)')) or 0
+local uncounted = tonumber(string.match(info, 'mem_not_counted_for_evict:(%d+)')) or 0
+local max = tonumber(string.match(info, 'maxmemory:(%d+)')) or 0
+return {math.max(used - uncounted, 0), max}
+"#;
 
 /// Which of a layout's count keys were verified, shared by the tasks of one process: each is
 /// checked once, the unchecked ones again until they answer.

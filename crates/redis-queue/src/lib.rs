@@ -14,7 +14,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFuture, Value};
 
 mod layout;
-pub use layout::{Layout, LayoutCheck};
+pub mod settle;
+pub use layout::{Layout, LayoutCheck, MEMORY_RATIO_GAUGE, MEMORY_RATIO_HELP, ShardStats};
 
 /// What can go wrong talking to the queue.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,8 @@ pub enum QueueError {
     Timeout(Duration),
     #[error("redis: {0}")]
     Redis(#[from] RedisError),
+    #[error("every shard's Redis node is past the memory limit")]
+    Full,
     #[error("invalid redis settings: {0}")]
     Config(String),
     #[error(
