@@ -617,3 +617,35 @@ async fn a_noisy_source_is_limited_across_instances_and_others_are_not() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--max-events"));
 }
+
+/// A second flusher on the same host with the default metrics address is told which flag to
+/// set, once (the error used to repeat its cause: `Address already in use … : Address already
+/// in use …`).
+#[tokio::test]
+async fn a_second_flusher_on_one_host_is_told_to_set_metrics_bind() {
+    let port = free_port().to_string();
+    let bind = format!("127.0.0.1:{port}");
+    let run = || {
+        Command::new(bin("flusher"))
+            .args(["--redis-url", "redis://127.0.0.1:1/"])
+            .args(["--database-url", "postgres://postgres@127.0.0.1:1/x"])
+            .args(["--metrics-bind", &bind])
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = run();
+    let first_log = first.stdout.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(first_log));
+    let line = lines.next().unwrap().unwrap();
+    assert!(line.starts_with("flusher metrics on "), "{line}");
+    let second = run().wait_with_output().unwrap();
+    let _ = first.kill();
+    let _ = first.wait();
+    let text = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{text}");
+    assert!(text.contains("--metrics-bind"), "{text}");
+    assert_eq!(text.matches("Address already in use").count(), 1, "{text}");
+}

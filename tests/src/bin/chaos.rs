@@ -3,8 +3,10 @@
 //! Starts a private Redis (AOF, `appendfsync always`), a private PostgreSQL + TimescaleDB, one
 //! ingest-api and three flushers. Concurrent clients send events with client-chosen `event_id`s,
 //! retrying each batch on 503 or a connection error until it is acknowledged. Meanwhile a random
-//! flusher is SIGKILLed and restarted every few seconds, Redis is SIGKILLed and restarted once, and
-//! PostgreSQL is stopped for 10 s once. Then the pipeline drains and the check runs: every
+//! flusher is SIGKILLed and restarted every few seconds, Redis is SIGKILLed and restarted once (the
+//! flushers paused around it, so the AOF reload is checked to bring back every entry),
+//! PostgreSQL is stopped for 10 s once, Redis runs out of memory once (maxmemory lowered under
+//! load, then lifted) and PostgreSQL is frozen (SIGSTOP) past the flushers' write timeout once. Then the pipeline drains and the check runs: every
 //! acknowledged event stored exactly once, no row that was never sent, nothing pending.
 //! Exits non-zero on any loss, duplicate, unexpected row, or fault that did not happen.
 //!
@@ -225,6 +227,8 @@ async fn main() {
     let mut redis_restarted = false;
     let mut pg_down_since: Option<Instant> = None;
     let mut pg_cycle_done = false;
+    let mut redis_full_done = false;
+    let mut pg_frozen_done = false;
     let mut rng = rand_seed();
     let mut next_kill = Instant::now() + Duration::from_secs(2);
     let mut backoffs = 0usize;
@@ -237,7 +241,11 @@ async fn main() {
     let fault_start = Instant::now();
     loop {
         let load_done = clients.iter().all(|c| c.is_finished());
-        let all_faults = flusher_kills >= 3 && redis_restarted && pg_cycle_done;
+        let all_faults = flusher_kills >= 3
+            && redis_restarted
+            && pg_cycle_done
+            && redis_full_done
+            && pg_frozen_done;
         if load_done && all_faults {
             break;
         }
@@ -270,12 +278,30 @@ async fn main() {
             };
             match &mut queue {
                 Queue::Single(redis) => {
-                    let before = redis_len(&redis.url(), &key).await;
+                    // Flushers and ingest-api paused around the crash, so the stream holds
+                    // entries when Redis dies and nothing changes them: the AOF reload must
+                    // bring back exactly the entries it held (up to the last ID; ingest-api
+                    // adds newer ones once it runs again).
+                    for f in &flushers {
+                        f.proc.signal("STOP");
+                    }
+                    for i in &ingests {
+                        i.proc.signal("STOP");
+                    }
+                    let (before, last) = stable_stream(&redis.url(), &key).await;
                     redis.kill();
+                    for i in &ingests {
+                        i.proc.signal("CONT");
+                    }
                     let refused = probe().await;
                     redis.restart();
-                    let after = redis_len(&redis.url(), &key).await;
+                    let after = entries_upto(&redis.url(), &key, &last).await;
+                    for f in &flushers {
+                        f.proc.signal("CONT");
+                    }
                     assert_eq!(refused, 503, "ingest-api saw Redis down");
+                    assert!(before > 0, "the stream was empty when Redis was killed");
+                    assert_eq!(after, before, "the AOF reload lost or added entries");
                     faults.push(format!(
                         "{:>5.1}s Redis SIGKILLed and restarted (stream length {before} before, {after} after AOF reload; ingest answered {refused} while down)",
                         t.as_secs_f64()
@@ -342,6 +368,45 @@ async fn main() {
                 }
             }
             redis_restarted = true;
+        }
+        if !redis_full_done && pg_cycle_done && t >= Duration::from_secs(17) {
+            match &queue {
+                Queue::Single(redis) => {
+                    faults.push(redis_full(redis, &ingests[0], &t).await);
+                }
+                // A cluster's nodes fill one by one; the single-node phase covers the rules.
+                Queue::Cluster(_) => faults.push(format!(
+                    "{:>5.1}s (Redis-full phase runs on a single Redis only)",
+                    t.as_secs_f64()
+                )),
+            }
+            redis_full_done = true;
+        }
+        if !pg_frozen_done && redis_full_done && t >= Duration::from_secs(19) {
+            let timeouts = |fs: &[Flusher]| {
+                fs.iter()
+                    .map(|f| f.proc.log_text().matches("--pg-timeout-ms").count())
+                    .sum::<usize>()
+            };
+            let before = timeouts(&flushers);
+            pg.freeze();
+            let frozen_at = Instant::now();
+            while timeouts(&flushers) == before {
+                assert!(
+                    frozen_at.elapsed() < Duration::from_secs(30),
+                    "no flusher timed out while PostgreSQL was frozen"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            pg.thaw();
+            faults.push(format!(
+                "{:>5.1}s PostgreSQL frozen (SIGSTOP) for {:.1} s; flusher writes timed out {} times",
+                t.as_secs_f64(),
+                frozen_at.elapsed().as_secs_f64(),
+                timeouts(&flushers) - before
+            ));
+            pg_frozen_done = true;
         }
         if pg_down_since.is_none() && !pg_cycle_done && t >= Duration::from_secs(6) {
             pg.stop();
@@ -438,7 +503,12 @@ async fn main() {
     if lost > 0 || duplicated > 0 || unexpected > 0 || dead > 0 {
         failures.push("loss, duplicate, unexpected row or dead letter".to_string());
     }
-    if flusher_kills < 3 || !redis_restarted || !pg_cycle_done {
+    if flusher_kills < 3
+        || !redis_restarted
+        || !pg_cycle_done
+        || !redis_full_done
+        || !pg_frozen_done
+    {
         failures.push("a fault did not happen".to_string());
     }
     if backoffs == 0 {
@@ -449,6 +519,87 @@ async fn main() {
         std::process::exit(1);
     }
     println!("chaos passed");
+}
+
+/// The stream's length and last entry ID once two reads 300 ms apart agree (commands a paused
+/// process sent just before it stopped may still be waiting in Redis's socket buffer).
+async fn stable_stream(url: &str, key: &str) -> (u64, String) {
+    let mut conn = redis_conn(url).await;
+    let mut last_seen = None;
+    for _ in 0..50 {
+        let len = xlen(&mut conn, key).await;
+        let last: Vec<(String, redis::Value)> = redis::cmd("XREVRANGE")
+            .arg(key)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let now = (
+            len,
+            last.first().map(|(id, _)| id.clone()).unwrap_or_default(),
+        );
+        if last_seen.as_ref() == Some(&now) {
+            return now;
+        }
+        last_seen = Some(now);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    panic!("the stream kept changing with every writer paused");
+}
+
+/// Entries with an ID up to `last`.
+async fn entries_upto(url: &str, key: &str, last: &str) -> u64 {
+    let mut conn = redis_conn(url).await;
+    let ids: Vec<(String, redis::Value)> = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg(last)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    ids.len() as u64
+}
+
+/// Redis out of memory under load: maxmemory lowered below what it holds (a direct write is
+/// refused with OOM), ingest-api answers 503 queue_full, then maxmemory is lifted again.
+async fn redis_full(redis: &RedisServer, ingest: &Ingest, t: &Duration) -> String {
+    let used = redis_memory(redis.port, "used_memory");
+    let max = (used * 95 / 100).to_string();
+    assert_eq!(
+        redis_cli_out(redis.port, &["CONFIG", "SET", "maxmemory", &max]),
+        "OK"
+    );
+    let refused = redis_cli_out(redis.port, &["XADD", "chaos-probe", "*", "f", "v"]);
+    let full_at = Instant::now();
+    let mut answers = Vec::new();
+    loop {
+        let res = ingest.send(&json!([event("probe", 0)])).await;
+        let status = res.status().as_u16();
+        let body: Value = res.json().await.unwrap_or(Value::Null);
+        answers.push(format!("{status} {}", body["error"].as_str().unwrap_or("")));
+        if status == 503 && body["error"] == "queue_full" {
+            break;
+        }
+        assert!(
+            full_at.elapsed() < Duration::from_secs(10),
+            "ingest-api never answered queue_full while Redis was full: {answers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        redis_cli_out(redis.port, &["CONFIG", "SET", "maxmemory", "0"]),
+        "OK"
+    );
+    assert!(refused.contains("OOM"), "Redis was not full: {refused}");
+    format!(
+        "{:>5.1}s Redis full (maxmemory {max} < used {used}; a direct XADD got {refused:?}; ingest answered queue_full) for {:.1} s, then maxmemory lifted",
+        t.as_secs_f64(),
+        full_at.elapsed().as_secs_f64()
+    )
 }
 
 /// Entries in the shards a cluster node holds, asked of that node alone.
@@ -478,11 +629,6 @@ async fn metric(base: &str, name: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
-}
-
-async fn redis_len(url: &str, key: &str) -> u64 {
-    let mut c = redis_conn(url).await;
-    xlen(&mut c, key).await
 }
 
 fn rand_seed() -> u64 {
