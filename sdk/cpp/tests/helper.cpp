@@ -1,7 +1,9 @@
 // A separate process for the tests that crash, lock or exit without closing a client.
 //   et_test_helper track-and-wait ENDPOINT QUEUE N   track N events, print READY once all are on disk, wait
 //   et_test_helper lock QUEUE                        exit 0 when opening QUEUE fails because it is locked
+//   et_test_helper track-and-die ENDPOINT QUEUE N    track N events, print the `buffered` counter, SIGKILL itself
 //   et_test_helper exit-without-close ENDPOINT QUEUE N   track N events and return from main without closing
+#include <csignal>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -46,6 +48,13 @@ int main(int argc, char **argv) {
     std::printf("READY queued=%llu\n", static_cast<unsigned long long>(k.queued));
     std::fflush(stdout);
     for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+  if (mode == "track-and-die") {  // a crash right after tracking: what `buffered` said is all it may lose
+    et_counters k{};
+    et_client_counters(c, &k);
+    std::printf("DYING buffered=%llu\n", static_cast<unsigned long long>(k.buffered));
+    std::fflush(stdout);
+    raise(SIGKILL);
   }
   if (mode == "exit-without-close") {
     std::this_thread::sleep_for(std::chrono::milliseconds(300));  // let a request start (and hang)

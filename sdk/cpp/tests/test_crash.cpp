@@ -54,6 +54,22 @@ TEST(Crash, SigkilledAppWithQueuedEventsIsDeliveredByTheNextProcess) {
   deliver_leftovers(queue, 5000);
 }
 
+TEST(Crash, AnAppKilledRightAfterTrackingLosesAtMostWhatBufferedSaid) {
+  std::string queue = h::temp_dir() + "/queue.db";
+  h::Proc app("app", {h::helper_path(), "track-and-die", unreachable(), queue, "5000"});
+  EXPECT_EQ(app.wait_exit(60000), -1000 - SIGKILL) << app.log();
+  std::string log = app.log();
+  size_t at = log.find("DYING buffered=");
+  ASSERT_NE(at, std::string::npos) << log;
+  int64_t buffered = std::stoll(log.substr(at + 15));
+  int64_t on_disk = queue_rows(queue);
+  std::printf("killed with %lld events buffered; %lld in the queue file\n", static_cast<long long>(buffered),
+              static_cast<long long>(on_disk));
+  EXPECT_GE(on_disk, 5000 - buffered);
+  EXPECT_LE(on_disk, 5000);
+  deliver_leftovers(queue, on_disk);
+}
+
 TEST(Shutdown, UnreachableServerCloseReturnsInTimeAndEventsStayOnDisk) {
   std::string queue = h::temp_dir() + "/queue.db";
   et_client *c = new_client(unreachable(), queue);
