@@ -309,11 +309,13 @@ struct et_client {
   // Moves the buffer into the queue; then applies the cap.
   void persist(bool force) {
     std::vector<Buffered> items;
+    int64_t tracked_at;
     {
       std::lock_guard<std::mutex> g(mu);
       if (buffer.empty()) return;
       if (!force && steady_ms() < persist_retry_at) return;
       items.swap(buffer);
+      tracked_at = oldest_buffered_at;
     }
     sqlite3_stmt *ins = nullptr;
     bool ok = sqlite3_prepare_v2(db, "INSERT INTO events(event_id, body) VALUES(?, ?)", -1, &ins, nullptr) ==
@@ -347,7 +349,7 @@ struct et_client {
       int64_t n = static_cast<int64_t>(end - done);
       n_db += static_cast<uint64_t>(n);
       db_bytes += bytes;
-      if (unsent_count == 0) unsent_since = steady_ms();
+      if (unsent_count == 0) unsent_since = tracked_at;  // flush_interval counts from track()
       unsent_count += n;
       done = end;
       enforce_cap();  // after every chunk, so the file never holds much more than the cap
@@ -359,6 +361,7 @@ struct et_client {
       std::lock_guard<std::mutex> g(mu);
       buffer.insert(buffer.begin(), std::make_move_iterator(items.begin() + static_cast<long>(done)),
                     std::make_move_iterator(items.end()));
+      oldest_buffered_at = tracked_at;
       persist_retry_at = steady_ms() + 1000;
     }
     if (!failure.empty()) report(ET_REPORT_ERROR, 0, -1, 0, 0, "", "writing the queue failed: " + failure);
