@@ -1,5 +1,5 @@
-//! One event of a batch: the contract's field rules, checked one event at a time so that a bad
-//! event is reported by index while the good ones of the same batch are accepted.
+//! One event of a batch: the field rules of `docs/contract.md`, checked one event at a time so
+//! that a bad event is reported by index while the good ones of the same batch are accepted.
 
 use std::fmt;
 
@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::timestamp::parse_timestamp;
 
-/// The configurable limits of the contract. `Default` gives the contract's defaults.
+/// The configurable limits of `docs/contract.md`. `Default` gives its defaults.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Longest `name`, `device_id`, `session_id`, `user_id`, in Unicode scalar values.
@@ -85,7 +85,7 @@ pub const FIELDS: [&str; 7] = [
     "properties",
 ];
 
-/// Checks one event of a batch against the contract, with `now` as the server's clock.
+/// Checks one event of a batch against `docs/contract.md`, with `now` as the server's clock.
 pub fn validate_event<'a>(
     raw: &'a RawValue,
     limits: &Limits,

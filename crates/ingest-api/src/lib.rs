@@ -54,6 +54,11 @@ pub enum StartError {
     Usage(String),
     #[error("http server: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cannot listen on {addr} (--bind): {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 impl AppState {
@@ -139,6 +144,24 @@ fn rate_limiter(
     Ok(ratelimit::RateLimiter::new(limits, &config.stream_key))
 }
 
+impl StartError {
+    /// Settings that do not fit together: exit code 2.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, StartError::Usage(_))
+    }
+}
+
+/// Binds `--bind`, says where it listens (tests and scripts read the line to learn the port
+/// when it ends in `:0`), and serves until `shutdown` resolves.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let listener = TcpListener::bind(config.bind).map_err(|source| StartError::Bind {
+        addr: config.bind,
+        source,
+    })?;
+    println!("ingest-api listening on http://{}", listener.local_addr()?);
+    run(config, listener, shutdown).await
+}
+
 /// Serves until `shutdown` resolves, then stops taking connections and lets in-flight requests
 /// finish (up to `--shutdown-timeout-secs`).
 pub async fn run(
@@ -195,7 +218,11 @@ pub async fn run(
                 "POST",
             ))
             .service(resource("/test", web::post().to(routes::ingest), "POST"))
-            .service(resource("/healthz", web::get().to(routes::healthz), "GET"))
+            .service(resource(
+                "/healthz",
+                web::get().to(service_kit::metrics::healthz),
+                "GET",
+            ))
             .service(resource("/readyz", web::get().to(routes::readyz), "GET"))
             .service(resource("/metrics", web::get().to(routes::metrics), "GET"))
             .service(resource(
@@ -280,16 +307,5 @@ async fn track_queue_length(
             }
             Err(_) => {}
         }
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
     }
 }

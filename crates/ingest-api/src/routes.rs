@@ -1,5 +1,8 @@
-//! The HTTP handlers. The ingest handler runs the contract's checks in its order:
-//! 401 (before any of the body is read), 415, 413, 400; then 503 if the queue cannot take it.
+//! The HTTP handlers. The ingest handler runs the checks of `docs/contract.md` in its order:
+//! 401 (before any of the body is read), 415, 413, 400; then 503 `queue_full` (the queue is too
+//! long or Redis too full), 429 `rate_limited` (the source is past its limit), and 503
+//! `queue_unavailable` if the write fails. `server_busy` (503) can come while the body is read
+//! and again before the accepted events are built.
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -196,11 +199,6 @@ fn content_encoding(req: &HttpRequest) -> Result<Encoding, ApiError> {
     }
 }
 
-/// `GET /healthz`: the process serves requests.
-pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
-}
-
 /// `GET /readyz`: the shard count is checked and at least one shard's node answers within the
 /// timeout.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
@@ -215,12 +213,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    match &state.metrics {
-        Some(handle) => HttpResponse::Ok()
-            .content_type("text/plain; version=0.0.4")
-            .body(handle.render()),
-        None => HttpResponse::NotFound().finish(),
-    }
+    service_kit::metrics::render(state.metrics.as_ref())
 }
 
 /// `GET /openapi.json`: the API description, built from `docs/openapi.yaml`.
