@@ -346,12 +346,12 @@ struct et_client {
       for (auto &r : rows) session_rows.push_back(r);
       int64_t n = static_cast<int64_t>(end - done);
       n_db += static_cast<uint64_t>(n);
-      n_buffered -= static_cast<uint64_t>(n);
       db_bytes += bytes;
       if (unsent_count == 0) unsent_since = steady_ms();
       unsent_count += n;
       done = end;
       enforce_cap();  // after every chunk, so the file never holds much more than the cap
+      n_buffered -= static_cast<uint64_t>(n);  // last: buffered == 0 means written and capped
     }
     sqlite3_finalize(ins);
     if (done < items.size()) {

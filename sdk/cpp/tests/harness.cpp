@@ -1,6 +1,8 @@
 #include "harness.hpp"
 
 #include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <sys/prctl.h>
 #include <curl/curl.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -62,6 +64,29 @@ uint16_t free_port() {
   return ntohs(a.sin_port);
 }
 
+namespace {
+std::mutex g_dirs_mu;
+std::vector<std::string> *g_dirs = new std::vector<std::string>();  // never destroyed: used at exit
+
+// Removes the temporary folders (queues, logs) after a passing run; keeps them, and says where, after a
+// failing one (or always with ET_TEST_KEEP=1).
+class CleanupTempDirs : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    std::lock_guard<std::mutex> g(g_dirs_mu);
+    bool keep = !env("ET_TEST_KEEP").empty() || !::testing::UnitTest::GetInstance()->Passed();
+    for (auto &d : *g_dirs) {
+      if (keep)
+        std::fprintf(stderr, "kept %s\n", d.c_str());
+      else
+        std::system(("rm -rf '" + d + "'").c_str());
+    }
+    g_dirs->clear();
+  }
+};
+[[maybe_unused]] ::testing::Environment *const g_cleanup = ::testing::AddGlobalTestEnvironment(new CleanupTempDirs);
+}  // namespace
+
 std::string temp_dir() {
   std::string base = env("TMPDIR", "/tmp");
   std::string t = base + "/et-sdk-test.XXXXXX";
@@ -69,6 +94,8 @@ std::string temp_dir() {
   buf.push_back(0);
   need(mkdtemp(buf.data()) != nullptr, "mkdtemp failed");
   chmod(buf.data(), 0777);
+  std::lock_guard<std::mutex> g(g_dirs_mu);
+  g_dirs->push_back(buf.data());
   return buf.data();
 }
 
@@ -153,6 +180,7 @@ Proc::Proc(const std::string &name, const std::vector<std::string> &argv,
   pid_ = fork();
   need(pid_ >= 0, "fork failed");
   if (pid_ == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);  // a test killed by a timeout takes its servers with it
     dup2(fd, 1);
     dup2(fd, 2);
     for (auto &kv : envs) setenv(kv.first.c_str(), kv.second.c_str(), 1);
@@ -250,9 +278,12 @@ Db::~Db() {
 
 std::string Db::query(const std::string &sql) const {
   int rc = 0;
-  std::string tmp = temp_dir() + "/q.sql";
+  static std::string dir = temp_dir();
+  static std::atomic<int> n{0};
+  std::string tmp = dir + "/q" + std::to_string(n++) + ".sql";
   { std::ofstream(tmp) << sql; }
   std::string out = sh("psql '" + url + "' -XAtq -v ON_ERROR_STOP=1 -f '" + tmp + "' 2>&1", &rc);
+  std::remove(tmp.c_str());
   need(rc == 0, "psql failed: " + sql + "\n" + out);
   return out;
 }

@@ -303,3 +303,41 @@ TEST(Rejects, BadRequestDropsTheBatchReportingEachEvent) {
   EXPECT_EQ(counters(c).sent, 1u);
   et_client_free(c, 1000);
 }
+
+TEST(Rejects, ABatchTheRealServerRejectsWhollyIsDroppedReportedAndNeverResent) {
+  // Every event 3 days ahead of the server's clock: the real ingest-api answers 400 invalid_events.
+  h::Pipeline p;
+  double acc0 = p.ingest->accepted(), rej0 = p.ingest->rejected();
+  et_client *c = new_client(p.ingest->url, h::temp_dir() + "/queue.db");
+  ASSERT_NE(c, nullptr);
+  ASSERT_EQ(et_client_set(c, "flush_interval_ms", "60000"), 0);  // one batch, sent by flush
+  h::Reports reports;
+  reports.attach(c);
+  std::string future = et::format_utc_ms(et::unix_ms() + 3 * 86400 * 1000ll);
+  std::set<std::string> ids;
+  for (int i = 0; i < 4; i++) {
+    et_event e{};
+    e.name = "all_skewed";
+    e.timestamp = future.c_str();
+    char id[37];
+    ASSERT_EQ(et_track_event(c, &e, id), ET_OK);
+    ids.insert(id);
+  }
+  ASSERT_EQ(et_flush(c, 60000), 0);
+  std::set<std::string> reported;
+  for (size_t i : reports.of_kind(ET_REPORT_REJECTED)) {
+    EXPECT_EQ(reports.all[i].status, 400);
+    reported.insert(reports.ids[i]);
+  }
+  EXPECT_EQ(reported, ids);
+  EXPECT_EQ(counters(c).rejected, 4u);
+  EXPECT_EQ(counters(c).queued, 0u);
+  ASSERT_EQ(et_track(c, "good", "{}", nullptr), ET_OK);
+  ASSERT_EQ(et_flush(c, 60000), 0);
+  et_client_free(c, 1000);
+  EXPECT_EQ(p.ingest->rejected() - rej0, 4.0) << "the rejected batch was sent again";
+  EXPECT_EQ(p.ingest->accepted() - acc0, 1.0);
+  ASSERT_EQ(p.wait_rows(1), 1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  EXPECT_EQ(p.db->count(), 1);
+}

@@ -25,13 +25,13 @@ class Error : public std::runtime_error {
 
 // Every field of an event; empty views mean "not given" (defaults as in et_event).
 struct Event {
-  std::string_view name;
-  std::string_view properties_json;
-  std::string_view user_id;
-  std::string_view device_id;
-  std::string_view session_id;
-  std::string_view timestamp;
-  std::string_view event_id;
+  std::string_view name = {};
+  std::string_view properties_json = {};
+  std::string_view user_id = {};
+  std::string_view device_id = {};
+  std::string_view session_id = {};
+  std::string_view timestamp = {};
+  std::string_view event_id = {};
 };
 
 class Client {

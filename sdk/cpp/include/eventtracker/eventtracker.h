@@ -2,7 +2,12 @@
  *
  * One et_client owns one background thread, one queue (a SQLite file in WAL mode, or memory) and one
  * HTTP connection to ingest-api. Every function is thread-safe; et_track never blocks on I/O.
- * Two clients in one process are independent (no global state besides libcurl's one-time init). */
+ * Two clients in one process are independent (no global state besides libcurl's one-time init).
+ *
+ * Durability: an event accepted by et_track waits at most persist_interval_ms (50 ms) in memory before it is
+ * committed to the queue file; an app crash loses only those (the `buffered` counter), a committed event is
+ * sent by the next client opening the same file. Do not use a client across fork(). Report callbacks run
+ * on the client's thread and must not block: et_client_free waits for a callback in progress. */
 #ifndef EVENTTRACKER_EVENTTRACKER_H
 #define EVENTTRACKER_EVENTTRACKER_H
 
