@@ -8,6 +8,9 @@
 //!
 //! Everything runs against a fixed clock, so a failure reproduces from its proptest seed.
 
+// Generators and oracles fail loudly, like the tests they serve.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::HashSet;
 
 use event_model::timestamp::{format_timestamp, parse_timestamp};

@@ -187,15 +187,17 @@ impl Consumer {
         count: usize,
         block: Duration,
     ) -> Result<Vec<Entry>, FlusherError> {
-        if self.reader.is_none() {
-            let conn = self
-                .redis
-                .connector()
-                .connect(self.timeout, self.block + self.timeout)
-                .await?;
-            self.reader = Some(conn);
-        }
-        let conn = self.reader.as_mut().expect("set above");
+        let conn = match &mut self.reader {
+            Some(conn) => conn,
+            None => {
+                let conn = self
+                    .redis
+                    .connector()
+                    .connect(self.timeout, self.block + self.timeout)
+                    .await?;
+                self.reader.insert(conn)
+            }
+        };
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(&self.group)

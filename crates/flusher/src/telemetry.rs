@@ -7,13 +7,10 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use deadpool_postgres::Pool;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-const DURATION_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
-/// Installs the process-wide recorder; `None` if one is installed already.
+/// Installs the process-wide recorder (batch durations from 1 ms to 10 s); `None` if one is
+/// installed already.
 pub fn install_metrics() -> Option<PrometheusHandle> {
-    service_kit::metrics::install(DURATION_BUCKETS, describe)
+    service_kit::metrics::install(&service_kit::metrics::BUCKETS_1MS_10S, describe)
 }
 
 fn describe() {

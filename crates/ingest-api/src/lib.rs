@@ -194,10 +194,39 @@ pub async fn run(
     }
     let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel();
     let length_task = tokio::spawn(track_queue_length(state.clone(), fatal_tx));
-    let data = state.clone();
+    let server = http_server(state, &config, listener)?;
+    let handle = server.handle();
+    let stopper = async move {
+        let fatal = tokio::select! {
+            () = shutdown => None,
+            Ok(e) = fatal_rx => Some(e),
+        };
+        match &fatal {
+            None => log::info!("shutting down: no new connections, finishing in-flight requests"),
+            Some(e) => log::error!("stopping: {e}"),
+        }
+        handle.stop(true).await;
+        fatal
+    };
+    let (served, fatal) = tokio::join!(server, stopper);
+    length_task.abort();
+    served?;
+    if let Some(e) = fatal {
+        return Err(e.into());
+    }
+    log::info!("ingest-api stopped");
+    Ok(())
+}
+
+/// The routes, the request metrics around them, and the connection limits of the settings.
+fn http_server(
+    state: web::Data<AppState>,
+    config: &Config,
+    listener: TcpListener,
+) -> std::io::Result<actix_web::dev::Server> {
     let mut server = HttpServer::new(move || {
         App::new()
-            .app_data(data.clone())
+            .app_data(state.clone())
             .wrap_fn(|req, srv| {
                 let start = std::time::Instant::now();
                 let fut = actix_web::dev::Service::call(srv, req);
@@ -241,28 +270,7 @@ pub async fn run(
     if config.workers > 0 {
         server = server.workers(config.workers);
     }
-    let server = server.listen(listener)?.run();
-    let handle = server.handle();
-    let stopper = async move {
-        let fatal = tokio::select! {
-            () = shutdown => None,
-            Ok(e) = fatal_rx => Some(e),
-        };
-        match &fatal {
-            None => log::info!("shutting down: no new connections, finishing in-flight requests"),
-            Some(e) => log::error!("stopping: {e}"),
-        }
-        handle.stop(true).await;
-        fatal
-    };
-    let (served, fatal) = tokio::join!(server, stopper);
-    length_task.abort();
-    served?;
-    if let Some(e) = fatal {
-        return Err(e.into());
-    }
-    log::info!("ingest-api stopped");
-    Ok(())
+    Ok(server.listen(listener)?.run())
 }
 
 /// A path with one method; any other method gets 405 with `Allow` (not the app's 404).

@@ -3,6 +3,16 @@
 use actix_web::HttpResponse;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+/// Histogram buckets for HTTP requests, in seconds: 0.5 ms to 5 s.
+pub const BUCKETS_500US_5S: [f64; 13] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Histogram buckets for database writes, in seconds: 1 ms to 10 s.
+pub const BUCKETS_1MS_10S: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 /// Installs the recorder with `buckets` for every `*_duration_seconds` histogram, then runs
 /// `describe` (help texts, series at 0). `None` if a recorder is installed already (a second
 /// service in the same process shares the first one's metrics).
