@@ -541,7 +541,9 @@ pub async fn wait_stream_empty(conn: &MultiplexedConnection, key: &str) {
     .await;
 }
 
-/// Pending entries of a consumer group (0 when the group does not exist).
+/// Pending entries of a consumer group: 0 when the stream does not exist; a stream without the
+/// group, any other error or reply fails the test, so a renamed group or a lost connection is
+/// never read as "nothing pending".
 pub async fn pending(
     conn: &mut (impl redis::aio::ConnectionLike + Send),
     key: &str,
@@ -555,10 +557,104 @@ pub async fn pending(
     match reply {
         Ok(redis::Value::Array(items)) => match items.first() {
             Some(redis::Value::Int(n)) => *n as u64,
-            _ => 0,
+            other => panic!("XPENDING {key} {group}: unexpected first item {other:?}"),
         },
-        _ => 0,
+        Err(e) if e.code() == Some("NOGROUP") => {
+            // No such key, or no such group: only the first means "nothing pending". A stream
+            // without the group (a renamed or lost group) fails the check.
+            let exists: u64 = redis::cmd("EXISTS")
+                .arg(key)
+                .query_async(conn)
+                .await
+                .expect("EXISTS");
+            assert_eq!(exists, 0, "{key} exists but has no group {group}: {e}");
+            0
+        }
+        other => panic!("XPENDING {key} {group}: {other:?}"),
     }
+}
+
+/// Pending entries per consumer of a group (`XPENDING key group` summary), by name; empty when
+/// nothing is pending. Fails the test on any error, NOGROUP included.
+pub async fn pending_by_consumer(
+    conn: &mut (impl redis::aio::ConnectionLike + Send),
+    key: &str,
+    group: &str,
+) -> Vec<(String, u64)> {
+    type Summary = (
+        u64,
+        redis::Value,
+        redis::Value,
+        Option<Vec<(String, String)>>,
+    );
+    let (_, _, _, consumers): Summary = redis::cmd("XPENDING")
+        .arg(key)
+        .arg(group)
+        .query_async(conn)
+        .await
+        .unwrap_or_else(|e| panic!("XPENDING {key} {group}: {e}"));
+    consumers
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, n)| (name, n.parse().expect("a pending count")))
+        .collect()
+}
+
+/// The consumers of a group (`XINFO CONSUMERS`) with their pending counts; fails the test on
+/// any error.
+pub async fn consumers(
+    conn: &mut (impl redis::aio::ConnectionLike + Send),
+    key: &str,
+    group: &str,
+) -> Vec<(String, u64)> {
+    let infos: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(key)
+        .arg(group)
+        .query_async(conn)
+        .await
+        .unwrap_or_else(|e| panic!("XINFO CONSUMERS {key} {group}: {e}"));
+    infos
+        .into_iter()
+        .map(|info| {
+            let name = redis::from_redis_value(info["name"].clone()).expect("consumer name");
+            let pending = redis::from_redis_value(info["pending"].clone()).expect("pending count");
+            (name, pending)
+        })
+        .collect()
+}
+
+/// The sum of `eventtracker_flusher_events_written_total` over running flushers' /metrics:
+/// what the pipeline says it wrote, to compare with ingest's `accepted` and the rows.
+pub async fn written_by(flushers: &[&Flusher]) -> f64 {
+    let mut sum = 0.0;
+    for f in flushers {
+        sum += metric(
+            &f.metrics_url(),
+            "eventtracker_flusher_events_written_total",
+        )
+        .await
+        .expect("the flusher exports eventtracker_flusher_events_written_total");
+    }
+    sum
+}
+
+/// Batches a flusher wrote through the de-duplication path (`batches_written_total{path="dedup"}`).
+pub async fn dedup_batches(flusher: &Flusher) -> f64 {
+    let page = scrape(&flusher.metrics_url()).await;
+    labelled_in(
+        &page,
+        "eventtracker_flusher_batches_written_total",
+        "path=\"dedup\"",
+    )
+    .expect("the flusher exports batches_written_total{path=\"dedup\"}")
+}
+
+/// `eventtracker_ingest_events_accepted_total` of a running ingest-api (required).
+pub async fn accepted_by(ingest: &Ingest) -> f64 {
+    metric(&ingest.url, "eventtracker_ingest_events_accepted_total")
+        .await
+        .expect("ingest-api exports eventtracker_ingest_events_accepted_total")
 }
 
 /// A valid event with a fresh event_id.
@@ -1049,6 +1145,20 @@ impl PgServer {
 
 impl Drop for PgServer {
     fn drop(&mut self) {
+        // A test that failed with PostgreSQL frozen: thaw it first, or `pg_ctl stop` waits on a
+        // stopped postmaster and its processes stay behind.
+        let pidfile = std::fs::read_to_string(self.data().join("postmaster.pid"));
+        if let Some(pid) = pidfile.ok().as_deref().and_then(|p| p.lines().next()) {
+            let children = Command::new("pgrep").args(["-P", pid.trim()]).output();
+            let children = children.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+            for p in children
+                .unwrap_or_default()
+                .split_whitespace()
+                .chain([pid.trim()])
+            {
+                let _ = Command::new("kill").args(["-CONT", p]).status();
+            }
+        }
         let _ = as_postgres(&pg_bin("pg_ctl"))
             .arg("-D")
             .arg(self.data())

@@ -344,18 +344,17 @@ async fn sigterm_during_load_loses_nothing() {
     let mut flusher = Flusher::start(&redis_url, &db.url, &key, &["--batch-size", "20"], &[]);
     let url = ingest.url.clone();
     let load = tokio::spawn(async move {
+        // ingest-api runs until the load is over: anything but a 200 is a failure.
         let mut accepted = 0;
-        for _ in 0..40 {
-            match post_json(
+        for i in 0..40 {
+            let (status, body) = post_json(
                 &format!("{url}/v1/events"),
                 Some(TOKEN),
                 &batch("load", 100),
             )
-            .await
-            {
-                (200, body) => accepted += body["accepted"].as_i64().unwrap(),
-                _ => break,
-            }
+            .await;
+            assert_eq!(status, 200, "request {i}: {body}");
+            accepted += body["accepted"].as_i64().unwrap();
         }
         accepted
     });
@@ -506,7 +505,7 @@ async fn redis_frozen_then_thawed_everything_flows() {
     })
     .await;
     accepted += 50;
-    // The contract's case of a lost reply: the MULTI/EXEC sent to the frozen Redis sat in its
+    // `docs/contract.md`'s case of a lost reply: the MULTI/EXEC sent to the frozen Redis sat in its
     // socket and may run on SIGCONT, although the client got 503. The client retries the same
     // batch (same event_ids), as an SDK must, and each event is stored once either way.
     let (status, _) = ingest.post(&frozen_batch).await;
@@ -527,4 +526,10 @@ async fn redis_frozen_then_thawed_everything_flows() {
         "every event once, the retried batch included"
     );
     assert_eq!(distinct_ids(&db).await, accepted);
+    // The fault happened: the frozen MULTI ran on SIGCONT, so the retried batch's 10 events
+    // were queued twice, the flusher wrote 10 more than ingest-api accepted, and the second
+    // copies went through the de-duplication path.
+    assert_eq!(accepted_by(&ingest).await, accepted as f64);
+    assert_eq!(written_by(&[&flusher]).await, (accepted + 10) as f64);
+    assert!(dedup_batches(&flusher).await > 0.0, "the de-dup path ran");
 }

@@ -191,7 +191,7 @@ async fn concurrent_bombs_are_bounded_by_the_shared_budget() {
         // The budget bounds the bytes all requests hold at once. Peak RSS also counts memory
         // the allocator keeps after a free (glibc keeps an arena per worker thread), so with a
         // budget close to one request's limit, two workers' arenas can together stay above it;
-        // the contract's case (the default budget) and the one-bomb case are asserted on RSS.
+        // `docs/contract.md`'s case (the default budget) and the one-bomb case are asserted on RSS.
         // One bomb also costs its decoder's state and I/O buffers (~0.2 MiB): hence the slack.
         match budget / MIB {
             128 => assert!(grew < budget, "peak grew by {grew} bytes, budget {budget}"),

@@ -18,7 +18,7 @@ pub struct Batch<'a> {
     pub events: Vec<&'a RawValue>,
 }
 
-/// Why a whole body was refused. Each maps to one error code of the contract.
+/// Why a whole body was refused. Each maps to one error code of `docs/contract.md`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BatchError {
     /// The body is not JSON (or nests deeper than the parser allows).
@@ -92,7 +92,7 @@ pub fn parse_batch(body: &[u8], max_events: usize) -> Result<Batch<'_>, BatchErr
 /// Deepest nesting of arrays and objects a body may have, counting the top level as 1.
 /// serde_json skips a `RawValue` (each event) without a recursion limit, so the parser's own
 /// limit would not apply to events: this keeps "nesting deeper than the parser allows" an
-/// `invalid_json` for the whole body, as the contract says.
+/// `invalid_json` for the whole body, as `docs/contract.md` says.
 const MAX_NESTING: usize = 128;
 
 /// Whether `[`/`{` outside strings nest deeper than `max`. Exact for valid JSON; for invalid

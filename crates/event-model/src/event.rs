@@ -1,5 +1,5 @@
-//! One event of a batch: the contract's field rules, checked one event at a time so that a bad
-//! event is reported by index while the good ones of the same batch are accepted.
+//! One event of a batch: the field rules of `docs/contract.md`, checked one event at a time so
+//! that a bad event is reported by index while the good ones of the same batch are accepted.
 
 use std::fmt;
 
@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use crate::timestamp::parse_timestamp;
 
-/// The configurable limits of the contract. `Default` gives the contract's defaults.
+/// The configurable limits of `docs/contract.md`. `Default` gives its defaults.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Longest `name`, `device_id`, `session_id`, `user_id`, in Unicode scalar values.
@@ -85,7 +85,7 @@ pub const FIELDS: [&str; 7] = [
     "properties",
 ];
 
-/// Checks one event of a batch against the contract, with `now` as the server's clock.
+/// Checks one event of a batch against `docs/contract.md`, with `now` as the server's clock.
 pub fn validate_event<'a>(
     raw: &'a RawValue,
     limits: &Limits,
@@ -121,29 +121,7 @@ pub fn validate_event<'a>(
     }
     let time = match get("timestamp") {
         None => return Err(EventError::new("timestamp", "is required")),
-        Some(v) => {
-            let s = string_field("timestamp", v)?;
-            let t = parse_timestamp(&s).map_err(|e| EventError::new("timestamp", e))?;
-            if t < limits.min_timestamp {
-                return Err(EventError::new(
-                    "timestamp",
-                    format!(
-                        "is before {}",
-                        crate::timestamp::format_timestamp(limits.min_timestamp)
-                    ),
-                ));
-            }
-            if t > now + limits.max_future {
-                return Err(EventError::new(
-                    "timestamp",
-                    format!(
-                        "is more than {} seconds ahead of the server's clock",
-                        limits.max_future.whole_seconds()
-                    ),
-                ));
-            }
-            t
-        }
+        Some(v) => check_time(&string_field("timestamp", v)?, limits, now)?,
     };
     let optional_text = |field: &str| -> Result<Option<String>, EventError> {
         get(field).map(|v| text_field(field, v, limits)).transpose()
@@ -167,6 +145,34 @@ pub fn validate_event<'a>(
         user_id,
         properties,
     })
+}
+
+/// A `timestamp` in the contract's grammar and inside the window the limits allow.
+fn check_time(s: &str, limits: &Limits, now: OffsetDateTime) -> Result<OffsetDateTime, EventError> {
+    let t = parse_timestamp(s).map_err(|e| EventError::new("timestamp", e))?;
+    if t < limits.min_timestamp {
+        return Err(EventError::new(
+            "timestamp",
+            format!(
+                "is before {}",
+                crate::timestamp::format_timestamp(limits.min_timestamp)
+            ),
+        ));
+    }
+    // Saturating: a window past the calendar's end is no window at all.
+    if now
+        .checked_add(limits.max_future)
+        .is_some_and(|latest| t > latest)
+    {
+        return Err(EventError::new(
+            "timestamp",
+            format!(
+                "is more than {} seconds ahead of the server's clock",
+                limits.max_future.whole_seconds()
+            ),
+        ));
+    }
+    Ok(t)
 }
 
 /// An event's known fields by their place in [`FIELDS`] (a repeated key: the last one), and
@@ -904,6 +910,11 @@ mod tests {
             "timestamp",
             "is more than 3600 seconds ahead",
         );
+    }
+
+    #[test]
+    fn timestamp_window_can_be_widened_or_closed() {
+        let one_us = Duration::microseconds(1);
         let wide = Limits {
             min_timestamp: datetime!(1970-01-01 00:00:00 UTC),
             max_future: Duration::days(7),

@@ -2,7 +2,7 @@
 //! events, and how an accepted event travels through the Redis stream to the flusher.
 //!
 //! This crate is the only place that knows the validation rules of the ingest contract
-//! (`shared/spec/ingest-api.md`). It does no I/O: callers pass the clock in.
+//! (`docs/contract.md`). It does no I/O: callers pass the clock in.
 
 pub mod batch;
 pub mod event;

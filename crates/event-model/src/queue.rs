@@ -73,6 +73,10 @@ pub enum DecodeError {
 
 impl QueuedEvent {
     /// The `e` field's value.
+    #[expect(
+        clippy::expect_used,
+        reason = "strings, a UUID, timestamps and a RawValue that was JSON: serialising cannot fail"
+    )]
     pub fn encode(&self) -> String {
         serde_json::to_string(self).expect("a QueuedEvent always serialises")
     }

@@ -1,10 +1,10 @@
-//! The contract's timestamp grammar:
+//! The timestamp grammar of `docs/contract.md`:
 //! `YYYY-MM-DDTHH:MM:SS`, an optional fraction of 1 to 9 digits (kept to the microsecond),
 //! then `Z`, `±HH:MM`, or nothing (taken as UTC).
 
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
 
-/// Parses a timestamp of the contract's grammar into UTC, truncated to the microsecond.
+/// Parses a timestamp of `docs/contract.md`'s grammar into UTC, truncated to the microsecond.
 /// The error says what is wrong, for the client.
 pub fn parse_timestamp(s: &str) -> Result<OffsetDateTime, &'static str> {
     let b = s.as_bytes();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::retention::parse_duration;
-use crate::telemetry::LogFormat;
+use service_kit::logging::LogFormat;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -17,7 +17,7 @@ use crate::telemetry::LogFormat;
 )]
 pub struct Cli {
     #[command(flatten)]
-    pub common: Common,
+    pub common: GlobalArgs,
 
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -67,7 +67,7 @@ pub enum DeadLetterCommand {
 
 /// Settings every subcommand needs.
 #[derive(Debug, Clone, Args)]
-pub struct Common {
+pub struct GlobalArgs {
     /// PostgreSQL URL (may hold a password; never logged).
     #[arg(
         long,
@@ -169,6 +169,10 @@ pub struct RunConfig {
     /// Longest wait for a pooled PostgreSQL connection, and for each COPY (or de-duplicating write) to commit, in milliseconds; past it the connection is dropped and the batch retried. Must be below --claim-idle-ms [default: half of --claim-idle-ms, at most 10000].
     #[arg(long, env = "FLUSHER_PG_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub pg_timeout_ms: Option<u64>,
+
+    /// How often a running flusher drops chunks older than --retention, in seconds (one flusher at a time).
+    #[arg(long, env = "FLUSHER_RETENTION_EVERY_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub retention_every_secs: u64,
 
     /// PostgreSQL connections in the pool.
     #[arg(long, env = "FLUSHER_PG_POOL_SIZE", default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]

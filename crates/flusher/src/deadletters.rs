@@ -7,7 +7,9 @@ use redis_queue::redis::{self, Value};
 use serde_json::json;
 
 use crate::FlusherError;
-use crate::stream::{DL_AT, DL_CONSUMER, DL_ORIGINAL_ID, DL_REASON, DL_SQLSTATE, Entry, Stream};
+use crate::consumer::{
+    Consumer, DL_AT, DL_CONSUMER, DL_ORIGINAL_ID, DL_REASON, DL_SQLSTATE, Entry,
+};
 
 /// Which dead letters a command applies to.
 pub enum Selection {
@@ -16,15 +18,15 @@ pub enum Selection {
 }
 
 /// A dead letter and the shard whose dead-letter stream holds it.
-struct Dead {
+struct DeadLetterEntry {
     shard: usize,
     entry: Entry,
 }
 
-impl Dead {
+impl DeadLetterEntry {
     /// The ID as printed and as accepted back: the entry ID, prefixed by the shard when there
     /// are several.
-    fn id(&self, stream: &Stream) -> String {
+    fn id(&self, stream: &Consumer) -> String {
         if stream.shards() > 1 {
             format!("{}/{}", self.shard, self.entry.id)
         } else {
@@ -34,7 +36,7 @@ impl Dead {
 }
 
 /// Prints up to `count` dead letters, oldest first (per shard), one JSON object a line.
-pub async fn list(stream: &Stream, count: usize) -> Result<usize, FlusherError> {
+pub async fn list(stream: &Consumer, count: usize) -> Result<usize, FlusherError> {
     let entries = read_all(stream, count).await?;
     for d in &entries {
         let e = &d.entry;
@@ -62,9 +64,9 @@ pub async fn list(stream: &Stream, count: usize) -> Result<usize, FlusherError> 
 
 /// Moves dead letters back to their shard's stream (their original fields only), each in one
 /// MULTI/EXEC with its removal from the dead-letter stream (both keys share the shard's slot).
-pub async fn requeue(stream: &Stream, which: Selection) -> Result<usize, FlusherError> {
+pub async fn requeue(stream: &Consumer, which: Selection) -> Result<usize, FlusherError> {
     let entries = select(stream, which).await?;
-    for Dead { shard, entry: e } in &entries {
+    for DeadLetterEntry { shard, entry: e } in &entries {
         let mut pipe = redis::pipe();
         pipe.atomic();
         let cmd = pipe.cmd("XADD").arg(stream.key(*shard)).arg("*");
@@ -84,7 +86,7 @@ pub async fn requeue(stream: &Stream, which: Selection) -> Result<usize, Flusher
 }
 
 /// Deletes dead letters for good.
-pub async fn purge(stream: &Stream, which: Selection) -> Result<usize, FlusherError> {
+pub async fn purge(stream: &Consumer, which: Selection) -> Result<usize, FlusherError> {
     let entries = select(stream, which).await?;
     for shard in 0..stream.shards() {
         let ids: Vec<&String> = entries
@@ -108,7 +110,7 @@ pub async fn purge(stream: &Stream, which: Selection) -> Result<usize, FlusherEr
     Ok(entries.len())
 }
 
-async fn select(stream: &Stream, which: Selection) -> Result<Vec<Dead>, FlusherError> {
+async fn select(stream: &Consumer, which: Selection) -> Result<Vec<DeadLetterEntry>, FlusherError> {
     match which {
         Selection::All => read_all(stream, usize::MAX).await,
         Selection::Ids(ids) => {
@@ -142,13 +144,17 @@ async fn select(stream: &Stream, which: Selection) -> Result<Vec<Dead>, FlusherE
                             .await
                     })
                     .await?;
-                let found = crate::stream::parse_entries(reply);
+                let found = crate::consumer::parse_entries(reply);
                 if found.is_empty() {
                     return Err(FlusherError::Config(format!(
                         "no dead letter with id {given}"
                     )));
                 }
-                out.extend(found.into_iter().map(|entry| Dead { shard, entry }));
+                out.extend(
+                    found
+                        .into_iter()
+                        .map(|entry| DeadLetterEntry { shard, entry }),
+                );
             }
             Ok(out)
         }
@@ -156,19 +162,23 @@ async fn select(stream: &Stream, which: Selection) -> Result<Vec<Dead>, FlusherE
 }
 
 /// Up to `count` dead letters, shard by shard.
-async fn read_all(stream: &Stream, count: usize) -> Result<Vec<Dead>, FlusherError> {
+async fn read_all(stream: &Consumer, count: usize) -> Result<Vec<DeadLetterEntry>, FlusherError> {
     let mut out = Vec::new();
     for shard in 0..stream.shards() {
         if out.len() >= count {
             break;
         }
         let entries = read(stream, shard, count - out.len()).await?;
-        out.extend(entries.into_iter().map(|entry| Dead { shard, entry }));
+        out.extend(
+            entries
+                .into_iter()
+                .map(|entry| DeadLetterEntry { shard, entry }),
+        );
     }
     Ok(out)
 }
 
-async fn read(stream: &Stream, shard: usize, count: usize) -> Result<Vec<Entry>, FlusherError> {
+async fn read(stream: &Consumer, shard: usize, count: usize) -> Result<Vec<Entry>, FlusherError> {
     let mut out = Vec::new();
     let mut start = "-".to_string();
     while out.len() < count {
@@ -187,7 +197,7 @@ async fn read(stream: &Stream, shard: usize, count: usize) -> Result<Vec<Entry>,
                     .await
             })
             .await?;
-        let entries = crate::stream::parse_entries(reply);
+        let entries = crate::consumer::parse_entries(reply);
         let Some(last) = entries.last() else { break };
         start = format!("({}", last.id);
         let done = entries.len() < page;

@@ -23,7 +23,7 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
 const MIGRATION_LOCK: i64 = 0x4576_656e_7454_726b;
 
 /// Applies what is missing; returns the versions applied by this run.
-pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, FlusherError> {
+pub async fn apply(client: &mut Client) -> Result<Vec<i32>, FlusherError> {
     check_encoding(client).await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])

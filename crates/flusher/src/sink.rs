@@ -73,23 +73,24 @@ pub async fn write(
     rows: &[&QueuedEvent],
     timeout: Duration,
 ) -> Result<WritePath, WriteError> {
-    let timed_out = |what: &str| {
-        WriteError::Transient(FlusherError::PostgresPool(format!(
-            "{what} took longer than {} ms (--pg-timeout-ms)",
-            timeout.as_millis()
-        )))
+    let timed_out = |what: &'static str| {
+        WriteError::Transient(FlusherError::PostgresTimeout {
+            what,
+            ms: timeout.as_millis(),
+        })
     };
     let mut client = tokio::time::timeout(timeout, pool.get())
         .await
         .map_err(|_| timed_out("taking a connection"))?
-        .map_err(|e| WriteError::Transient(FlusherError::PostgresPool(e.to_string())))?;
+        .map_err(|e| WriteError::Transient(e.into()))?;
     // Set when a statement was cut off: the connection is then in an unknown state.
     let mut cut_off = false;
-    let first = tokio::time::timeout(timeout, copy_into(&mut client, "events", rows, false)).await;
+    let first = tokio::time::timeout(timeout, copy_plain(&mut client, "events", rows)).await;
     let result = match first {
         Ok(Ok(())) => Ok(WritePath::Copy),
         Ok(Err(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-            match tokio::time::timeout(timeout, copy_into(&mut client, "events", rows, true)).await
+            match tokio::time::timeout(timeout, copy_deduplicated(&mut client, "events", rows))
+                .await
             {
                 Ok(r) => r.map(|()| WritePath::Dedup).map_err(classify),
                 Err(_) => {
@@ -111,19 +112,24 @@ pub async fn write(
     result
 }
 
-async fn copy_into(
+/// The fast path: one COPY statement, a transaction of its own (autocommit): no BEGIN and
+/// COMMIT round trips, and the batch is still all or nothing.
+async fn copy_plain(
     client: &mut deadpool_postgres::Client,
     table: &str,
     rows: &[&QueuedEvent],
-    dedup: bool,
 ) -> Result<(), tokio_postgres::Error> {
-    if !dedup {
-        // One COPY statement is a transaction of its own (autocommit): no BEGIN and COMMIT
-        // round trips, and the batch is still all or nothing.
-        let sink = client.copy_in(&copy_statement(table)).await?;
-        return send_rows(sink, rows).await.map(|_| ());
-    }
-    // The staging table lives only inside this transaction, on this connection.
+    let sink = client.copy_in(&copy_statement(table)).await?;
+    send_rows(sink, rows).await.map(|_| ())
+}
+
+/// The de-duplication path: COPY into a staging table that lives only inside this
+/// transaction, then `INSERT … ON CONFLICT DO NOTHING`, duplicates within the batch dropped.
+async fn copy_deduplicated(
+    client: &mut deadpool_postgres::Client,
+    table: &str,
+    rows: &[&QueuedEvent],
+) -> Result<(), tokio_postgres::Error> {
     let tx = client.transaction().await?;
     tx.batch_execute(&format!(
         "CREATE TEMP TABLE events_staging (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP"

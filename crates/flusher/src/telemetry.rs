@@ -5,26 +5,12 @@ use std::time::Duration;
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use deadpool_postgres::Pool;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 
-const DURATION_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
+/// Installs the process-wide recorder (batch durations from 1 ms to 10 s); `None` if one is
+/// installed already.
 pub fn install_metrics() -> Option<PrometheusHandle> {
-    let builder = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), DURATION_BUCKETS)
-        .expect("buckets are not empty");
-    match builder.install_recorder() {
-        Ok(handle) => {
-            describe();
-            Some(handle)
-        }
-        Err(e) => {
-            log::warn!("metrics recorder not installed: {e}");
-            None
-        }
-    }
+    service_kit::metrics::install(&service_kit::metrics::BUCKETS_1MS_10S, describe)
 }
 
 fn describe() {
@@ -190,10 +176,6 @@ impl Probes {
     }
 }
 
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
-}
-
 async fn readyz(probes: web::Data<Probes>) -> HttpResponse {
     let (r, p) = tokio::join!(probes.redis_ok(), probes.postgres_ok());
     let problems: Vec<String> = [r.err(), p.err()].into_iter().flatten().collect();
@@ -206,12 +188,7 @@ async fn readyz(probes: web::Data<Probes>) -> HttpResponse {
 }
 
 async fn render(probes: web::Data<Probes>) -> HttpResponse {
-    match &probes.metrics {
-        Some(h) => HttpResponse::Ok()
-            .content_type("text/plain; version=0.0.4")
-            .body(h.render()),
-        None => HttpResponse::NotFound().finish(),
-    }
+    service_kit::metrics::render(probes.metrics.as_ref())
 }
 
 /// Starts the probe/metrics server; returns its handle so shutdown can stop it.
@@ -223,7 +200,7 @@ pub fn serve(
     Ok(HttpServer::new(move || {
         App::new()
             .app_data(probes.clone())
-            .route("/healthz", web::get().to(healthz))
+            .route("/healthz", web::get().to(service_kit::metrics::healthz))
             .route("/readyz", web::get().to(readyz))
             .route("/metrics", web::get().to(render))
     })
@@ -232,34 +209,4 @@ pub fn serve(
     .shutdown_timeout(1)
     .listen(listener)?
     .run())
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    // Plain comments, not doc comments: clap would turn those into a long multi-line --help.
-    // Human-readable lines.
-    Text,
-    // One JSON object a line, for log shippers.
-    Json,
-}
-
-/// env_logger with `RUST_LOG` (default `info`), as text or one JSON object a line.
-pub fn init_logging(format: LogFormat) {
-    let filter = redis_queue::log_filter(std::env::var("RUST_LOG").ok());
-    let mut builder = env_logger::Builder::new();
-    builder.parse_filters(&filter);
-    if format == LogFormat::Json {
-        builder.format(|buf, record| {
-            use std::io::Write;
-            let line = serde_json::json!({
-                "ts": event_model::timestamp::format_timestamp(time::OffsetDateTime::now_utc()),
-                "level": record.level().as_str(),
-                "target": record.target(),
-                "msg": record.args().to_string(),
-            });
-            writeln!(buf, "{line}")
-        });
-    }
-    let _ = builder.try_init();
 }

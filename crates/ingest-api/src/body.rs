@@ -1,7 +1,8 @@
-//! Reading a request body under the contract's limits, while it streams in: the wire limit on
-//! the bytes received, the decompressed limit on what gzip inflates to, a deadline for the whole
-//! body, and a byte budget shared by all requests. No limit is ever exceeded in memory, so a gzip
-//! bomb costs no more than the limit, and many bombs at once no more than the shared budget.
+//! Reading a request body under the limits of `docs/contract.md`, while it streams in: the wire
+//! limit on the bytes received, the decompressed limit on what gzip inflates to, a deadline for
+//! the whole body, and a byte budget shared by all requests. No limit is ever exceeded in memory,
+//! so a gzip bomb costs no more than the limit, and many bombs at once no more than the shared
+//! budget.
 
 use std::io::Write;
 use std::sync::Arc;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::telemetry::LogFormat;
+use service_kit::logging::LogFormat;
 
 #[derive(Debug, Clone, Parser)]
 #[command(

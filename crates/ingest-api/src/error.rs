@@ -49,7 +49,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// The stable snake_case code of the contract.
+    /// The stable snake_case code of `docs/contract.md`.
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::Unauthorized => "unauthorized",

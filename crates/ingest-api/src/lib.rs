@@ -54,6 +54,11 @@ pub enum StartError {
     Usage(String),
     #[error("http server: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cannot listen on {addr} (--bind): {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 impl AppState {
@@ -139,6 +144,24 @@ fn rate_limiter(
     Ok(ratelimit::RateLimiter::new(limits, &config.stream_key))
 }
 
+impl StartError {
+    /// Settings that do not fit together: exit code 2.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, StartError::Usage(_))
+    }
+}
+
+/// Binds `--bind`, says where it listens (tests and scripts read the line to learn the port
+/// when it ends in `:0`), and serves until `shutdown` resolves.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let listener = TcpListener::bind(config.bind).map_err(|source| StartError::Bind {
+        addr: config.bind,
+        source,
+    })?;
+    println!("ingest-api listening on http://{}", listener.local_addr()?);
+    run(config, listener, shutdown).await
+}
+
 /// Serves until `shutdown` resolves, then stops taking connections and lets in-flight requests
 /// finish (up to `--shutdown-timeout-secs`).
 pub async fn run(
@@ -171,50 +194,7 @@ pub async fn run(
     }
     let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel();
     let length_task = tokio::spawn(track_queue_length(state.clone(), fatal_tx));
-    let data = state.clone();
-    let mut server = HttpServer::new(move || {
-        App::new()
-            .app_data(data.clone())
-            .wrap_fn(|req, srv| {
-                let start = std::time::Instant::now();
-                let fut = actix_web::dev::Service::call(srv, req);
-                async move {
-                    let res = fut.await?;
-                    let route = res.request().match_pattern();
-                    telemetry::request(
-                        route.as_deref().unwrap_or("unmatched"),
-                        res.status().as_u16(),
-                        start.elapsed(),
-                    );
-                    Ok(res)
-                }
-            })
-            .service(resource(
-                "/v1/events",
-                web::post().to(routes::ingest),
-                "POST",
-            ))
-            .service(resource("/test", web::post().to(routes::ingest), "POST"))
-            .service(resource("/healthz", web::get().to(routes::healthz), "GET"))
-            .service(resource("/readyz", web::get().to(routes::readyz), "GET"))
-            .service(resource("/metrics", web::get().to(routes::metrics), "GET"))
-            .service(resource(
-                "/openapi.json",
-                web::get().to(routes::openapi),
-                "GET",
-            ))
-            .default_service(web::to(routes::not_found))
-    })
-    .disable_signals()
-    .client_request_timeout(Duration::from_millis(config.header_timeout_ms))
-    .client_disconnect_timeout(Duration::from_secs(1))
-    .keep_alive(Duration::from_secs(config.keep_alive_secs))
-    .max_connections(config.max_connections)
-    .shutdown_timeout(config.shutdown_timeout_secs);
-    if config.workers > 0 {
-        server = server.workers(config.workers);
-    }
-    let server = server.listen(listener)?.run();
+    let server = http_server(state, &config, listener)?;
     let handle = server.handle();
     let stopper = async move {
         let fatal = tokio::select! {
@@ -236,6 +216,61 @@ pub async fn run(
     }
     log::info!("ingest-api stopped");
     Ok(())
+}
+
+/// The routes, the request metrics around them, and the connection limits of the settings.
+fn http_server(
+    state: web::Data<AppState>,
+    config: &Config,
+    listener: TcpListener,
+) -> std::io::Result<actix_web::dev::Server> {
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap_fn(|req, srv| {
+                let start = std::time::Instant::now();
+                let fut = actix_web::dev::Service::call(srv, req);
+                async move {
+                    let res = fut.await?;
+                    let route = res.request().match_pattern();
+                    telemetry::request(
+                        route.as_deref().unwrap_or("unmatched"),
+                        res.status().as_u16(),
+                        start.elapsed(),
+                    );
+                    Ok(res)
+                }
+            })
+            .service(resource(
+                "/v1/events",
+                web::post().to(routes::ingest),
+                "POST",
+            ))
+            .service(resource("/test", web::post().to(routes::ingest), "POST"))
+            .service(resource(
+                "/healthz",
+                web::get().to(service_kit::metrics::healthz),
+                "GET",
+            ))
+            .service(resource("/readyz", web::get().to(routes::readyz), "GET"))
+            .service(resource("/metrics", web::get().to(routes::metrics), "GET"))
+            .service(resource(
+                "/openapi.json",
+                web::get().to(routes::openapi),
+                "GET",
+            ))
+            .default_service(web::to(routes::not_found))
+    })
+    .disable_signals()
+    .client_request_timeout(Duration::from_millis(config.header_timeout_ms))
+    .client_disconnect_timeout(Duration::from_secs(1))
+    .keep_alive(Duration::from_secs(config.keep_alive_secs))
+    .max_connections(config.max_connections)
+    .shutdown_timeout(config.shutdown_timeout_secs);
+    if config.workers > 0 {
+        server = server.workers(config.workers);
+    }
+    Ok(server.listen(listener)?.run())
 }
 
 /// A path with one method; any other method gets 405 with `Allow` (not the app's 404).
@@ -280,16 +315,5 @@ async fn track_queue_length(
             }
             Err(_) => {}
         }
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
     }
 }

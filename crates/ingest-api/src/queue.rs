@@ -19,13 +19,13 @@ pub struct EventQueue {
     redis: Shared,
     check: Arc<LayoutCheck>,
     next: Arc<AtomicUsize>,
-    shards: Arc<Vec<ShardState>>,
+    shards: Arc<Vec<ShardHealth>>,
     /// A shard whose node is fuller than this takes no writes (see [`EventQueue::is_full`]).
     max_memory_ratio: f64,
 }
 
 #[derive(Default)]
-struct ShardState {
+struct ShardHealth {
     length: AtomicU64,
     /// A write to it failed: skipped until the length refresh (every 250 ms) reads it again.
     down: AtomicBool,
@@ -33,7 +33,7 @@ struct ShardState {
     memory_ratio: AtomicU64,
 }
 
-impl ShardState {
+impl ShardHealth {
     fn memory_ratio(&self) -> f64 {
         f64::from_bits(self.memory_ratio.load(Ordering::Relaxed))
     }
@@ -66,7 +66,7 @@ impl EventQueue {
         let redis = Shared::new(Connector::new(redis_url, cluster)?, timeout);
         Ok(EventQueue {
             redis,
-            shards: Arc::new((0..shards).map(|_| ShardState::default()).collect()),
+            shards: Arc::new((0..shards).map(|_| ShardHealth::default()).collect()),
             check: Arc::new(LayoutCheck::new(layout, true)),
             next: Arc::default(),
             max_memory_ratio,
@@ -162,7 +162,7 @@ impl EventQueue {
     }
 
     fn shard_full(&self, shard: usize) -> bool {
-        self.shards[shard].memory_ratio() >= self.max_memory_ratio
+        self.shards[shard].memory_ratio() > self.max_memory_ratio
     }
 
     /// Every shard's node is past the memory ratio (as last read): requests get 503 queue_full

@@ -1,16 +1,19 @@
-//! The HTTP handlers. The ingest handler runs the contract's checks in its order:
-//! 401 (before any of the body is read), 415, 413, 400; then 503 if the queue cannot take it.
+//! The HTTP handlers. The ingest handler runs the checks of `docs/contract.md` in its order:
+//! 401 (before any of the body is read), 415, 413, 400; then 503 `queue_full` (the queue is too
+//! long or Redis too full), 429 `rate_limited` (the source is past its limit), and 503
+//! `queue_unavailable` if the write fails. `server_busy` (503) can come while the body is read
+//! and again before the accepted events are built.
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
-use event_model::{QueuedEvent, parse_batch, validate_event};
+use event_model::{Batch, QueuedEvent, ValidEvent, parse_batch, validate_event};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::body::{Body, Encoding, read_body, too_large_on_wire};
+use crate::body::{Body, BodyLimits, Encoding, read_body, too_large_on_wire};
 use crate::error::{ApiError, Rejected};
 use crate::ratelimit::Admission;
 use crate::telemetry;
@@ -25,59 +28,19 @@ struct Accepted {
     rejected: Vec<Rejected>,
 }
 
-/// `POST /v1/events` and `POST /test`.
+/// `POST /v1/events` and `POST /test`: the checks in the order of `docs/contract.md`.
 pub async fn ingest(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let source = state
-        .tokens
-        .authenticate(
-            req.headers()
-                .get(header::AUTHORIZATION)
-                .map(|v| v.as_bytes()),
-        )
-        .ok_or(ApiError::Unauthorized)?
-        .to_string();
-    check_content_type(&req)?;
-    let encoding = content_encoding(&req)?;
-    let limits = state.body_limits;
-    if let Some(len) = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        && len > limits.wire_bytes as u64
-    {
-        return Err(too_large_on_wire(limits));
-    }
+    let source = authenticate(&req, &state)?;
+    let encoding = check_headers(&req, state.body_limits)?;
     let Body { bytes, mut budget } =
-        read_body(payload, encoding, limits, &state.body_budget).await?;
+        read_body(payload, encoding, state.body_limits, &state.body_budget).await?;
     let received_at = OffsetDateTime::now_utc();
-    let batch = parse_batch(&bytes, state.max_events).map_err(|e| match e {
-        event_model::BatchError::InvalidJson(m) => ApiError::InvalidJson(m),
-        event_model::BatchError::InvalidBatch(m) => ApiError::InvalidBatch(m),
-        event_model::BatchError::Empty => ApiError::EmptyBatch,
-        e @ event_model::BatchError::TooManyEvents { .. } => {
-            ApiError::PayloadTooLarge(e.to_string())
-        }
-    })?;
-
-    let mut valid = Vec::with_capacity(batch.events.len());
-    let mut rejected = Vec::new();
-    for (index, raw) in batch.events.iter().enumerate() {
-        match validate_event(raw, &state.limits, received_at) {
-            Ok(e) => valid.push((raw.get().len(), e)),
-            Err(err) => {
-                telemetry::rejected(&err.field);
-                rejected.push(Rejected {
-                    index,
-                    error: err.to_string(),
-                })
-            }
-        }
-    }
+    let batch = parse_batch(&bytes, state.max_events).map_err(batch_error)?;
+    let (valid, rejected) = validate_all(&batch, &state, received_at);
     // What the accepted events become before the write is done: their owned copies, the
     // encoded entries and the Redis pipeline, each at most the event's text plus its fixed
     // fields. Charged before any of it is built.
@@ -88,18 +51,7 @@ pub async fn ingest(
     budget.charge(building, state.retry_after_secs)?;
     let accepted: Vec<QueuedEvent> = valid
         .into_iter()
-        .map(|(_, e)| QueuedEvent {
-            time: e.time,
-            event_id: e.event_id.unwrap_or_else(Uuid::now_v7),
-            name: e.name,
-            source: source.clone(),
-            device_id: e.device_id,
-            session_id: e.session_id,
-            user_id: e.user_id,
-            properties: e.properties.map_or_else(empty_object, RawValue::to_owned),
-            sent_at: batch.sent_at,
-            received_at,
-        })
+        .map(|(_, e)| queued(e, &source, batch.sent_at, received_at))
         .collect();
     if !rejected.is_empty() {
         telemetry::source_events(&source, "rejected", rejected.len());
@@ -107,41 +59,8 @@ pub async fn ingest(
     if accepted.is_empty() {
         return Err(ApiError::InvalidEvents(rejected));
     }
-    if state.queue.cached_length() > state.max_queue_len || state.queue.is_full() {
-        return Err(ApiError::QueueFull {
-            retry_after: state.retry_after_secs,
-        });
-    }
-    match state
-        .rate_limiter
-        .admit(state.queue.redis(), &source, accepted.len())
-        .await
-    {
-        Ok(Admission::Admitted) => {}
-        Ok(Admission::Limited { retry_after_secs }) => {
-            telemetry::source_events(&source, "rate_limited", accepted.len());
-            return Err(ApiError::RateLimited {
-                retry_after: retry_after_secs,
-            });
-        }
-        // Fail open: the write below needs Redis too, and says so if it is down.
-        Err(e) => log::warn!("rate limit of {source:?} not checked: {e}"),
-    }
-    if let Err(e) = state.queue.push(&accepted).await {
-        if let crate::queue::QueueError::Full = e {
-            return Err(ApiError::QueueFull {
-                retry_after: state.retry_after_secs,
-            });
-        }
-        if e.is_fatal() {
-            log::error!("{e}");
-        }
-        telemetry::redis_error();
-        log::warn!("queueing {} events failed: {e}", accepted.len());
-        return Err(ApiError::QueueUnavailable {
-            retry_after: state.retry_after_secs,
-        });
-    }
+    admit(&state, &source, accepted.len()).await?;
+    enqueue(&state, &accepted).await?;
     telemetry::accepted(accepted.len());
     telemetry::source_events(&source, "accepted", accepted.len());
     Ok(HttpResponse::Ok().json(Accepted {
@@ -150,6 +69,137 @@ pub async fn ingest(
     }))
 }
 
+/// 401 before any of the body is read; the token's source otherwise.
+fn authenticate(req: &HttpRequest, state: &AppState) -> Result<String, ApiError> {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    state
+        .tokens
+        .authenticate(header)
+        .map(str::to_string)
+        .ok_or(ApiError::Unauthorized)
+}
+
+/// 415 for the content type or encoding, 413 from `Content-Length` before reading.
+fn check_headers(req: &HttpRequest, limits: BodyLimits) -> Result<Encoding, ApiError> {
+    check_content_type(req)?;
+    let encoding = content_encoding(req)?;
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limits.wire_bytes as u64
+    {
+        return Err(too_large_on_wire(limits));
+    }
+    Ok(encoding)
+}
+
+fn batch_error(e: event_model::BatchError) -> ApiError {
+    use event_model::BatchError as B;
+    match e {
+        B::InvalidJson(m) => ApiError::InvalidJson(m),
+        B::InvalidBatch(m) => ApiError::InvalidBatch(m),
+        B::Empty => ApiError::EmptyBatch,
+        e @ B::TooManyEvents { .. } => ApiError::PayloadTooLarge(e.to_string()),
+    }
+}
+
+/// Each event checked on its own: the valid ones (with their text's length), and the
+/// rejected ones by index.
+fn validate_all<'b>(
+    batch: &Batch<'b>,
+    state: &AppState,
+    now: OffsetDateTime,
+) -> (Vec<(usize, ValidEvent<'b>)>, Vec<Rejected>) {
+    let mut valid = Vec::with_capacity(batch.events.len());
+    let mut rejected = Vec::new();
+    for (index, raw) in batch.events.iter().enumerate() {
+        match validate_event(raw, &state.limits, now) {
+            Ok(e) => valid.push((raw.get().len(), e)),
+            Err(err) => {
+                telemetry::rejected(&err.field);
+                rejected.push(Rejected {
+                    index,
+                    error: err.to_string(),
+                })
+            }
+        }
+    }
+    (valid, rejected)
+}
+
+fn queued(
+    e: ValidEvent<'_>,
+    source: &str,
+    sent_at: Option<OffsetDateTime>,
+    received_at: OffsetDateTime,
+) -> QueuedEvent {
+    QueuedEvent {
+        time: e.time,
+        event_id: e.event_id.unwrap_or_else(Uuid::now_v7),
+        name: e.name,
+        source: source.to_string(),
+        device_id: e.device_id,
+        session_id: e.session_id,
+        user_id: e.user_id,
+        properties: e.properties.map_or_else(empty_object, RawValue::to_owned),
+        sent_at,
+        received_at,
+    }
+}
+
+/// 503 queue_full when the queue is too long or Redis too full; 429 past the source's rate
+/// limit (checked in Redis; fail open when Redis does not answer: the write needs it anyway).
+async fn admit(state: &AppState, source: &str, events: usize) -> Result<(), ApiError> {
+    if state.queue.cached_length() > state.max_queue_len || state.queue.is_full() {
+        return Err(ApiError::QueueFull {
+            retry_after: state.retry_after_secs,
+        });
+    }
+    match state
+        .rate_limiter
+        .admit(state.queue.redis(), source, events)
+        .await
+    {
+        Ok(Admission::Admitted) => Ok(()),
+        Ok(Admission::Limited { retry_after_secs }) => {
+            telemetry::source_events(source, "rate_limited", events);
+            Err(ApiError::RateLimited {
+                retry_after: retry_after_secs,
+            })
+        }
+        Err(e) => {
+            log::warn!("rate limit of {source:?} not checked: {e}");
+            Ok(())
+        }
+    }
+}
+
+/// One atomic write of every accepted event; 503 when no shard takes it.
+async fn enqueue(state: &AppState, accepted: &[QueuedEvent]) -> Result<(), ApiError> {
+    let Err(e) = state.queue.push(accepted).await else {
+        return Ok(());
+    };
+    if let crate::queue::QueueError::Full = e {
+        return Err(ApiError::QueueFull {
+            retry_after: state.retry_after_secs,
+        });
+    }
+    if e.is_fatal() {
+        log::error!("{e}");
+    }
+    telemetry::redis_error();
+    log::warn!("queueing {} events failed: {e}", accepted.len());
+    Err(ApiError::QueueUnavailable {
+        retry_after: state.retry_after_secs,
+    })
+}
+
+#[expect(clippy::expect_used, reason = "`{}` is JSON: this cannot fail")]
 fn empty_object() -> Box<RawValue> {
     RawValue::from_string("{}".to_string()).expect("{} is JSON")
 }
@@ -196,11 +246,6 @@ fn content_encoding(req: &HttpRequest) -> Result<Encoding, ApiError> {
     }
 }
 
-/// `GET /healthz`: the process serves requests.
-pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
-}
-
 /// `GET /readyz`: the shard count is checked and at least one shard's node answers within the
 /// timeout.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
@@ -215,12 +260,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    match &state.metrics {
-        Some(handle) => HttpResponse::Ok()
-            .content_type("text/plain; version=0.0.4")
-            .body(handle.render()),
-        None => HttpResponse::NotFound().finish(),
-    }
+    service_kit::metrics::render(state.metrics.as_ref())
 }
 
 /// `GET /openapi.json`: the API description, built from `docs/openapi.yaml`.

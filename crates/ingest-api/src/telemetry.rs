@@ -3,29 +3,12 @@
 
 use std::time::Duration;
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 
-/// Request duration buckets, in seconds.
-const DURATION_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-];
-
-/// Installs the process-wide recorder; `None` if one is installed already (a second `run` in
-/// the same process shares the first one's metrics).
+/// Installs the process-wide recorder (request durations from 0.5 ms to 5 s); `None` if one is
+/// installed already (a second `run` in the same process shares the first one's metrics).
 pub fn install_metrics() -> Option<PrometheusHandle> {
-    let builder = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("duration_seconds".into()), DURATION_BUCKETS)
-        .expect("buckets are not empty");
-    match builder.install_recorder() {
-        Ok(handle) => {
-            describe();
-            Some(handle)
-        }
-        Err(e) => {
-            log::warn!("metrics recorder not installed: {e}");
-            None
-        }
-    }
+    service_kit::metrics::install(&service_kit::metrics::BUCKETS_500US_5S, describe)
 }
 
 fn describe() {
@@ -153,34 +136,4 @@ pub fn shard_write(shard: usize, events: usize) {
 
 pub fn shard_failover() {
     metrics::counter!("eventtracker_ingest_shard_failovers_total").increment(1);
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    // Plain comments, not doc comments: clap would turn those into a long multi-line --help.
-    // Human-readable lines.
-    Text,
-    // One JSON object a line, for log shippers.
-    Json,
-}
-
-/// env_logger with `RUST_LOG` (default `info`), as text or one JSON object a line.
-pub fn init_logging(format: LogFormat) {
-    let filter = redis_queue::log_filter(std::env::var("RUST_LOG").ok());
-    let mut builder = env_logger::Builder::new();
-    builder.parse_filters(&filter);
-    if format == LogFormat::Json {
-        builder.format(|buf, record| {
-            use std::io::Write;
-            let line = serde_json::json!({
-                "ts": event_model::timestamp::format_timestamp(time::OffsetDateTime::now_utc()),
-                "level": record.level().as_str(),
-                "target": record.target(),
-                "msg": record.args().to_string(),
-            });
-            writeln!(buf, "{line}")
-        });
-    }
-    let _ = builder.try_init();
 }

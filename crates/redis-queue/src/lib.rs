@@ -292,22 +292,6 @@ impl Shared {
     }
 }
 
-/// The log filter for a `RUST_LOG` value (default `info`): the redis crate's cluster client
-/// logs a warning for every reconnect attempt while a node is down (hundreds a second), and we
-/// log the failures that matter ourselves, so it gets `redis=error` unless `RUST_LOG` sets its
-/// level (`redis=…`, `redis::…=…`).
-pub fn log_filter(rust_log: Option<String>) -> String {
-    let filter = rust_log.unwrap_or_else(|| "info".into());
-    let names_redis = filter
-        .split(',')
-        .any(|d| d == "redis" || d.starts_with("redis=") || d.starts_with("redis::"));
-    if names_redis {
-        filter
-    } else {
-        format!("{filter},redis=error")
-    }
-}
-
 /// Current time as a duration since the Unix epoch (what stream entry IDs start with).
 pub fn now_since_epoch() -> Duration {
     std::time::SystemTime::now()
@@ -318,23 +302,6 @@ pub fn now_since_epoch() -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_redis_crate_is_quiet_unless_asked() {
-        assert_eq!(log_filter(None), "info,redis=error");
-        assert_eq!(
-            log_filter(Some("debug,redis_queue=trace".into())),
-            "debug,redis_queue=trace,redis=error"
-        );
-        assert_eq!(
-            log_filter(Some("info,redis=debug".into())),
-            "info,redis=debug"
-        );
-        assert_eq!(
-            log_filter(Some("redis::cluster=info".into())),
-            "redis::cluster=info"
-        );
-    }
 
     #[test]
     fn several_urls_need_cluster_mode() {

@@ -41,7 +41,13 @@ fn parse_args() -> Duration {
 }
 
 /// (RSS in KiB, open file descriptors) of a process.
-fn footprint(pid: u32) -> (u64, u64) {
+type Footprint = (u64, u64);
+
+/// When, and the footprints of ingest-api and flusher A then.
+type Sample = (Duration, Footprint, Footprint);
+
+/// The [`Footprint`] of a process.
+fn footprint(pid: u32) -> Footprint {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let rss = status
         .lines()
@@ -160,7 +166,7 @@ async fn main() {
     };
 
     let soak_start = Instant::now();
-    let mut samples: Vec<(Duration, (u64, u64), (u64, u64))> = Vec::new();
+    let mut samples: Vec<Sample> = Vec::new();
     let mut next_sample = Duration::ZERO;
     // Every minute; a short run kills it three times.
     let kill_every = Duration::from_secs(60).min(total / 4);

@@ -1,5 +1,5 @@
-//! The flusher's side of the queue: per shard, the consumer group, reads, claims,
-//! acknowledgement and dead letters. Reads use a connection of their own (a blocking XREADGROUP
+//! The flusher's side of the queue: one consumer of the group on every shard — reads, claims,
+//! acknowledgement and dead letters (the settling scripts live in `redis_queue::settle`). Reads use a connection of their own (a blocking XREADGROUP
 //! would stall every other command on a multiplexed connection); everything else shares one.
 //! Every method that touches entries takes the shard they belong to.
 
@@ -11,6 +11,7 @@ use std::sync::Arc;
 use redis_queue::{Conn, Layout, LayoutCheck, Shared};
 
 use crate::FlusherError;
+use crate::config::GlobalArgs;
 
 /// One stream entry: its ID and its field/value pairs.
 #[derive(Debug, Clone)]
@@ -28,8 +29,23 @@ impl Entry {
     }
 }
 
+/// The shared Redis connection and the check of the queue layout the settings describe
+/// (`record`: write the shard count where none is recorded yet). Connects nothing yet.
+pub fn connect(
+    common: &GlobalArgs,
+    timeout: Duration,
+    record: bool,
+) -> Result<(Shared, Arc<LayoutCheck>), FlusherError> {
+    let connector = redis_queue::Connector::new(&common.redis_url, common.redis_cluster)?;
+    let layout = Layout::new(&common.stream_key, common.shards, common.redis_cluster)?;
+    Ok((
+        Shared::new(connector, timeout),
+        Arc::new(LayoutCheck::new(layout, record)),
+    ))
+}
+
 /// The queue's shards as one consumer of the group sees them, with its connections.
-pub struct Stream {
+pub struct Consumer {
     /// For every call but reads: one connection shared by the workers of the process.
     redis: Shared,
     /// Reads only, made on first use and re-made after an error.
@@ -44,7 +60,7 @@ pub struct Stream {
     block: Duration,
 }
 
-impl Stream {
+impl Consumer {
     pub fn new(
         redis: Shared,
         check: Arc<LayoutCheck>,
@@ -52,7 +68,7 @@ impl Stream {
         consumer: &str,
         block: Duration,
     ) -> Self {
-        Stream {
+        Consumer {
             timeout: redis.timeout(),
             redis,
             reader: None,
@@ -66,8 +82,8 @@ impl Stream {
 
     /// Another handle on the same shards and shared connection, without a reader of its own
     /// (for the gauge task).
-    pub fn query_handle(&self) -> Stream {
-        Stream::new(
+    pub fn query_handle(&self) -> Consumer {
+        Consumer::new(
             self.redis.clone(),
             self.check.clone(),
             &self.group,
@@ -78,6 +94,11 @@ impl Stream {
 
     pub fn layout(&self) -> &Layout {
         self.check.layout()
+    }
+
+    /// The connection shared by the process (for the readiness probe).
+    pub fn redis(&self) -> &Shared {
+        &self.redis
     }
 
     pub fn shards(&self) -> usize {
@@ -135,7 +156,8 @@ impl Stream {
                 return Ok(());
             }
             // No stream yet ("ERR no such key"), or no such group: create them.
-            Ok(_) | Err(FlusherError::Redis(_)) => {}
+            Ok(_) => {}
+            Err(e) if e.redis_code().is_some() => {}
             Err(e) => return Err(e),
         }
         let result = self
@@ -151,7 +173,7 @@ impl Stream {
             })
             .await;
         match result {
-            Err(FlusherError::Redis(e)) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) if e.redis_code() == Some("BUSYGROUP") => Ok(()),
             other => other,
         }
     }
@@ -165,15 +187,17 @@ impl Stream {
         count: usize,
         block: Duration,
     ) -> Result<Vec<Entry>, FlusherError> {
-        if self.reader.is_none() {
-            let conn = self
-                .redis
-                .connector()
-                .connect(self.timeout, self.block + self.timeout)
-                .await?;
-            self.reader = Some(conn);
-        }
-        let conn = self.reader.as_mut().expect("set above");
+        let conn = match &mut self.reader {
+            Some(conn) => conn,
+            None => {
+                let conn = self
+                    .redis
+                    .connector()
+                    .connect(self.timeout, self.block + self.timeout)
+                    .await?;
+                self.reader.insert(conn)
+            }
+        };
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(&self.group)
@@ -209,9 +233,7 @@ impl Stream {
             }
             Err(_) => {
                 self.reader = None;
-                return Err(FlusherError::RedisUnavailable(
-                    "blocking read timed out".into(),
-                ));
+                return Err(redis_queue::QueueError::Timeout(block + self.timeout).into());
             }
         };
         parse_read_reply(reply)

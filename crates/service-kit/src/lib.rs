@@ -1,0 +1,9 @@
+//! What ingest-api and the flusher share as services, once: log setup ([`logging`]), the
+//! Prometheus recorder and the `/healthz` and `/metrics` handlers ([`metrics`]), a named
+//! [`shutdown::Shutdown`] handle (signal + grace deadline), and turning an error into a log line
+//! with its causes and an exit code ([`report`]). Nothing here knows about events or queues.
+
+pub mod logging;
+pub mod metrics;
+pub mod report;
+pub mod shutdown;
