@@ -1,7 +1,7 @@
 // SDK benchmark (a measurement, not a test).
-//   sdk_bench track ENDPOINT TOKEN QUEUE_DIR THREADS EVENTS_PER_THREAD
+//   sdk_bench track ENDPOINT TOKEN QUEUE_DIR THREADS EVENTS_PER_THREAD [option=value]...
 //       et_track cost per call (p50, p99, max in microseconds) with the SQLite queue on.
-//   sdk_bench deliver ENDPOINT TOKEN QUEUE_DIR EVENTS
+//   sdk_bench deliver ENDPOINT TOKEN QUEUE_DIR EVENTS [option=value]...
 //       events/s one client delivers: from the first et_track until et_flush returned 0.
 // Prints one JSON object. Events look like loadgen's (name, device/session/user ids, ~150 B properties).
 #include <eventtracker/eventtracker.h>
@@ -57,6 +57,15 @@ int main(int argc, char **argv) {
   }
   std::string mode = argv[1];
   et_client *c = open_client(argv[2], argv[3], argv[4]);
+  // Extra arguments option=value are passed to et_client_set (e.g. gzip=0).
+  for (int i = mode == "track" ? 7 : 6; i < argc; i++) {
+    std::string kv = argv[i];
+    size_t eq = kv.find('=');
+    if (eq == std::string::npos || et_client_set(c, kv.substr(0, eq).c_str(), kv.substr(eq + 1).c_str()) != 0) {
+      std::fprintf(stderr, "sdk_bench: bad option %s\n", argv[i]);
+      return 2;
+    }
+  }
   if (mode == "track") {
     int threads = std::atoi(argv[5]);
     int n = std::atoi(argv[6]);

@@ -32,6 +32,8 @@ constexpr size_t kMaxPropertiesDepth = 32;
 constexpr int64_t kRetryAfterCapMs = 5 * 60 * 1000;
 constexpr size_t kPersistChunk = 500;
 constexpr int64_t kNever = INT64_MAX / 4;
+const char *const kCountAfter = "SELECT count(*) FROM events WHERE id > ?";
+const char *const kMinId = "SELECT min(id) FROM events";
 
 struct Config {
   std::string endpoint, token, ca_file, ca_path, proxy, user_agent = "eventtracker-cpp/1.0.0";
@@ -64,6 +66,9 @@ struct Batch {
   std::vector<std::string> event_ids;
   std::vector<std::string> bodies;
   int64_t bytes = 0;
+  std::string wire;  // the request body, built ahead while the previous request is on the wire
+  bool wire_gzip = false;
+  int64_t wire_built_at = 0;
 };
 
 struct StoredReport {
@@ -184,14 +189,35 @@ struct et_client {
   // ---- SQLite ----------------------------------------------------------------------------------
   bool exec(const char *sql) { return sqlite3_exec(db, sql, nullptr, nullptr, nullptr) == SQLITE_OK; }
 
-  int64_t scalar(const char *sql, int64_t arg = 0, bool bind = false) {
+  // Prepared once, reused (reset after every use: a statement left open would pin a WAL snapshot).
+  std::vector<std::pair<const char *, sqlite3_stmt *>> stmts;
+  sqlite3_stmt *cached(const char *sql) {
+    for (auto &p : stmts)
+      if (p.first == sql) return p.second;
     sqlite3_stmt *st = nullptr;
+    if (sqlite3_prepare_v2(db, sql, -1, &st, nullptr) != SQLITE_OK) return nullptr;
+    stmts.emplace_back(sql, st);
+    return st;
+  }
+  static void done(sqlite3_stmt *st) {
+    if (st) {
+      sqlite3_reset(st);
+      sqlite3_clear_bindings(st);
+    }
+  }
+  void finalize_all() {
+    for (auto &p : stmts) sqlite3_finalize(p.second);
+    stmts.clear();
+  }
+
+  int64_t scalar(const char *sql, int64_t arg = 0, bool bind = false) {
+    sqlite3_stmt *st = cached(sql);
     int64_t v = 0;
-    if (sqlite3_prepare_v2(db, sql, -1, &st, nullptr) == SQLITE_OK) {
+    if (st) {
       if (bind) sqlite3_bind_int64(st, 1, arg);
       if (sqlite3_step(st) == SQLITE_ROW) v = sqlite3_column_int64(st, 0);
     }
-    sqlite3_finalize(st);
+    done(st);
     return v;
   }
 
@@ -217,7 +243,7 @@ struct et_client {
                             nullptr)))
       return false;
     if (!check(sqlite3_exec(db,
-                            "PRAGMA synchronous=NORMAL; PRAGMA journal_size_limit=4194304;"
+                            "PRAGMA synchronous=NORMAL; PRAGMA journal_size_limit=4194304; PRAGMA cache_size=-8192;"
                             "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
                             "CREATE TABLE IF NOT EXISTS events(id INTEGER PRIMARY KEY AUTOINCREMENT,"
                             " event_id TEXT NOT NULL, body TEXT NOT NULL);",
@@ -317,9 +343,9 @@ struct et_client {
       items.swap(buffer);
       tracked_at = oldest_buffered_at;
     }
-    sqlite3_stmt *ins = nullptr;
-    bool ok = sqlite3_prepare_v2(db, "INSERT INTO events(event_id, body) VALUES(?, ?)", -1, &ins, nullptr) ==
-              SQLITE_OK;
+    static const char *const kInsert = "INSERT INTO events(event_id, body) VALUES(?, ?)";
+    sqlite3_stmt *ins = cached(kInsert);
+    bool ok = ins != nullptr;
     size_t done = 0;
     std::string failure;
     while (ok && done < items.size()) {
@@ -355,7 +381,7 @@ struct et_client {
       enforce_cap();  // after every chunk, so the file never holds much more than the cap
       n_buffered -= static_cast<uint64_t>(n);  // last: buffered == 0 means written and capped
     }
-    sqlite3_finalize(ins);
+    this->done(ins);
     if (done < items.size()) {
       // Keep what could not be written (disk full, I/O error) in memory, in order; try again in 1 s.
       std::lock_guard<std::mutex> g(mu);
@@ -411,7 +437,7 @@ struct et_client {
       batches.clear();
       taken_id = 0;
     }
-    unsent_count = scalar("SELECT count(*) FROM events WHERE id > ?", taken_id, true);
+    unsent_count = scalar(kCountAfter, taken_id, true);
     if (unsent_count == 0) unsent_since = kNever;
     report(ET_REPORT_DROPPED, 0, -1, static_cast<int>(n), 0, "",
            "queue cap reached: dropped the " + std::to_string(n) + " oldest events");
@@ -419,7 +445,7 @@ struct et_client {
   }
 
   void update_resolved() {
-    int64_t min_id = n_db.load() ? scalar("SELECT min(id) FROM events") : INT64_MAX;
+    int64_t min_id = n_db.load() ? scalar(kMinId) : INT64_MAX;
     uint64_t r = 0;
     bool changed = false;
     while (!session_rows.empty() && session_rows.front().first < min_id) {
@@ -435,12 +461,12 @@ struct et_client {
   }
 
   void remove_batch(const Batch &b) {
-    sqlite3_stmt *st = nullptr;
-    sqlite3_prepare_v2(db, "DELETE FROM events WHERE id BETWEEN ? AND ?", -1, &st, nullptr);
+    static const char *const kDelete = "DELETE FROM events WHERE id BETWEEN ? AND ?";
+    sqlite3_stmt *st = cached(kDelete);
     sqlite3_bind_int64(st, 1, b.ids.front());
     sqlite3_bind_int64(st, 2, b.ids.back());
     int rc = sqlite3_step(st);
-    sqlite3_finalize(st);
+    done(st);
     if (rc != SQLITE_DONE) {
       report(ET_REPORT_ERROR, 0, -1, 0, 0, "", std::string("deleting sent events failed: ") + sqlite3_errmsg(db));
       return;
@@ -453,9 +479,8 @@ struct et_client {
 
   bool form_batch() {
     if (unsent_count <= 0) return false;
-    sqlite3_stmt *st = nullptr;
-    sqlite3_prepare_v2(db, "SELECT id, event_id, body FROM events WHERE id > ? ORDER BY id LIMIT ?", -1, &st,
-                       nullptr);
+    static const char *const kSelect = "SELECT id, event_id, body FROM events WHERE id > ? ORDER BY id LIMIT ?";
+    sqlite3_stmt *st = cached(kSelect);
     sqlite3_bind_int64(st, 1, taken_id);
     sqlite3_bind_int64(st, 2, wcfg.max_batch_events);
     Batch b;
@@ -467,7 +492,7 @@ struct et_client {
       b.bodies.emplace_back(reinterpret_cast<const char *>(sqlite3_column_text(st, 2)), static_cast<size_t>(len));
       b.bytes += len;
     }
-    sqlite3_finalize(st);
+    done(st);
     if (b.ids.empty()) {
       unsent_count = 0;
       unsent_since = kNever;
@@ -476,7 +501,7 @@ struct et_client {
     taken_id = b.ids.back();
     unsent_count -= static_cast<int64_t>(b.ids.size());
     if (unsent_count <= 0) {
-      unsent_count = scalar("SELECT count(*) FROM events WHERE id > ?", taken_id, true);
+      unsent_count = scalar(kCountAfter, taken_id, true);
       if (unsent_count == 0) unsent_since = kNever;
     }
     batches.push_back(std::move(b));
@@ -518,8 +543,8 @@ struct et_client {
   }
 
   // Sends the front batch; returns false when aborted by close.
-  bool send_front() {
-    Batch &b = batches.front();
+  // The JSON body with sent_at = now, gzipped above gzip_min_bytes.
+  void build_wire(Batch &b) {
     std::string body;
     body.reserve(static_cast<size_t>(b.bytes) + 64 + b.bodies.size());
     body += "{\"sent_at\":\"";
@@ -531,8 +556,18 @@ struct et_client {
     }
     body += "]}";
     std::string zipped;
-    bool zip = wcfg.gzip && static_cast<int64_t>(body.size()) > wcfg.gzip_min_bytes && gzip(body, &zipped);
-    const std::string &wire = zip ? zipped : body;
+    b.wire_gzip = wcfg.gzip && static_cast<int64_t>(body.size()) > wcfg.gzip_min_bytes && gzip(body, &zipped);
+    b.wire = b.wire_gzip ? std::move(zipped) : std::move(body);
+    b.wire_built_at = steady_ms();
+  }
+
+  bool send_front() {
+    Batch &b = batches.front();
+    // A body built ahead is used only if fresh (sent_at must be the time of this attempt, within 200 ms).
+    if (b.wire.empty() || steady_ms() - b.wire_built_at > 200) build_wire(b);
+    bool zip = b.wire_gzip;
+    const std::string &wire = b.wire;
+    bool prefetched = false;
 
     std::string url = wcfg.endpoint;
     while (!url.empty() && url.back() == '/') url.pop_back();
@@ -576,6 +611,11 @@ struct et_client {
       curl_multi_perform(multi, &running);
       if (!running) break;
       persist_if_due();
+      if (!prefetched && batches.size() == 1 && unsent_count >= wcfg.max_batch_events && !closing.load()) {
+        // Overlap: the next full batch is read and encoded while this request is answered.
+        prefetched = true;
+        if (form_batch()) build_wire(batches.back());
+      }
       if (abort.load() || (closing.load() && steady_ms() >= close_deadline.load())) {
         aborted = true;
         break;
@@ -592,6 +632,8 @@ struct et_client {
     curl_multi_remove_handle(multi, easy);
     curl_slist_free_all(hdr);
     inflight = nullptr;
+    b.wire.clear();  // a retry builds it again, with a new sent_at
+    b.wire.shrink_to_fit();
     if (aborted) {
       // A transfer cut by close: the connection is gone; the batch stays queued for the next run.
       curl_easy_setopt(easy, CURLOPT_FORBID_REUSE, 1L);
@@ -1049,6 +1091,7 @@ ET_API void et_client_free(et_client *c, int timeout_ms) {
   c->worker.join();
   curl_easy_cleanup(c->easy);
   curl_multi_cleanup(c->multi);
+  c->finalize_all();
   if (c->db) sqlite3_close(c->db);
   if (c->lock_fd >= 0) ::close(c->lock_fd);
   delete c;
