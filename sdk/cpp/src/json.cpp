@@ -73,6 +73,36 @@ void json_append_string(std::string &out, std::string_view s) {
 
 namespace {
 
+// What PostgreSQL's numeric (jsonb) can hold, as ingest-api checks it (event-model's pg_numeric_fits):
+// at most 16,383 digits after the decimal point and 131,072 before it, the exponent included.
+bool pg_numeric_fits(const std::string &number) {
+  std::string_view u(number);
+  if (!u.empty() && u.front() == '-') u.remove_prefix(1);
+  std::string_view mantissa = u, exponent = "0";
+  size_t e = u.find_first_of("eE");
+  if (e != std::string_view::npos) {
+    mantissa = u.substr(0, e);
+    exponent = u.substr(e + 1);
+  }
+  std::string_view ed = exponent;
+  while (!ed.empty() && (ed.front() == '+' || ed.front() == '-')) ed.remove_prefix(1);
+  while (!ed.empty() && ed.front() == '0') ed.remove_prefix(1);
+  if (ed.size() > 9) return false;
+  long long exp = 0;
+  for (char c : ed) exp = exp * 10 + (c - '0');
+  if (!exponent.empty() && exponent.front() == '-') exp = -exp;
+  size_t dot = mantissa.find('.');
+  std::string_view intpart = dot == std::string_view::npos ? mantissa : mantissa.substr(0, dot);
+  std::string_view frac = dot == std::string_view::npos ? std::string_view() : mantissa.substr(dot + 1);
+  long long scale = static_cast<long long>(frac.size()) - exp;
+  if (scale > 16383) return false;
+  size_t first = 0, total = intpart.size() + frac.size();
+  auto digit = [&](size_t i) { return i < intpart.size() ? intpart[i] : frac[i - intpart.size()]; };
+  while (first < total && digit(first) == '0') first++;
+  if (first == total) return true;  // zero: only its scale matters
+  return static_cast<long long>(intpart.size()) - static_cast<long long>(first) + exp <= 131072;
+}
+
 struct Parser {
   const char *p;
   const char *end;
@@ -200,6 +230,7 @@ struct Parser {
     std::string tmp(start, static_cast<size_t>(p - start));
     double v = std::strtod(tmp.c_str(), nullptr);
     if (!std::isfinite(v)) return fail("number out of range");
+    if (!pg_numeric_fits(tmp)) return fail("number out of PostgreSQL's numeric range");
     if (out) *out = v;
     return true;
   }

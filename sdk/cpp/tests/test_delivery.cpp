@@ -108,3 +108,41 @@ TEST(Delivery, RedisFrozenThreeSecondsRetriesAfterRetryAfter) {
   std::this_thread::sleep_for(std::chrono::milliseconds(1000));
   EXPECT_EQ(p.db->count(), 1500) << "a retried batch was stored twice";
 }
+
+TEST(Delivery, RateLimitedSourceIsRetriedAfterRetryAfterAndStoredOnce) {
+  // The real ingest-api limits the token's source to 300 events/s with bursts of 100: batches of 100
+  // sent back to back meet 429 rate_limited with Retry-After (whole seconds, at least 1). (The burst
+  // must hold a whole batch: --max-events 100.)
+  h::Pipeline p("", {"--rate-limits", std::string(h::kSource) + "=300/100", "--max-events", "100"});
+  double acc0 = p.ingest->accepted();
+  et_client *c = new_client(p.ingest->url, h::temp_dir() + "/queue.db");
+  ASSERT_NE(c, nullptr);
+  h::Reports reports;
+  reports.attach(c);
+  for (int i = 0; i < 600; i++) track_retrying(c, "limited", "{\"i\":" + std::to_string(i) + "}");
+  ASSERT_EQ(et_flush(c, 120000), 0);
+  et_counters k = counters(c);
+  EXPECT_EQ(k.sent, 600u);
+  EXPECT_EQ(k.rejected + k.dropped, 0u);
+  et_client_free(c, 1000);
+  int limited = 0;
+  {
+    std::lock_guard<std::mutex> g(reports.mu);
+    for (size_t i = 0; i < reports.all.size(); i++) {
+      if (reports.all[i].kind != ET_REPORT_RETRY || reports.all[i].status != 429) continue;
+      limited++;
+      EXPECT_GE(reports.all[i].retry_after_ms, 1000) << reports.messages[i];
+      for (size_t j = i + 1; j < reports.all.size(); j++) {
+        if (reports.all[j].kind == ET_REPORT_REQUEST) {
+          EXPECT_GE(reports.all[j].time_ms - reports.all[i].time_ms, reports.all[i].retry_after_ms)
+              << "a retry came before Retry-After";
+          break;
+        }
+      }
+    }
+  }
+  EXPECT_GE(limited, 1) << "no 429 seen: the limit did not bite";
+  EXPECT_EQ(p.ingest->accepted() - acc0, 600.0);
+  ASSERT_EQ(p.wait_rows(600), 600);
+  EXPECT_EQ(p.db->query("SELECT count(DISTINCT event_id) FROM events"), "600");
+}

@@ -40,6 +40,8 @@ TEST(Rejects, TrackRefusesWhatTheServerWouldRejectAndSendsNothing) {
   EXPECT_EQ(et_track(c, "ok", "{\"a\\u0000\":1}", nullptr), ET_E_PROPERTIES);
   EXPECT_EQ(et_track(c, "ok", "{\"a\":\"\\ud800\"}", nullptr), ET_E_PROPERTIES);
   EXPECT_EQ(et_track(c, "ok", "{\"a\":1e999}", nullptr), ET_E_PROPERTIES);
+  EXPECT_EQ(et_track(c, "ok", "{\"a\":1e-20000}", nullptr), ET_E_PROPERTIES);  // PostgreSQL numeric scale
+  EXPECT_EQ(et_track(c, "ok", "{\"a\":0.5e-16383}", nullptr), ET_E_PROPERTIES);
   EXPECT_EQ(et_track(c, "ok", "{\"a\":\"\xc0\x80\"}", nullptr), ET_E_PROPERTIES);
   EXPECT_EQ(et_track(c, "ok", "{\"a\":1} x", nullptr), ET_E_PROPERTIES);
   EXPECT_EQ(et_track(c, "ok", deep.c_str(), nullptr), ET_E_PROPERTIES);
@@ -65,14 +67,16 @@ TEST(Rejects, TrackRefusesWhatTheServerWouldRejectAndSendsNothing) {
   EXPECT_EQ(et_track_event(c, nullptr, nullptr), ET_E_ARGUMENT);
   EXPECT_EQ(et_track(nullptr, "x", nullptr, nullptr), ET_E_ARGUMENT);
   et_counters k = counters(c);
-  EXPECT_EQ(k.refused, 21u);
+  EXPECT_EQ(k.refused, 23u);
   EXPECT_EQ(k.tracked, 0u);
   ASSERT_EQ(et_flush(c, 5000), 0);
   EXPECT_EQ(fake.requests().size(), 0u) << "a refused event was sent";
   // The limits themselves are fine.
   EXPECT_EQ(et_track(c, name200.c_str(), ok_deep.c_str(), uname200.c_str()), ET_OK);
+  EXPECT_EQ(et_track(c, "ok", "{\"a\":1e-16383,\"b\":0e-16383,\"c\":-12.5e300}", nullptr), ET_OK);
   ASSERT_EQ(et_flush(c, 30000), 0);
   EXPECT_EQ(fake.requests().size(), 1u);
+  EXPECT_EQ(fake.requests()[0].event_ids().size(), 2u);
   et_client_free(c, 1000);
 }
 
