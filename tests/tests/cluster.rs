@@ -220,7 +220,32 @@ async fn cluster_keeps_taking_events_with_a_node_down() {
     // The flusher drains the shards it can reach; the down node's entries wait.
     let flusher = Flusher::start(&urls, &db.url, key, &flags, &[]);
     db.wait_rows(sent as i64 - stranded).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // No more rows come: every shard the flusher can reach is drained (nothing left, nothing
+    // pending), and it reports the down node's shards unreachable, so what is stored is final.
+    let reachable: Vec<String> = (0..8)
+        .map(|n| shard_key(key, n))
+        .filter(|k| cluster.node_for_key(k) != node)
+        .collect();
+    wait_for("the reachable shards to drain", LONG, || async {
+        for k in &reachable {
+            let mut c = redis_conn(&cluster.node_url(cluster.node_for_key(k))).await;
+            if xlen(&mut c, k).await + pending(&mut c, k, "flushers").await > 0 {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    let metrics = flusher.metrics_url();
+    wait_for(
+        "the flusher to report the down node's shards unreachable",
+        LONG,
+        || async {
+            let n = metric(&metrics, "eventtracker_queue_shards_unreachable").await;
+            (n == Some(on_node[node] as f64)).then_some(())
+        },
+    )
+    .await;
     assert_eq!(db.count().await, sent as i64 - stranded);
     assert!(
         flusher.proc.log_text().contains("redis, shard "),
@@ -243,9 +268,19 @@ async fn cluster_keeps_taking_events_with_a_node_down() {
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"], "queue_unavailable", "{body}");
 
-    // Long enough for the flusher's cluster client to lose every node connection ("No
-    // connections found"), a state it does not leave by itself: it must make new connections.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The flusher sees every shard unreachable (its gauge task reads all shards every 5 s): its
+    // cluster client has lost every node, a state it does not leave by itself ("No connections
+    // found"): it must make new connections after the restart.
+    let metrics = flusher.metrics_url();
+    wait_for(
+        "the flusher to see all 8 shards unreachable",
+        LONG,
+        || async {
+            let n = metric(&metrics, "eventtracker_queue_shards_unreachable").await;
+            (n == Some(8.0)).then_some(())
+        },
+    )
+    .await;
 
     // Back up: the stranded entries are stored, once; new requests are taken again.
     cluster.restart_down();
@@ -316,13 +351,6 @@ async fn a_shard_moved_to_another_node_under_load_loses_nothing() {
             acked
         }));
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let shard = shard_key(key, 0);
-    let from = cluster.node_for_key(&shard);
-    let to = (from + 1) % 3;
-    let moved = tokio::task::block_in_place(|| cluster.move_slot_of(&shard, to));
-    assert_eq!(cluster.node_for_key(&shard), to, "the slot did not move");
-    assert!(moved >= 2, "the shard's keys did not move ({moved})");
     let shard0_events = || async {
         scrape(&ingest.url)
             .await
@@ -331,6 +359,19 @@ async fn a_shard_moved_to_another_node_under_load_loses_nothing() {
             .and_then(|v| v.parse::<f64>().ok())
             .expect("ingest-api exports shard 0's event count")
     };
+    // Under load when the slot moves: shard 0 has taken writes and the flusher has stored some.
+    wait_for(
+        "shard 0 to take writes and rows to be stored",
+        LONG,
+        || async { (shard0_events().await > 0.0 && db.count().await > 0).then_some(()) },
+    )
+    .await;
+    let shard = shard_key(key, 0);
+    let from = cluster.node_for_key(&shard);
+    let to = (from + 1) % 3;
+    let moved = tokio::task::block_in_place(|| cluster.move_slot_of(&shard, to));
+    assert_eq!(cluster.node_for_key(&shard), to, "the slot did not move");
+    assert!(moved >= 2, "the shard's keys did not move ({moved})");
     let at_move = shard0_events().await;
     // Writes reach shard 0 on its new node: ingest-api follows the move, not just avoids it.
     wait_for(

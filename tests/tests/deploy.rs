@@ -88,3 +88,42 @@ async fn dashboard_metrics_exist() {
         }
     }
 }
+
+/// The Dockerfile cannot be built here (no engine), so what it needs is checked by reading it:
+/// every workspace member's manifest is copied before `cargo fetch` (a member it lacks makes the
+/// workspace unresolvable), and every folder a build reads is copied (docs/openapi.yaml is
+/// compiled into ingest-api). Both were broken once: redis-queue was missing for a whole release.
+#[test]
+fn the_dockerfile_copies_every_member_and_input() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let dockerfile = std::fs::read_to_string(format!("{root}/deploy/Dockerfile")).unwrap();
+    let manifest = std::fs::read_to_string(format!("{root}/Cargo.toml")).unwrap();
+    let members_line = manifest
+        .lines()
+        .find(|l| l.trim_start().starts_with("members"))
+        .expect("a members line");
+    let members: Vec<&str> = members_line.split('"').skip(1).step_by(2).collect();
+    assert!(members.len() >= 5, "{members:?}");
+    for m in &members {
+        assert!(
+            dockerfile.contains(&format!("COPY {m}/Cargo.toml {m}/")),
+            "deploy/Dockerfile does not copy {m}/Cargo.toml"
+        );
+        let stub_loop = dockerfile
+            .lines()
+            .find(|l| l.contains("for d in"))
+            .expect("the stub loop");
+        assert!(stub_loop.contains(m), "the stub loop lacks {m}");
+    }
+    for input in ["crates", "tests", "migrations", "docs"] {
+        assert!(
+            dockerfile.contains(&format!("COPY {input} {input}")),
+            "deploy/Dockerfile does not copy {input}/"
+        );
+    }
+    let ignored = std::fs::read_to_string(format!("{root}/.dockerignore")).unwrap();
+    assert!(
+        !ignored.lines().any(|l| l.trim() == "docs"),
+        "docs/ is ignored"
+    );
+}

@@ -75,10 +75,31 @@ fn readme_rows(readme: &str, heading: &str) -> BTreeSet<(String, String, String)
         .collect()
 }
 
+/// `BINARY --help` with extra environment variables: its stdout, after checking that it exited 0
+/// and printed a usage text (an empty or failed help must not pass as "nothing secret shown").
+fn help_with_env(binary: &str, env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(bin(binary));
+    cmd.arg("--help");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{binary} --help exited with {}:\n{text}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("Usage:") && text.contains("--help"),
+        "{binary} --help printed no usage text:\n{text}"
+    );
+    text
+}
+
 fn help(binary: &str) -> String {
-    let out = Command::new(bin(binary)).arg("--help").output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap()
+    help_with_env(binary, &[])
 }
 
 #[test]
@@ -104,21 +125,20 @@ fn readme_tables_match_help() {
 
 #[test]
 fn secrets_never_show_in_help() {
-    let out = Command::new(bin("ingest-api"))
-        .arg("--help")
-        .env("INGEST_TOKENS", "web=super-secret-token")
-        .env("INGEST_REDIS_URL", "redis://:hunter2@127.0.0.1:1/")
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = help_with_env(
+        "ingest-api",
+        &[
+            ("INGEST_TOKENS", "web=super-secret-token"),
+            ("INGEST_REDIS_URL", "redis://:hunter2@127.0.0.1:1/"),
+        ],
+    );
     assert!(
         !text.contains("super-secret-token") && !text.contains("hunter2"),
         "{text}"
     );
-    let out = Command::new(bin("flusher"))
-        .arg("--help")
-        .env("FLUSHER_DATABASE_URL", "postgres://u:hunter3@127.0.0.1/db")
-        .output()
-        .unwrap();
-    assert!(!String::from_utf8(out.stdout).unwrap().contains("hunter3"));
+    let text = help_with_env(
+        "flusher",
+        &[("FLUSHER_DATABASE_URL", "postgres://u:hunter3@127.0.0.1/db")],
+    );
+    assert!(!text.contains("hunter3"), "{text}");
 }

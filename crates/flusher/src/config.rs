@@ -129,6 +129,10 @@ pub struct RunConfig {
     #[arg(long, env = "FLUSHER_BATCH_SIZE", default_value_t = 100, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
     pub batch_size: usize,
 
+    /// Most rows one COPY carries: under a backlog, up to this many entries (several reads of --batch-size) are written in one statement; a light load is written read by read. Must be at least --batch-size.
+    #[arg(long, env = "FLUSHER_MAX_COPY_ROWS", default_value_t = 1000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    pub max_copy_rows: usize,
+
     /// Batches in flight at once: each read by its own consumer (`<consumer>-<n>`) and written
     /// on its own pooled PostgreSQL connection.
     #[arg(long, env = "FLUSHER_CONCURRENCY", default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
@@ -186,6 +190,12 @@ pub struct RunConfig {
 impl RunConfig {
     /// What clap cannot check flag by flag: how flags relate.
     pub fn check(&self) -> Result<(), String> {
+        if self.max_copy_rows < self.batch_size {
+            return Err(format!(
+                "--max-copy-rows ({}) must be at least --batch-size ({})",
+                self.max_copy_rows, self.batch_size
+            ));
+        }
         if self.backoff_initial_ms > self.backoff_max_ms {
             return Err(format!(
                 "--backoff-initial-ms ({}) must not be above --backoff-max-ms ({})",

@@ -69,11 +69,12 @@ pub async fn requeue(stream: &Consumer, which: Selection) -> Result<usize, Flush
     for DeadLetterEntry { shard, entry: e } in &entries {
         let mut pipe = redis::pipe();
         pipe.atomic();
-        let cmd = pipe.cmd("XADD").arg(stream.key(*shard)).arg("*");
-        for (k, v) in e.fields.iter().filter(|(k, _)| !k.starts_with(b"dl_")) {
-            cmd.arg(k).arg(v);
-        }
-        cmd.ignore();
+        let originals = e
+            .fields
+            .iter()
+            .filter(|(k, _)| !k.starts_with(b"dl_"))
+            .map(|(k, v)| (k.as_slice(), v.as_slice()));
+        redis_queue::append::add_fields(&mut pipe, &stream.key(*shard), originals);
         pipe.cmd("XDEL")
             .arg(stream.dead_key(*shard))
             .arg(&e.id)

@@ -300,7 +300,11 @@ impl Worker {
                 }
                 Ok(entries) => {
                     shards[s].backoff = self.backoff_start();
-                    if let Err(e) = self.process(s, entries, false).await {
+                    let result = match self.top_up(s, entries).await {
+                        Ok(entries) => self.process(s, entries, false).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = result {
                         self.shard_trouble(s, &mut shards[s], &e);
                     }
                     true
@@ -315,6 +319,25 @@ impl Worker {
             }
         }
         (cursor + 1) % n
+    }
+
+    /// Under a backlog (a read came back full), more reads of the same shard without blocking,
+    /// up to `--max-copy-rows` entries in all: one COPY for several reads, as PostgreSQL's
+    /// cost is per statement and per commit, not per row. Reads stay `--batch-size` entries,
+    /// so a light load is written as soon as it is read.
+    async fn top_up(
+        &mut self,
+        shard: usize,
+        mut entries: Vec<Entry>,
+    ) -> Result<Vec<Entry>, FlusherError> {
+        let batch = self.config.batch_size;
+        let mut last = entries.len();
+        while last == batch && entries.len() + batch <= self.config.max_copy_rows {
+            let more = self.consumer.read_new(shard, batch, Duration::ZERO).await?;
+            last = more.len();
+            entries.extend(more);
+        }
+        Ok(entries)
     }
 
     /// A Redis call for one shard failed: that shard waits out its own backoff (doubling up

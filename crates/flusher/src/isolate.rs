@@ -121,9 +121,11 @@ impl Worker {
             log::error!("fault hook: exiting after COMMIT, before XACK");
             std::process::exit(86);
         }
+        // Counted when committed, before the entries leave the stream: whoever sees the stream
+        // empty sees every row of it counted.
+        self.stats.written(part.len(), path, started.elapsed());
         let ids: Vec<String> = part.iter().map(|(e, _)| e.id.clone()).collect();
         self.consumer.ack_delete(shard, &ids).await?;
-        self.stats.written(part.len(), path, started.elapsed());
         if path == WritePath::Dedup {
             log::info!(
                 "batch of {} went through the de-duplication path",

@@ -215,7 +215,11 @@ async fn queue_gauges(consumer: Consumer, stats: Arc<Stats>, stop: Shutdown) {
                     *last = q;
                 }
             }
-            Err(e) => log::debug!("reading the queue state: {e}"),
+            // No shard answered: say so, rather than leave the last reading standing.
+            Err(e) => {
+                log::debug!("reading the queue state: {e}");
+                telemetry::all_shards_unreachable(consumer.shards());
+            }
         }
         if stop.sleep(Duration::from_secs(5)).await {
             return;

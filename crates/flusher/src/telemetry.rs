@@ -118,6 +118,11 @@ pub fn backoff(active: bool) {
     }
 }
 
+/// Not one shard answered the queue-state read.
+pub fn all_shards_unreachable(shards: usize) {
+    metrics::gauge!("eventtracker_queue_shards_unreachable").set(shards as f64);
+}
+
 /// What the queue looks like, read every few seconds.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct QueueState {

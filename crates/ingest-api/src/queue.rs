@@ -8,8 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use event_model::QueuedEvent;
-use event_model::queue::{ENTRY_VERSION, EVENT_FIELD, VERSION_FIELD};
-use redis_queue::{Connector, Layout, LayoutCheck, Shared, redis};
+use redis_queue::{Connector, Layout, LayoutCheck, Shared};
 
 pub use redis_queue::QueueError;
 
@@ -142,18 +141,7 @@ impl EventQueue {
     async fn push_to(&self, shard: usize, events: &[QueuedEvent]) -> Result<(), QueueError> {
         self.check.check_shard(&self.redis, shard).await?;
         let key = self.layout().key(shard);
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for e in events {
-            pipe.cmd("XADD")
-                .arg(&key)
-                .arg("*")
-                .arg(VERSION_FIELD)
-                .arg(ENTRY_VERSION)
-                .arg(EVENT_FIELD)
-                .arg(e.encode())
-                .ignore();
-        }
+        let pipe = redis_queue::append::events(&key, events.iter().map(QueuedEvent::encode));
         self.redis
             .query(async |c| pipe.query_async::<()>(c).await)
             .await?;

@@ -773,19 +773,8 @@ async fn fill(args: &Args) -> Result<Value, Error> {
         while left > 0 {
             let k = left.min(chunk);
             left -= k;
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            for _ in 0..k {
-                pipe.cmd("XADD")
-                    .arg(key)
-                    .arg("*")
-                    .arg(event_model::queue::VERSION_FIELD)
-                    .arg(event_model::queue::ENTRY_VERSION)
-                    .arg(event_model::queue::EVENT_FIELD)
-                    .arg(events_gen.queued(events_gen.ids.next(), now).encode())
-                    .ignore();
-            }
-            pipes.push(pipe);
+            let encoded = (0..k).map(|_| events_gen.queued(events_gen.ids.next(), now).encode());
+            pipes.push(redis_queue::append::events(key, encoded));
         }
         per_shard.push(pipes);
     }

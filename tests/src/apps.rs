@@ -1,0 +1,240 @@
+//! The pipeline's own processes, the real binaries: [`Ingest`] (ingest-api) and [`Flusher`],
+//! with the HTTP helpers and event bodies the tests send.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::*;
+
+/// A running ingest-api.
+pub struct Ingest {
+    pub proc: Proc,
+    pub url: String,
+}
+
+/// The dev token every test server accepts, and its source name.
+pub const TOKEN: &str = "test-token-0123456789";
+pub const SOURCE: &str = "test-source";
+
+impl Ingest {
+    /// Starts ingest-api on a free port with the test token; `extra` adds flags.
+    pub fn start(redis_url: &str, stream_key: &str, extra: &[&str]) -> Ingest {
+        let mut cmd = Command::new(bin("ingest-api"));
+        cmd.args(["--bind", "127.0.0.1:0", "--redis-url", redis_url])
+            .args(["--stream-key", stream_key])
+            .args(["--tokens", &format!("{SOURCE}={TOKEN}")])
+            .args(["--workers", "2"])
+            .args(extra)
+            .env("RUST_LOG", "info");
+        let proc = Proc::spawn("ingest-api", cmd);
+        let url = Self::wait_listening(&proc);
+        Ingest { proc, url }
+    }
+
+    fn wait_listening(proc: &Proc) -> String {
+        let start = Instant::now();
+        loop {
+            let text = proc.log_text();
+            if let Some(line) = text
+                .lines()
+                .find(|l| l.starts_with("ingest-api listening on "))
+            {
+                return line["ingest-api listening on ".len()..].trim().to_string();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "ingest-api did not start:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// POSTs a JSON body to `/v1/events` with the test token.
+    pub async fn post(&self, body: &Value) -> (u16, Value) {
+        post_json(&format!("{}/v1/events", self.url), Some(TOKEN), body).await
+    }
+
+    /// The same, returning the whole response (for its headers).
+    pub async fn send(&self, body: &Value) -> reqwest::Response {
+        json_request(&format!("{}/v1/events", self.url), Some(TOKEN), body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+}
+
+/// POSTs JSON with an optional bearer token; returns status and JSON body.
+pub async fn post_json(url: &str, token: Option<&str>, body: &Value) -> (u16, Value) {
+    let res = json_request(url, token, body)
+        .send()
+        .await
+        .expect("request sent");
+    let status = res.status().as_u16();
+    let body = res.json::<Value>().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// A JSON POST with an optional bearer token, ready to send.
+fn json_request(url: &str, token: Option<&str>, body: &Value) -> reqwest::RequestBuilder {
+    let req = http()
+        .post(url)
+        .header("Content-Type", "application/json")
+        .body(body.to_string());
+    match token {
+        Some(t) => req.header("Authorization", format!("Bearer {t}")),
+        None => req,
+    }
+}
+
+/// An HTTP client with a generous timeout (a hung server fails the test instead of hanging it).
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("http client")
+}
+
+/// A running flusher.
+pub struct Flusher {
+    pub proc: Proc,
+}
+
+impl Flusher {
+    /// Starts `flusher` (run) with fast test timings (a blocking read of 200 ms unless `extra`
+    /// gives `--block-ms`); `extra` adds flags, `env` adds variables.
+    pub fn start(
+        redis_url: &str,
+        database_url: &str,
+        stream_key: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Flusher {
+        let mut cmd = Command::new(bin("flusher"));
+        cmd.args(["--redis-url", redis_url, "--database-url", database_url])
+            .args(["--stream-key", stream_key])
+            .args(["--backoff-max-ms", "1000"])
+            .args(["--metrics-bind", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_LOG", "info,flusher=debug");
+        if !extra.contains(&"--block-ms") {
+            cmd.args(["--block-ms", "200"]);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Flusher {
+            proc: Proc::spawn("flusher", cmd),
+        }
+    }
+
+    /// The base URL of the flusher's /metrics, /healthz and /readyz (waits for it to start).
+    pub fn metrics_url(&self) -> String {
+        let start = Instant::now();
+        loop {
+            let text = self.proc.log_text();
+            if let Some(line) = text.lines().find(|l| l.starts_with("flusher metrics on ")) {
+                return line["flusher metrics on ".len()..].trim().to_string();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "flusher did not start its metrics endpoint:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A counter from the flusher's last summary line (`written=…`, `dedup_batches=…`).
+    pub fn last_count(&self, name: &str) -> Option<u64> {
+        last_count(&self.proc.log_text(), name)
+    }
+}
+
+/// A counter from the last summary line of a flusher log.
+pub fn last_count(log: &str, name: &str) -> Option<u64> {
+    let key = format!("{name}=");
+    log.lines()
+        .rev()
+        .filter(|l| l.contains("written=") && l.contains("dedup_batches="))
+        .find_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(&key))
+                .and_then(|v| v.parse().ok())
+        })
+}
+
+/// A JSON array of `n` valid events named `name`, each with a fresh event_id.
+pub fn batch(name: &str, n: usize) -> Value {
+    json!((0..n).map(|i| event(name, i)).collect::<Vec<_>>())
+}
+
+/// A valid event with a fresh event_id.
+pub fn event(name: &str, i: usize) -> Value {
+    json!({
+        "event_id": uuid::Uuid::new_v4().to_string(),
+        "name": name,
+        "timestamp": event_model::timestamp::format_timestamp(time::OffsetDateTime::now_utc()),
+        "device_id": format!("device-{}", i % 7),
+        "properties": {"i": i, "level": {"n": i % 10}},
+    })
+}
+
+/// What [`Pipeline::start`] starts: extra flags for ingest-api and for every flusher, extra
+/// environment variables for the flushers, and how many flushers (one by default).
+#[derive(Clone, Copy)]
+pub struct PipelineOptions<'a> {
+    pub ingest: &'a [&'a str],
+    pub flusher: &'a [&'a str],
+    pub flusher_env: &'a [(&'a str, &'a str)],
+    pub flushers: usize,
+}
+
+impl Default for PipelineOptions<'_> {
+    fn default() -> Self {
+        PipelineOptions {
+            ingest: &[],
+            flusher: &[],
+            flusher_env: &[],
+            flushers: 1,
+        }
+    }
+}
+
+/// The whole pipeline on the shared services, for one test: its own stream key and migrated
+/// database, one ingest-api and the flushers asked for. Fields drop flushers first, database
+/// last (as the locals of the prelude it replaces did).
+pub struct Pipeline {
+    pub flushers: Vec<Flusher>,
+    pub ingest: Ingest,
+    pub db: TestDb,
+    pub key: String,
+    pub redis_url: String,
+}
+
+impl Pipeline {
+    pub async fn start(options: PipelineOptions<'_>) -> Pipeline {
+        let redis_url = shared_redis_url();
+        let key = unique("events");
+        let db = TestDb::migrated(&shared_admin_url()).await;
+        let ingest = Ingest::start(&redis_url, &key, options.ingest);
+        let flushers = (0..options.flushers)
+            .map(|_| {
+                Flusher::start(
+                    &redis_url,
+                    &db.url,
+                    &key,
+                    options.flusher,
+                    options.flusher_env,
+                )
+            })
+            .collect();
+        Pipeline {
+            flushers,
+            ingest,
+            db,
+            key,
+            redis_url,
+        }
+    }
+}
