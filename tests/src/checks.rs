@@ -42,10 +42,17 @@ where
 }
 
 /// A Redis connection for checks.
+///
+/// With generous timeouts (the client's defaults are about a second): the checks run beside
+/// servers doing `appendfsync always` on a loaded machine, where one fsync can stall Redis that
+/// long, and a check must not fail for it.
 pub async fn redis_conn(url: &str) -> MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(15)))
+        .set_response_timeout(Some(Duration::from_secs(15)));
     redis::Client::open(url)
         .expect("redis url")
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .expect("redis connection")
 }
