@@ -285,6 +285,18 @@ async fn main() {
                     for f in &flushers {
                         f.proc.signal("STOP");
                     }
+                    // The clients go on: wait until the stream holds entries (the flushers
+                    // may have drained it just before they stopped).
+                    let queued_at = Instant::now();
+                    let mut conn = redis_conn(&redis.url()).await;
+                    while xlen(&mut conn, &key).await == 0 {
+                        assert!(
+                            queued_at.elapsed() < Duration::from_secs(30),
+                            "nothing was queued with the flushers paused"
+                        );
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    drop(conn);
                     for i in &ingests {
                         i.proc.signal("STOP");
                     }
