@@ -97,7 +97,7 @@ pub struct Config {
     #[arg(long, env = "INGEST_MAX_PROPERTIES_BYTES", default_value_t = 32 * 1024, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=1_073_741_824))]
     pub max_properties_bytes: usize,
 
-    /// Earliest accepted event timestamp (RFC 3339).
+    /// Earliest accepted event timestamp, in the contract's timestamp grammar (e.g. 2000-01-01T00:00:00Z).
     #[arg(
         long,
         env = "INGEST_MIN_TIMESTAMP",
