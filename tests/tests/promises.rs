@@ -215,6 +215,17 @@ async fn stopped_with_postgres_unavailable(pg: &PgServer, freeze: bool, flags: &
         }
     })
     .await;
+    if !freeze {
+        // SIGTERM while it is retrying, not before its first write failed (a race seen in CI).
+        wait_for("the flusher to find PostgreSQL down", LONG, || async {
+            flusher
+                .proc
+                .log_text()
+                .contains("writing to PostgreSQL failed")
+                .then_some(())
+        })
+        .await;
+    }
     let status = flusher.proc.terminate();
     assert!(status.success(), "flusher exit: {status:?}");
     assert_eq!(
