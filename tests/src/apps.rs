@@ -238,3 +238,45 @@ impl Pipeline {
         }
     }
 }
+
+/// A batch of events named `name`, numbered from `first`, carrying these client-chosen ids, as
+/// JSON text.
+pub fn batch_with_ids(name: &str, first: usize, ids: &[uuid::Uuid]) -> String {
+    let events: Vec<Value> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let mut e = event(name, first + i);
+            e["event_id"] = json!(id.to_string());
+            e
+        })
+        .collect();
+    json!(events).to_string()
+}
+
+/// Posts `body` to `/v1/events` until it is answered 200, as an SDK retries: 503 and connection
+/// errors are retried every 200 ms (each counted in `retries`), any other status panics.
+pub async fn post_until_acked(
+    http: &reqwest::Client,
+    url: &str,
+    body: &str,
+    retries: &std::sync::atomic::AtomicU64,
+) {
+    loop {
+        let res = http
+            .post(format!("{url}/v1/events"))
+            .header("Authorization", format!("Bearer {TOKEN}"))
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await;
+        match res {
+            Ok(r) if r.status().as_u16() == 200 => return,
+            Ok(r) if r.status().as_u16() == 503 => {}
+            Ok(r) => panic!("unexpected status {}", r.status()),
+            Err(_) => {}
+        }
+        retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

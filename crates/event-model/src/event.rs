@@ -8,6 +8,7 @@ use serde_json::value::RawValue;
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
+use crate::queue::QueuedEvent;
 use crate::timestamp::parse_timestamp;
 
 /// The configurable limits of `docs/contract.md`. `Default` gives its defaults.
@@ -72,6 +73,39 @@ pub struct ValidEvent<'a> {
     pub user_id: Option<String>,
     /// `None` means the default `{}`.
     pub properties: Option<&'a RawValue>,
+}
+
+impl ValidEvent<'_> {
+    /// The queue entry of this event as ingest-api queues it: from `source`, with the batch's
+    /// `sent_at`, `received_at` by the server's clock, `properties` `{}` when absent, and
+    /// `assign_id()` as the `event_id` when the client sent none (ingest-api: a UUIDv7).
+    pub fn into_queued(
+        self,
+        source: &str,
+        sent_at: Option<OffsetDateTime>,
+        received_at: OffsetDateTime,
+        assign_id: impl FnOnce() -> Uuid,
+    ) -> QueuedEvent {
+        QueuedEvent {
+            time: self.time,
+            event_id: self.event_id.unwrap_or_else(assign_id),
+            name: self.name,
+            source: source.to_string(),
+            device_id: self.device_id,
+            session_id: self.session_id,
+            user_id: self.user_id,
+            properties: self
+                .properties
+                .map_or_else(empty_object, RawValue::to_owned),
+            sent_at,
+            received_at,
+        }
+    }
+}
+
+#[expect(clippy::expect_used, reason = "`{}` is JSON: this cannot fail")]
+fn empty_object() -> Box<RawValue> {
+    RawValue::from_string("{}".to_string()).expect("{} is JSON")
 }
 
 /// The fields an event may have; any other key is rejected as unknown.

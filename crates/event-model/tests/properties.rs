@@ -881,35 +881,6 @@ fn hostile_bytes() -> BoxedStrategy<Vec<u8>> {
     .boxed()
 }
 
-/// The queue entry ingest-api builds from a valid event: a field-for-field copy of `queued` in
-/// `crates/ingest-api/src/routes.rs` (private to that binary, so mirrored here; keep the two
-/// alike), except that the id ingest-api assigns with `Uuid::now_v7` is fixed
-/// ([`ASSIGNED_ID`]) so a failure reproduces. It is then encoded by the same
-/// `QueuedEvent::encode` ingest-api's queue calls.
-fn queued(
-    e: ValidEvent<'_>,
-    source: &str,
-    sent_at: Option<OffsetDateTime>,
-    received_at: OffsetDateTime,
-) -> QueuedEvent {
-    QueuedEvent {
-        time: e.time,
-        event_id: e.event_id.unwrap_or(ASSIGNED_ID),
-        name: e.name,
-        source: source.to_string(),
-        device_id: e.device_id,
-        session_id: e.session_id,
-        user_id: e.user_id,
-        properties: e.properties.map_or_else(empty_object, RawValue::to_owned),
-        sent_at,
-        received_at,
-    }
-}
-
-fn empty_object() -> Box<RawValue> {
-    RawValue::from_string("{}".to_string()).expect("{} is JSON")
-}
-
 // ---------------------------------------------------------------------------------------------
 // The tests.
 
@@ -1133,7 +1104,12 @@ proptest! {
             let result = validate_event(raw, &limits(), NOW);
             check_against_oracle(ev, &result)?;
             let Ok(e) = result else { continue };
-            let encoded = queued(e.clone(), "s", batch.sent_at, NOW).encode();
+            // What ingest-api queues (`ValidEvent::into_queued`, its assigned id fixed here so a
+            // failure reproduces), encoded as its queue encodes it.
+            let encoded = e
+                .clone()
+                .into_queued("s", batch.sent_at, NOW, || ASSIGNED_ID)
+                .encode();
             let back = QueuedEvent::decode(Some(ENTRY_VERSION.as_bytes()), Some(encoded.as_bytes()))
                 .map_err(|err| TestCaseError::fail(format!("{err}: {encoded}")))?;
             prop_assert_eq!(back.time, e.time);

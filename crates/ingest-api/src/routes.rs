@@ -8,7 +8,6 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use event_model::{Batch, QueuedEvent, ValidEvent, parse_batch, validate_event};
 use serde::Serialize;
-use serde_json::value::RawValue;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -51,7 +50,7 @@ pub async fn ingest(
     budget.charge(building, state.retry_after_secs)?;
     let accepted: Vec<QueuedEvent> = valid
         .into_iter()
-        .map(|(_, e)| queued(e, &source, batch.sent_at, received_at))
+        .map(|(_, e)| e.into_queued(&source, batch.sent_at, received_at, Uuid::now_v7))
         .collect();
     if !rejected.is_empty() {
         telemetry::source_events(&source, "rejected", rejected.len());
@@ -132,26 +131,6 @@ fn validate_all<'b>(
     (valid, rejected)
 }
 
-fn queued(
-    e: ValidEvent<'_>,
-    source: &str,
-    sent_at: Option<OffsetDateTime>,
-    received_at: OffsetDateTime,
-) -> QueuedEvent {
-    QueuedEvent {
-        time: e.time,
-        event_id: e.event_id.unwrap_or_else(Uuid::now_v7),
-        name: e.name,
-        source: source.to_string(),
-        device_id: e.device_id,
-        session_id: e.session_id,
-        user_id: e.user_id,
-        properties: e.properties.map_or_else(empty_object, RawValue::to_owned),
-        sent_at,
-        received_at,
-    }
-}
-
 /// 503 queue_full when the queue is too long or Redis too full; 429 past the source's rate
 /// limit (checked in Redis; fail open when Redis does not answer: the write needs it anyway).
 async fn admit(state: &AppState, source: &str, events: usize) -> Result<(), ApiError> {
@@ -197,11 +176,6 @@ async fn enqueue(state: &AppState, accepted: &[QueuedEvent]) -> Result<(), ApiEr
     Err(ApiError::QueueUnavailable {
         retry_after: state.retry_after_secs,
     })
-}
-
-#[expect(clippy::expect_used, reason = "`{}` is JSON: this cannot fail")]
-fn empty_object() -> Box<RawValue> {
-    RawValue::from_string("{}".to_string()).expect("{} is JSON")
 }
 
 /// `application/json`, parameters such as `charset=utf-8` allowed.

@@ -188,33 +188,8 @@ async fn main() {
                 let n = batch.min(per_client - done);
                 let ids: Vec<Uuid> = (0..n).map(|_| Uuid::new_v4()).collect();
                 sent.lock().unwrap().extend(&ids);
-                let body: Vec<Value> = ids
-                    .iter()
-                    .enumerate()
-                    .map(|(i, id)| {
-                        let mut e = event("chaos", c * per_client + done + i);
-                        e["event_id"] = json!(id.to_string());
-                        e
-                    })
-                    .collect();
-                let body = json!(body).to_string();
-                loop {
-                    let res = http
-                        .post(format!("{url}/v1/events"))
-                        .header("Authorization", format!("Bearer {TOKEN}"))
-                        .header("Content-Type", "application/json")
-                        .body(body.clone())
-                        .send()
-                        .await;
-                    match res {
-                        Ok(r) if r.status().as_u16() == 200 => break,
-                        Ok(r) if r.status().as_u16() == 503 => {}
-                        Ok(r) => panic!("unexpected status {}", r.status()),
-                        Err(_) => {}
-                    }
-                    retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+                let body = batch_with_ids("chaos", c * per_client + done, &ids);
+                post_until_acked(&http, &url, &body, &retries).await;
                 acked.lock().unwrap().extend(&ids);
                 done += n;
             }

@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use et_tests::*;
-use serde_json::{Value, json};
 use uuid::Uuid;
 
 fn parse_args() -> Duration {
@@ -62,33 +61,7 @@ fn footprint(pid: u32) -> Footprint {
 
 /// Posts one batch with these ids until it is acknowledged (503 and connection errors retried).
 async fn send_until_acked(http: &reqwest::Client, url: &str, ids: &[Uuid], retries: &AtomicU64) {
-    let body: Vec<Value> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| {
-            let mut e = event("soak", i);
-            e["event_id"] = json!(id.to_string());
-            e
-        })
-        .collect();
-    let body = json!(body).to_string();
-    loop {
-        let res = http
-            .post(format!("{url}/v1/events"))
-            .header("Authorization", format!("Bearer {TOKEN}"))
-            .header("Content-Type", "application/json")
-            .body(body.clone())
-            .send()
-            .await;
-        match res {
-            Ok(r) if r.status().as_u16() == 200 => return,
-            Ok(r) if r.status().as_u16() == 503 => {}
-            Ok(r) => panic!("unexpected status {}", r.status()),
-            Err(_) => {}
-        }
-        retries.fetch_add(1, Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    post_until_acked(http, url, &batch_with_ids("soak", 0, ids), retries).await;
 }
 
 #[tokio::main]
