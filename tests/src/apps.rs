@@ -56,6 +56,22 @@ impl Ingest {
         post_json(&format!("{}/v1/events", self.url), Some(TOKEN), body).await
     }
 
+    /// POSTs a body given as JSON text (what a `Value` cannot hold, such as `1e-20000` as
+    /// written) to `/v1/events` with the test token; returns status and JSON body.
+    pub async fn post_text(&self, body: String) -> (u16, Value) {
+        let res = text_request(
+            &http(),
+            &format!("{}/v1/events", self.url),
+            Some(TOKEN),
+            body,
+        )
+        .send()
+        .await
+        .expect("request sent");
+        let status = res.status().as_u16();
+        (status, res.json::<Value>().await.unwrap_or(Value::Null))
+    }
+
     /// The same, returning the whole response (for its headers).
     pub async fn send(&self, body: &Value) -> reqwest::Response {
         json_request(&format!("{}/v1/events", self.url), Some(TOKEN), body)
@@ -78,10 +94,20 @@ pub async fn post_json(url: &str, token: Option<&str>, body: &Value) -> (u16, Va
 
 /// A JSON POST with an optional bearer token, ready to send.
 fn json_request(url: &str, token: Option<&str>, body: &Value) -> reqwest::RequestBuilder {
-    let req = http()
+    text_request(&http(), url, token, body.to_string())
+}
+
+/// The same for a body given as JSON text, on the given client.
+fn text_request(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    body: String,
+) -> reqwest::RequestBuilder {
+    let req = client
         .post(url)
         .header("Content-Type", "application/json")
-        .body(body.to_string());
+        .body(body);
     match token {
         Some(t) => req.header("Authorization", format!("Bearer {t}")),
         None => req,
@@ -263,13 +289,14 @@ pub async fn post_until_acked(
     retries: &std::sync::atomic::AtomicU64,
 ) {
     loop {
-        let res = http
-            .post(format!("{url}/v1/events"))
-            .header("Authorization", format!("Bearer {TOKEN}"))
-            .header("Content-Type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await;
+        let res = text_request(
+            http,
+            &format!("{url}/v1/events"),
+            Some(TOKEN),
+            body.to_string(),
+        )
+        .send()
+        .await;
         match res {
             Ok(r) if r.status().as_u16() == 200 => return,
             Ok(r) if r.status().as_u16() == 503 => {}

@@ -8,7 +8,6 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
 
 use et_tests::*;
-use serde_json::Value;
 
 /// A JSON number as text: ordinary ones, and the edges of f64 and of PostgreSQL's numeric.
 fn number() -> impl Strategy<Value = String> {
@@ -102,7 +101,6 @@ async fn whatever_ingest_accepts_postgresql_stores_equal_as_jsonb() {
         string(),
     ];
     let strategy = (properties(), name);
-    let url = format!("{}/v1/events", ingest.url);
     let (mut accepted, mut rejected, mut unparsable) = (Vec::new(), 0usize, 0usize);
     for _ in 0..300 {
         let (props, name) = strategy.new_tree(&mut runner).unwrap().current();
@@ -115,16 +113,7 @@ async fn whatever_ingest_accepts_postgresql_stores_equal_as_jsonb() {
             unparsable += 1;
             continue;
         }
-        let res = http()
-            .post(&url)
-            .header("Authorization", format!("Bearer {TOKEN}"))
-            .header("Content-Type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = res.status().as_u16();
-        let answer: Value = res.json().await.unwrap_or(Value::Null);
+        let (status, answer) = ingest.post_text(body).await;
         match status {
             200 => accepted.push((id, props)),
             400 => rejected += 1,

@@ -186,16 +186,8 @@ async fn numbers_postgresql_cannot_store_are_refused_at_the_door() {
         with("0e-16384"),
         with("1e-16383")
     );
-    let res = http()
-        .post(format!("{}/v1/events", ingest.url))
-        .header("Authorization", format!("Bearer {TOKEN}"))
-        .header("Content-Type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 200);
-    let body: Value = res.json().await.unwrap();
+    let (status, body) = ingest.post_text(body).await;
+    assert_eq!(status, 200);
     assert_eq!(body["accepted"], 1, "{body}");
     let rejected = body["rejected"].as_array().unwrap();
     assert_eq!(

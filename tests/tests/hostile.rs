@@ -11,17 +11,6 @@ use serde_json::{Value, json};
 
 const MIB: u64 = 1024 * 1024;
 
-/// Peak resident memory (VmHWM) of a process, in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM");
-    kb * 1024
-}
-
 /// `size` bytes of spaces after `[`, gzipped: one member for the `[`, then the same 16 MiB
 /// member of spaces repeated (a multi-member gzip stream, as `cat a.gz b.gz` makes; ~1000:1).
 fn gzip_bomb(size: u64) -> Vec<u8> {
