@@ -11,4 +11,4 @@ pub mod timestamp;
 
 pub use batch::{Batch, BatchError, parse_batch};
 pub use event::{EventError, Limits, ValidEvent, validate_event};
-pub use queue::{DecodeError, ENTRY_VERSION, QueuedEvent};
+pub use queue::{DecodeError, ENTRY_VERSION, EventView, QueuedEvent};

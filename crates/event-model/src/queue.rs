@@ -4,7 +4,9 @@
 //! every version it knows, so a rolling upgrade can mix releases; an entry of an unknown version
 //! is dead-lettered rather than guessed at.
 
-use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -47,6 +49,109 @@ pub struct QueuedEvent {
     pub received_at: OffsetDateTime,
 }
 
+/// An entry's event read in place, as the flusher stores it: strings are borrowed from the
+/// entry's bytes (copied only when they hold a JSON escape), the properties are the entry's own
+/// JSON text, and timestamps stay microseconds since the Unix epoch, as the binary COPY wants
+/// them. It reads exactly what [`QueuedEvent::encode`] writes (a unit test holds the two
+/// together) and refuses what [`QueuedEvent::decode`] refuses.
+#[derive(Debug, Deserialize)]
+pub struct EventView<'a> {
+    #[serde(rename = "t", deserialize_with = "micros::in_range")]
+    pub time: i64,
+    #[serde(rename = "id")]
+    pub event_id: Uuid,
+    #[serde(rename = "n", borrow)]
+    pub name: Text<'a>,
+    #[serde(rename = "s", borrow)]
+    pub source: Text<'a>,
+    #[serde(rename = "d", default, borrow)]
+    pub device_id: Option<Text<'a>>,
+    #[serde(rename = "ss", default, borrow)]
+    pub session_id: Option<Text<'a>>,
+    #[serde(rename = "u", default, borrow)]
+    pub user_id: Option<Text<'a>>,
+    #[serde(rename = "p", borrow)]
+    pub properties: &'a RawValue,
+    #[serde(rename = "sa", default, deserialize_with = "micros::opt_in_range")]
+    pub sent_at: Option<i64>,
+    #[serde(rename = "ra", deserialize_with = "micros::in_range")]
+    pub received_at: i64,
+}
+
+impl<'a> EventView<'a> {
+    /// Reads an entry's event from its `v` and `e` fields, as [`QueuedEvent::decode`] does.
+    pub fn decode(version: Option<&[u8]>, event: Option<&'a [u8]>) -> Result<Self, DecodeError> {
+        let event = check_version(version, event)?;
+        serde_json::from_slice(event).map_err(|e| DecodeError::Malformed(e.to_string()))
+    }
+}
+
+/// A string of an entry: borrowed when the JSON held it verbatim, owned when it had escapes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Text<'a>(pub Cow<'a, str>);
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(Visitor)
+    }
+}
+
+/// Microseconds kept as they are, checked to be a time [`QueuedEvent`] could hold.
+mod micros {
+    use serde::{Deserialize, Deserializer};
+    use time::OffsetDateTime;
+
+    fn check<E: serde::de::Error>(micros: i64) -> Result<i64, E> {
+        OffsetDateTime::from_unix_timestamp(micros.div_euclid(1_000_000))
+            .map(|_| micros)
+            .map_err(E::custom)
+    }
+
+    pub fn in_range<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        check(i64::deserialize(d)?)
+    }
+
+    pub fn opt_in_range<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        Option::<i64>::deserialize(d)?.map(check).transpose()
+    }
+}
+
+fn check_version<'a>(
+    version: Option<&[u8]>,
+    event: Option<&'a [u8]>,
+) -> Result<&'a [u8], DecodeError> {
+    let version = version.ok_or(DecodeError::MissingVersion)?;
+    if version != ENTRY_VERSION.as_bytes() {
+        return Err(DecodeError::UnknownVersion(
+            String::from_utf8_lossy(version).into_owned(),
+        ));
+    }
+    event.ok_or(DecodeError::MissingEvent)
+}
+
 /// How long ago a stream entry was added, from its ID (`<unix-ms>-<seq>`) and the clock `now`
 /// (time since the Unix epoch). The age of the oldest entry is the flushers' lag. An ID that is
 /// not of that form, or from the future, gives zero.
@@ -83,13 +188,7 @@ impl QueuedEvent {
 
     /// Reads an entry back from its `v` and `e` fields.
     pub fn decode(version: Option<&[u8]>, event: Option<&[u8]>) -> Result<Self, DecodeError> {
-        let version = version.ok_or(DecodeError::MissingVersion)?;
-        if version != ENTRY_VERSION.as_bytes() {
-            return Err(DecodeError::UnknownVersion(
-                String::from_utf8_lossy(version).into_owned(),
-            ));
-        }
-        let event = event.ok_or(DecodeError::MissingEvent)?;
+        let event = check_version(version, event)?;
         let e: QueuedEvent =
             serde_json::from_slice(event).map_err(|e| DecodeError::Malformed(e.to_string()))?;
         Ok(e)
@@ -185,6 +284,55 @@ mod tests {
         assert_eq!(back.properties.get(), e.properties.get());
         assert_eq!(back.sent_at, e.sent_at);
         assert_eq!(back.received_at, e.received_at);
+    }
+
+    fn micros(t: OffsetDateTime) -> i64 {
+        (t.unix_timestamp_nanos() / 1000) as i64
+    }
+
+    /// The view reads every field `encode` writes, escapes and all.
+    #[test]
+    fn the_view_reads_what_encode_writes() {
+        let mut e = sample();
+        e.name = "quote \" and tab \t".into();
+        let text = e.encode();
+        let v = EventView::decode(Some(b"1"), Some(text.as_bytes())).unwrap();
+        assert_eq!(v.time, micros(e.time));
+        assert_eq!(v.event_id, e.event_id);
+        assert_eq!(&*v.name, e.name);
+        assert!(matches!(v.name.0, Cow::Owned(_)), "escaped: copied");
+        assert_eq!(&*v.source, e.source);
+        assert!(matches!(v.source.0, Cow::Borrowed(_)), "verbatim: borrowed");
+        assert_eq!(v.device_id.as_deref(), e.device_id.as_deref());
+        assert_eq!(v.session_id.as_deref(), None);
+        assert_eq!(v.user_id.as_deref(), e.user_id.as_deref());
+        assert_eq!(v.properties.get(), e.properties.get());
+        assert_eq!(v.sent_at, e.sent_at.map(micros));
+        assert_eq!(v.received_at, micros(e.received_at));
+    }
+
+    /// Whatever `QueuedEvent::decode` refuses, the view refuses, and the reverse.
+    #[test]
+    fn the_view_refuses_what_decode_refuses() {
+        let good = sample().encode();
+        let out_of_range = good.replace(
+            &format!("\"t\":{}", micros(sample().time)),
+            "\"t\":9000000000000000000",
+        );
+        assert_ne!(out_of_range, good);
+        for (v, e, ok) in [
+            (None, Some(good.as_bytes()), false),
+            (Some(&b"2"[..]), Some(good.as_bytes()), false),
+            (Some(b"1"), None, false),
+            (Some(b"1"), Some(&b"{not json"[..]), false),
+            (Some(b"1"), Some(br#"{"n":"x"}"#), false),
+            (Some(b"1"), Some(out_of_range.as_bytes()), false),
+            (Some(b"1"), Some(good.as_bytes()), true),
+        ] {
+            let what = e.map(String::from_utf8_lossy);
+            assert_eq!(QueuedEvent::decode(v, e).is_ok(), ok, "{what:?}");
+            assert_eq!(EventView::decode(v, e).is_ok(), ok, "{what:?}");
+        }
     }
 
     #[test]

@@ -8,25 +8,20 @@ use std::time::Duration;
 use redis_queue::redis::{self, Value};
 use std::sync::Arc;
 
+use redis_queue::reader::{ReadGroup, StreamReader};
 use redis_queue::{Conn, Layout, LayoutCheck, Shared};
 
 use crate::FlusherError;
 use crate::config::GlobalArgs;
 
-/// One stream entry: its ID and its field/value pairs.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    pub id: String,
-    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
-}
+/// One stream entry: its ID and its field/value pairs (slices of the reply they came in).
+pub use redis_queue::reader::StreamEntry as Entry;
 
-impl Entry {
-    pub fn field(&self, name: &str) -> Option<&[u8]> {
-        self.fields
-            .iter()
-            .find(|(k, _)| k == name.as_bytes())
-            .map(|(_, v)| v.as_slice())
-    }
+/// The connection reads go over: on one node over TCP, the lean reader of
+/// [`redis_queue::reader`]; otherwise (a cluster, a Unix socket) a redis-rs connection.
+enum Reader {
+    Lean(StreamReader),
+    Client(Conn),
 }
 
 /// The shared Redis connection and the check of the queue layout the settings describe
@@ -49,7 +44,7 @@ pub struct Consumer {
     /// For every call but reads: one connection shared by the workers of the process.
     redis: Shared,
     /// Reads only, made on first use and re-made after an error.
-    reader: Option<Conn>,
+    reader: Option<Reader>,
     /// Failed reads in a row.
     reader_failures: u32,
     /// Which shards' copies of the shard count were verified, shared by the workers.
@@ -187,56 +182,72 @@ impl Consumer {
         count: usize,
         block: Duration,
     ) -> Result<Vec<Entry>, FlusherError> {
-        let conn = match &mut self.reader {
-            Some(conn) => conn,
+        let reader = match &mut self.reader {
+            Some(reader) => reader,
             None => {
-                let conn = self
-                    .redis
-                    .connector()
-                    .connect(self.timeout, self.block + self.timeout)
-                    .await?;
-                self.reader.insert(conn)
+                let connector = self.redis.connector();
+                let lean = tokio::time::timeout(self.timeout, connector.stream_reader())
+                    .await
+                    .map_err(|_| redis_queue::QueueError::Timeout(self.timeout))??;
+                let reader = match lean {
+                    Some(lean) => Reader::Lean(lean),
+                    None => Reader::Client(
+                        connector
+                            .connect(self.timeout, self.block + self.timeout)
+                            .await?,
+                    ),
+                };
+                self.reader.insert(reader)
             }
         };
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(&self.group)
-            .arg(&self.consumer)
-            .arg("COUNT")
-            .arg(count);
-        if !block.is_zero() {
-            cmd.arg("BLOCK").arg(block.as_millis() as u64);
-        }
-        cmd.arg("STREAMS")
-            .arg(self.check.layout().key(shard))
-            .arg(">");
-        let reply =
-            tokio::time::timeout(block + self.timeout, cmd.query_async::<Value>(conn)).await;
-        let reply = match reply {
-            Ok(Ok(v)) => {
+        let key = self.check.layout().key(shard);
+        let read = ReadGroup {
+            key: &key,
+            group: &self.group,
+            consumer: &self.consumer,
+            count,
+            block: (!block.is_zero()).then_some(block),
+        };
+        let reply = tokio::time::timeout(block + self.timeout, async {
+            match reader {
+                Reader::Lean(lean) => lean.read_group(&read).await.map_err(FlusherError::from),
+                Reader::Client(conn) => {
+                    let reply = read_group_cmd(&read)
+                        .query_async::<Value>(conn)
+                        .await
+                        .map_err(redis_queue::QueueError::Redis)?;
+                    parse_read_reply(reply)
+                }
+            }
+        })
+        .await;
+        match reply {
+            Ok(Ok(entries)) => {
                 self.reader_failures = 0;
-                v
+                Ok(entries)
             }
             Ok(Err(e)) => {
                 // Reconnecting is cheap; a connection that saw an error is not trusted again
                 // (a cluster connection only when it needs it, see `needs_new_connection`, or
                 // after many failures in a row with no read between).
-                let e = redis_queue::QueueError::Redis(e);
                 self.reader_failures += 1;
-                if e.needs_new_connection(self.redis.connector().is_cluster())
-                    || self.reader_failures >= 20
-                {
+                let renew = match &e {
+                    FlusherError::Queue(q) => {
+                        q.needs_new_connection(self.redis.connector().is_cluster())
+                    }
+                    _ => true,
+                };
+                if renew || self.reader_failures >= 20 {
                     self.reader = None;
                     self.reader_failures = 0;
                 }
-                return Err(e.into());
+                Err(e)
             }
             Err(_) => {
                 self.reader = None;
-                return Err(redis_queue::QueueError::Timeout(block + self.timeout).into());
+                Err(redis_queue::QueueError::Timeout(block + self.timeout).into())
             }
-        };
-        parse_read_reply(reply)
+        }
     }
 
     /// Claims entries idle longer than `min_idle` from any consumer (a crashed flusher's),
@@ -362,7 +373,7 @@ impl Consumer {
                 let mut fields: Vec<(&[u8], &[u8])> = entry
                     .fields
                     .iter()
-                    .map(|(k, v)| (k.as_slice(), v.as_slice()))
+                    .map(|(k, v)| (k.as_ref(), v.as_ref()))
                     .collect();
                 fields.extend([
                     (DL_ORIGINAL_ID.as_bytes(), entry.id.as_bytes()),
@@ -543,17 +554,32 @@ fn group_name(v: Value) -> Option<String> {
     None
 }
 
-fn as_bytes(v: Value) -> Option<Vec<u8>> {
+fn as_bytes(v: Value) -> Option<bytes::Bytes> {
     match v {
-        Value::BulkString(b) => Some(b),
-        Value::SimpleString(s) => Some(s.into_bytes()),
-        Value::VerbatimString { text, .. } => Some(text.into_bytes()),
+        Value::BulkString(b) => Some(b.into()),
+        Value::SimpleString(s) => Some(s.into_bytes().into()),
+        Value::VerbatimString { text, .. } => Some(text.into_bytes().into()),
         _ => None,
     }
 }
 
 fn as_string(v: &Value) -> Option<String> {
-    as_bytes(v.clone()).and_then(|b| String::from_utf8(b).ok())
+    as_bytes(v.clone()).and_then(|b| String::from_utf8(b.into()).ok())
+}
+
+/// [`ReadGroup`] as a redis-rs command (for the connections that are not the lean reader).
+fn read_group_cmd(read: &ReadGroup<'_>) -> redis::Cmd {
+    let mut cmd = redis::cmd("XREADGROUP");
+    cmd.arg("GROUP")
+        .arg(read.group)
+        .arg(read.consumer)
+        .arg("COUNT")
+        .arg(read.count);
+    if let Some(block) = read.block {
+        cmd.arg("BLOCK").arg(block.as_millis() as u64);
+    }
+    cmd.arg("STREAMS").arg(read.key).arg(">");
+    cmd
 }
 
 fn parse_entry(v: Value) -> Option<Entry> {

@@ -73,7 +73,7 @@ pub async fn requeue(stream: &Consumer, which: Selection) -> Result<usize, Flush
             .fields
             .iter()
             .filter(|(k, _)| !k.starts_with(b"dl_"))
-            .map(|(k, v)| (k.as_slice(), v.as_slice()));
+            .map(|(k, v)| (k.as_ref(), v.as_ref()));
         redis_queue::append::add_fields(&mut pipe, &stream.key(*shard), originals);
         pipe.cmd("XDEL")
             .arg(stream.dead_key(*shard))

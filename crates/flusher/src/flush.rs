@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
-use event_model::QueuedEvent;
+use event_model::EventView;
 use event_model::queue::{EVENT_FIELD, VERSION_FIELD};
 use service_kit::shutdown::Shutdown;
 
@@ -430,7 +430,7 @@ impl Worker {
         let mut dead: Vec<(&Entry, String, Option<String>)> = Vec::new();
         let mut good = Vec::with_capacity(entries.len());
         for entry in entries {
-            match QueuedEvent::decode(entry.field(VERSION_FIELD), entry.field(EVENT_FIELD)) {
+            match EventView::decode(entry.field(VERSION_FIELD), entry.field(EVENT_FIELD)) {
                 Ok(e) => good.push((entry, e)),
                 Err(err) => dead.push((entry, format!("undecodable entry: {err}"), None)),
             }

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use event_model::QueuedEvent;
+use event_model::EventView;
 
 use crate::FlusherError;
 use crate::consumer::Entry;
@@ -15,7 +15,7 @@ use crate::sink::{self, WriteError, WritePath};
 use crate::telemetry;
 
 /// An entry and the event it holds.
-pub type Row<'e> = (&'e Entry, QueuedEvent);
+pub type Row<'e> = (&'e Entry, EventView<'e>);
 
 /// How a group ended.
 pub enum Settled {
@@ -82,7 +82,7 @@ impl Worker {
         while let Some(part) = iso.todo.pop() {
             // A long isolation or outage must not let another flusher claim these entries.
             self.keep_fresh(shard, &part, &mut iso).await;
-            let events: Vec<&QueuedEvent> = part.iter().map(|(_, e)| e).collect();
+            let events: Vec<&EventView<'_>> = part.iter().map(|(_, e)| e).collect();
             let started = Instant::now();
             let step = match sink::write(&self.pool, &events, self.config.pg_timeout()).await {
                 Ok(path) => {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use event_model::QueuedEvent;
+use event_model::EventView;
 use futures_util::{SinkExt, pin_mut};
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
@@ -70,7 +70,7 @@ pub fn pool(database_url: &str, size: usize) -> Result<Pool, FlusherError> {
 /// a committed one takes the de-duplication path.
 pub async fn write(
     pool: &Pool,
-    rows: &[&QueuedEvent],
+    rows: &[&EventView<'_>],
     timeout: Duration,
 ) -> Result<WritePath, WriteError> {
     let timed_out = |what: &'static str| {
@@ -117,7 +117,7 @@ pub async fn write(
 async fn copy_plain(
     client: &mut deadpool_postgres::Client,
     table: &str,
-    rows: &[&QueuedEvent],
+    rows: &[&EventView<'_>],
 ) -> Result<(), tokio_postgres::Error> {
     let sink = client.copy_in(&copy_statement(table)).await?;
     send_rows(sink, rows).await.map(|_| ())
@@ -128,7 +128,7 @@ async fn copy_plain(
 async fn copy_deduplicated(
     client: &mut deadpool_postgres::Client,
     table: &str,
-    rows: &[&QueuedEvent],
+    rows: &[&EventView<'_>],
 ) -> Result<(), tokio_postgres::Error> {
     let tx = client.transaction().await?;
     tx.batch_execute(&format!(
@@ -152,7 +152,7 @@ fn copy_statement(table: &str) -> String {
 
 async fn send_rows(
     sink: tokio_postgres::CopyInSink<Bytes>,
-    rows: &[&QueuedEvent],
+    rows: &[&EventView<'_>],
 ) -> Result<u64, tokio_postgres::Error> {
     pin_mut!(sink);
     // The whole batch as one message: one allocation, no per-row future (see `encode_binary`).
@@ -169,7 +169,7 @@ const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
 /// form: `timestamptz` as i64 microseconds since 2000-01-01 UTC, `uuid` as 16 bytes, `text` as
 /// UTF-8, `jsonb` as the version byte 1 then the JSON text; NULL as length -1. Hand-written
 /// because tokio-postgres's `BinaryCopyInWriter` awaits a future and boxes a `ToSql` per value.
-pub fn encode_binary(rows: &[&QueuedEvent]) -> BytesMut {
+pub fn encode_binary(rows: &[&EventView<'_>]) -> BytesMut {
     let size: usize = rows
         .iter()
         .map(|r| {
@@ -178,9 +178,9 @@ pub fn encode_binary(rows: &[&QueuedEvent]) -> BytesMut {
                 + 16
                 + r.name.len()
                 + r.source.len()
-                + r.device_id.as_ref().map_or(0, String::len)
-                + r.session_id.as_ref().map_or(0, String::len)
-                + r.user_id.as_ref().map_or(0, String::len)
+                + r.device_id.as_deref().map_or(0, str::len)
+                + r.session_id.as_deref().map_or(0, str::len)
+                + r.user_id.as_deref().map_or(0, str::len)
                 + 1
                 + r.properties.get().len()
         })
@@ -189,8 +189,6 @@ pub fn encode_binary(rows: &[&QueuedEvent]) -> BytesMut {
     buf.put_slice(b"PGCOPY\n\xff\r\n\0");
     buf.put_i32(0); // flags
     buf.put_i32(0); // header extension length
-    let micros =
-        |t: time::OffsetDateTime| (t.unix_timestamp_nanos() / 1000) as i64 - PG_EPOCH_UNIX_MICROS;
     let text = |buf: &mut BytesMut, s: Option<&str>| match s {
         Some(s) => {
             buf.put_i32(s.len() as i32);
@@ -198,10 +196,12 @@ pub fn encode_binary(rows: &[&QueuedEvent]) -> BytesMut {
         }
         None => buf.put_i32(-1),
     };
-    let timestamp = |buf: &mut BytesMut, t: Option<time::OffsetDateTime>| match t {
-        Some(t) => {
+    // Unix microseconds → PostgreSQL's; an entry's times are checked to be within ±10,000
+    // years when decoded, so this cannot overflow.
+    let timestamp = |buf: &mut BytesMut, t: Option<i64>| match t {
+        Some(unix_micros) => {
             buf.put_i32(8);
-            buf.put_i64(micros(t));
+            buf.put_i64(unix_micros - PG_EPOCH_UNIX_MICROS);
         }
         None => buf.put_i32(-1),
     };
@@ -266,18 +266,20 @@ mod tests {
 
     #[test]
     fn binary_copy_layout() {
-        use time::macros::datetime;
-        let e = QueuedEvent {
-            time: datetime!(2000-01-01 00:00:00.000001 UTC),
+        use event_model::queue::Text;
+        use std::borrow::Cow;
+        let props: &serde_json::value::RawValue = serde_json::from_str("{}").unwrap();
+        let e = EventView {
+            time: PG_EPOCH_UNIX_MICROS + 1,
             event_id: uuid::Uuid::from_bytes([7; 16]),
-            name: "n".into(),
-            source: "s".into(),
+            name: Text(Cow::Borrowed("n")),
+            source: Text(Cow::Borrowed("s")),
             device_id: None,
-            session_id: Some("ab".into()),
+            session_id: Some(Text(Cow::Borrowed("ab"))),
             user_id: None,
-            properties: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            properties: props,
             sent_at: None,
-            received_at: datetime!(1999-12-31 23:59:59 UTC),
+            received_at: PG_EPOCH_UNIX_MICROS - 1_000_000,
         };
         let b = encode_binary(&[&e]);
         assert_eq!(&b[..11], b"PGCOPY\n\xff\r\n\0");

@@ -15,6 +15,7 @@ use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFutur
 
 pub mod append;
 mod layout;
+pub mod reader;
 pub mod settle;
 pub use layout::{Layout, LayoutCheck, MEMORY_RATIO_GAUGE, MEMORY_RATIO_HELP, ShardStats};
 
@@ -25,6 +26,12 @@ pub enum QueueError {
     Timeout(Duration),
     #[error("redis: {0}")]
     Redis(#[from] RedisError),
+    /// An error reply read by [`reader::StreamReader`] (redis-rs's own are in `Redis`).
+    #[error("redis: {code} {message}")]
+    Reply { code: String, message: String },
+    /// A reply [`reader::StreamReader`] could not parse.
+    #[error("redis protocol: {0}")]
+    Protocol(String),
     #[error("every shard's Redis node is past the memory limit")]
     Full,
     #[error("invalid redis settings: {0}")]
@@ -93,6 +100,7 @@ impl QueueError {
     pub fn code(&self) -> Option<&str> {
         match self {
             QueueError::Redis(e) => e.code(),
+            QueueError::Reply { code, .. } => Some(code),
             _ => None,
         }
     }
@@ -107,6 +115,17 @@ pub enum Connector {
 }
 
 impl Connector {
+    /// A lean stream reader ([`reader::StreamReader`]) for one node over TCP; `None` for a
+    /// cluster or another kind of address.
+    pub async fn stream_reader(&self) -> Result<Option<reader::StreamReader>, QueueError> {
+        match self {
+            Connector::Single(client) => {
+                reader::StreamReader::connect(client.get_connection_info()).await
+            }
+            Connector::Cluster(_) => Ok(None),
+        }
+    }
+
     /// Checks the URL(s); connects nothing yet.
     pub fn new(url: &str, cluster: bool) -> Result<Self, QueueError> {
         if !cluster {

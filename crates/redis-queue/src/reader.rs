@@ -1,0 +1,368 @@
+//! A connection that only reads streams: `XREADGROUP` over plain RESP2, its reply parsed
+//! straight into entries whose field values are slices of the bytes read (no copy, no
+//! intermediate `redis::Value` tree).
+//!
+//! The flusher spends most of its CPU on reading entries: redis-rs parses every reply into a
+//! tree of `Value`s, an allocation per ID, field name and value, through a parser-combinator
+//! library. Entries are the one large reply in the pipeline, so they get this reader of their
+//! own; every other command still goes through redis-rs. It speaks to one node over TCP (a
+//! `redis://` URL); a Redis Cluster or a Unix socket keeps the redis-rs connection.
+
+use std::ops::Range;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use redis::{ConnectionAddr, ConnectionInfo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::QueueError;
+
+/// One stream entry: its ID and its field/value pairs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamEntry {
+    pub id: String,
+    pub fields: Vec<(Bytes, Bytes)>,
+}
+
+impl StreamEntry {
+    /// The value of the first field called `name`.
+    pub fn field(&self, name: &str) -> Option<&[u8]> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k.as_ref() == name.as_bytes())
+            .map(|(_, v)| v.as_ref())
+    }
+}
+
+/// What `XREADGROUP` asks for.
+pub struct ReadGroup<'a> {
+    pub key: &'a str,
+    pub group: &'a str,
+    pub consumer: &'a str,
+    pub count: usize,
+    /// `None`: do not block.
+    pub block: Option<Duration>,
+}
+
+/// A RESP2 connection to one Redis node, used for `XREADGROUP` only.
+pub struct StreamReader {
+    socket: TcpStream,
+    buf: BytesMut,
+}
+
+impl StreamReader {
+    /// Connects and authenticates as the URL says. `Ok(None)`: the address is not plain TCP
+    /// (a Unix socket, TLS): use a redis-rs connection instead.
+    pub async fn connect(info: &ConnectionInfo) -> Result<Option<StreamReader>, QueueError> {
+        let ConnectionAddr::Tcp(host, port) = info.addr() else {
+            return Ok(None);
+        };
+        let socket = TcpStream::connect((host.as_str(), *port))
+            .await
+            .map_err(io_error)?;
+        socket.set_nodelay(true).map_err(io_error)?;
+        let mut reader = StreamReader {
+            socket,
+            buf: BytesMut::with_capacity(64 * 1024),
+        };
+        let settings = info.redis_settings();
+        if let Some(password) = settings.password() {
+            let mut auth: Vec<&[u8]> = vec![b"AUTH"];
+            auth.extend(settings.username().map(str::as_bytes));
+            auth.push(password.as_bytes());
+            reader.command(&auth).await?;
+        }
+        if settings.db() != 0 {
+            let db = settings.db().to_string();
+            reader.command(&[b"SELECT", db.as_bytes()]).await?;
+        }
+        Ok(Some(reader))
+    }
+
+    /// `XREADGROUP GROUP g c COUNT n [BLOCK ms] STREAMS key >`: the new entries, none when the
+    /// block ran out.
+    pub async fn read_group(
+        &mut self,
+        read: &ReadGroup<'_>,
+    ) -> Result<Vec<StreamEntry>, QueueError> {
+        let count = read.count.to_string();
+        let block = read.block.map(|b| b.as_millis().to_string());
+        let mut args: Vec<&[u8]> = vec![
+            b"XREADGROUP",
+            b"GROUP",
+            read.group.as_bytes(),
+            read.consumer.as_bytes(),
+            b"COUNT",
+            count.as_bytes(),
+        ];
+        if let Some(ms) = &block {
+            args.extend([b"BLOCK".as_slice(), ms.as_bytes()]);
+        }
+        args.extend([b"STREAMS".as_slice(), read.key.as_bytes(), b">"]);
+        let (data, reply) = self.command(&args).await?;
+        entries_of(&data, reply)
+    }
+
+    /// Sends one command and reads its whole reply: the reply's bytes and its frame, whose
+    /// ranges index those bytes. An error reply becomes [`QueueError::Reply`].
+    async fn command(&mut self, args: &[&[u8]]) -> Result<(Bytes, Frame), QueueError> {
+        let mut out = Vec::with_capacity(16 + args.iter().map(|a| a.len() + 16).sum::<usize>());
+        out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            out.extend_from_slice(a);
+            out.extend_from_slice(b"\r\n");
+        }
+        self.socket.write_all(&out).await.map_err(io_error)?;
+        loop {
+            let mut pos = 0;
+            match parse(&self.buf, &mut pos)? {
+                Some(frame) => {
+                    let data = self.buf.split_to(pos).freeze();
+                    if let Frame::Error(r) = &frame {
+                        return Err(reply_error(&data[r.clone()]));
+                    }
+                    return Ok((data, frame));
+                }
+                None => {
+                    self.buf.reserve(64 * 1024);
+                    let n = self
+                        .socket
+                        .read_buf(&mut self.buf)
+                        .await
+                        .map_err(io_error)?;
+                    if n == 0 {
+                        return Err(io_error(std::io::ErrorKind::UnexpectedEof.into()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn io_error(e: std::io::Error) -> QueueError {
+    QueueError::Redis(e.into())
+}
+
+/// `-NOGROUP No such key…` → code `NOGROUP`, as redis-rs reports error replies.
+fn reply_error(text: &[u8]) -> QueueError {
+    let text = String::from_utf8_lossy(text);
+    let (code, message) = text.split_once(' ').unwrap_or((&text, ""));
+    QueueError::Reply {
+        code: code.to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// A RESP2 value whose strings are ranges of the bytes it was parsed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Frame {
+    Simple(Range<usize>),
+    Error(Range<usize>),
+    Integer(i64),
+    Bulk(Option<Range<usize>>),
+    Array(Option<Vec<Frame>>),
+}
+
+fn protocol(what: &str) -> QueueError {
+    QueueError::Protocol(what.to_string())
+}
+
+/// Parses one frame starting at `pos`; `Ok(None)` when the bytes end before it does. On
+/// success `pos` is just past it.
+fn parse(buf: &[u8], pos: &mut usize) -> Result<Option<Frame>, QueueError> {
+    let Some(line) = line(buf, *pos) else {
+        return Ok(None);
+    };
+    let (kind, text) = (buf[*pos], (*pos + 1)..line);
+    let after = line + 2;
+    let number = || -> Result<i64, QueueError> {
+        std::str::from_utf8(&buf[text.clone()])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| protocol("a length or integer that is not a number"))
+    };
+    let frame = match kind {
+        b'+' => Frame::Simple(text.clone()),
+        b'-' => Frame::Error(text.clone()),
+        b':' => Frame::Integer(number()?),
+        b'$' => match usize::try_from(number()?) {
+            Err(_) => Frame::Bulk(None),
+            Ok(len) => {
+                let end = after
+                    .checked_add(len)
+                    .ok_or_else(|| protocol("bulk length"))?;
+                if buf.len() < end + 2 {
+                    return Ok(None);
+                }
+                if &buf[end..end + 2] != b"\r\n" {
+                    return Err(protocol("a bulk string not ended by CRLF"));
+                }
+                *pos = end + 2;
+                return Ok(Some(Frame::Bulk(Some(after..end))));
+            }
+        },
+        b'*' => match usize::try_from(number()?) {
+            Err(_) => Frame::Array(None),
+            Ok(len) => {
+                *pos = after;
+                let mut items = Vec::with_capacity(len.min(1024));
+                for _ in 0..len {
+                    match parse(buf, pos)? {
+                        Some(item) => items.push(item),
+                        None => return Ok(None),
+                    }
+                }
+                return Ok(Some(Frame::Array(Some(items))));
+            }
+        },
+        _ => return Err(protocol("an unknown RESP2 type byte")),
+    };
+    *pos = after;
+    Ok(Some(frame))
+}
+
+/// Where the line starting at `from` ends (the index of its CR), if the CRLF was read yet.
+fn line(buf: &[u8], from: usize) -> Option<usize> {
+    let rest = buf.get(from..)?;
+    let mut at = 0;
+    loop {
+        let cr = at + rest.get(at..)?.iter().position(|&b| b == b'\r')?;
+        match rest.get(cr + 1) {
+            Some(b'\n') => return Some(from + cr),
+            Some(_) => at = cr + 1,
+            None => return None,
+        }
+    }
+}
+
+/// `XREADGROUP`'s reply: nil when the block ran out, else `[[key, [[id, [field, value, …]],
+/// …]], …]`.
+fn entries_of(data: &Bytes, reply: Frame) -> Result<Vec<StreamEntry>, QueueError> {
+    let streams = match reply {
+        Frame::Array(None) | Frame::Bulk(None) => return Ok(Vec::new()),
+        Frame::Array(Some(streams)) => streams,
+        _ => return Err(protocol("an XREADGROUP reply that is not an array")),
+    };
+    let mut out = Vec::new();
+    for stream in streams {
+        let Frame::Array(Some(mut key_entries)) = stream else {
+            return Err(protocol(
+                "a stream in an XREADGROUP reply that is not [key, entries]",
+            ));
+        };
+        let Some(Frame::Array(Some(entries))) = key_entries.pop() else {
+            return Err(protocol("no entry list in an XREADGROUP reply"));
+        };
+        out.reserve(entries.len());
+        for entry in entries {
+            out.push(entry_of(data, entry)?);
+        }
+    }
+    Ok(out)
+}
+
+fn entry_of(data: &Bytes, entry: Frame) -> Result<StreamEntry, QueueError> {
+    let bad = || protocol("an entry that is not [id, [field, value, …]]");
+    let Frame::Array(Some(parts)) = entry else {
+        return Err(bad());
+    };
+    let mut parts = parts.into_iter();
+    let id = match parts.next() {
+        Some(Frame::Bulk(Some(r))) => std::str::from_utf8(&data[r])
+            .map_err(|_| bad())?
+            .to_string(),
+        _ => return Err(bad()),
+    };
+    // A deleted entry still pending comes back with nil fields: none here, as reads are of new
+    // entries only, but an empty list is the honest reading of it.
+    let pairs = match parts.next() {
+        Some(Frame::Array(Some(pairs))) => pairs,
+        Some(Frame::Array(None)) | None => Vec::new(),
+        _ => return Err(bad()),
+    };
+    let mut fields = Vec::with_capacity(pairs.len() / 2);
+    let mut it = pairs.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        match (k, v) {
+            (Frame::Bulk(Some(k)), Frame::Bulk(Some(v))) => {
+                fields.push((data.slice(k), data.slice(v)));
+            }
+            _ => return Err(bad()),
+        }
+    }
+    Ok(StreamEntry { id, fields })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REPLY: &[u8] = b"*1\r\n*2\r\n$3\r\nkey\r\n*2\r\n\
+        *2\r\n$3\r\n1-0\r\n*4\r\n$1\r\nv\r\n$1\r\n1\r\n$1\r\ne\r\n$7\r\n{\"a\":1}\r\n\
+        *2\r\n$3\r\n2-0\r\n*2\r\n$1\r\nv\r\n$0\r\n\r\n";
+
+    fn entries(bytes: &[u8]) -> Vec<StreamEntry> {
+        let mut pos = 0;
+        let frame = parse(bytes, &mut pos).unwrap().unwrap();
+        assert_eq!(pos, bytes.len());
+        entries_of(&Bytes::copy_from_slice(bytes), frame).unwrap()
+    }
+
+    #[test]
+    fn reads_entries_with_their_fields() {
+        let got = entries(REPLY);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].id, "1-0");
+        assert_eq!(got[0].field("v"), Some(&b"1"[..]));
+        assert_eq!(got[0].field("e"), Some(&b"{\"a\":1}"[..]));
+        assert_eq!(got[1].id, "2-0");
+        assert_eq!(got[1].field("v"), Some(&b""[..]));
+        assert_eq!(got[1].field("e"), None);
+    }
+
+    #[test]
+    fn a_timed_out_block_is_no_entries() {
+        assert!(entries(b"*-1\r\n").is_empty());
+    }
+
+    /// Every prefix of a reply is incomplete, never an error nor a shorter reply: the reader
+    /// waits for the rest whatever way TCP cuts it.
+    #[test]
+    fn every_cut_of_a_reply_waits_for_the_rest() {
+        for cut in 0..REPLY.len() {
+            let mut pos = 0;
+            assert_eq!(
+                parse(&REPLY[..cut], &mut pos).unwrap(),
+                None,
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn error_replies_keep_their_code() {
+        let mut pos = 0;
+        let frame = parse(b"-NOGROUP No such key\r\n", &mut pos)
+            .unwrap()
+            .unwrap();
+        let Frame::Error(r) = frame else {
+            panic!("{frame:?}")
+        };
+        let e = reply_error(&b"-NOGROUP No such key\r\n"[r]);
+        assert_eq!(e.code(), Some("NOGROUP"));
+    }
+
+    #[test]
+    fn malformed_replies_are_errors() {
+        for bad in [&b"?x\r\n"[..], b"$3\r\nabcd\r\n", b":x1\r\n"] {
+            let mut pos = 0;
+            assert!(
+                parse(bad, &mut pos).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}
