@@ -56,6 +56,13 @@ impl Ingest {
         post_json(&format!("{}/v1/events", self.url), Some(TOKEN), body).await
     }
 
+    /// POSTs a JSON body that must be answered 200 (the test fails otherwise); the answer.
+    pub async fn post_ok(&self, body: &Value) -> Value {
+        let (status, answer) = self.post(body).await;
+        assert_eq!(status, 200, "{answer}");
+        answer
+    }
+
     /// POSTs a body given as JSON text (what a `Value` cannot hold, such as `1e-20000` as
     /// written) to `/v1/events` with the test token; returns status and JSON body.
     pub async fn post_text(&self, body: String) -> (u16, Value) {
@@ -170,7 +177,6 @@ impl Flusher {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-
 }
 
 /// A JSON array of `n` valid events named `name`, each with a fresh event_id.
@@ -239,8 +245,12 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub async fn start(options: PipelineOptions<'_>) -> Pipeline {
-        let redis_url = options.redis_url.map_or_else(shared_redis_url, str::to_string);
-        let admin_url = options.admin_url.map_or_else(shared_admin_url, str::to_string);
+        let redis_url = options
+            .redis_url
+            .map_or_else(shared_redis_url, str::to_string);
+        let admin_url = options
+            .admin_url
+            .map_or_else(shared_admin_url, str::to_string);
         let key = unique("events");
         let db = TestDb::migrated(&admin_url).await;
         let ingest = Ingest::start(&redis_url, &key, options.ingest);

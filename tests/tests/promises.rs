@@ -16,7 +16,7 @@ use uuid::Uuid;
 #[tokio::test]
 async fn ghost_consumer_with_pending_entries_is_kept_and_its_entries_stored() {
     let p = Pipeline::start(PipelineOptions::without_flushers()).await;
-    let Pipeline { ingest, db, key, .. } = &p;
+    let (ingest, db, key) = (&p.ingest, &p.db, &p.key);
     let (status, _) = ingest.post(&batch("ghosted", 50)).await;
     assert_eq!(status, 200);
     let mut r = p.redis().await;
@@ -196,7 +196,7 @@ async fn stopped_with_postgres_unavailable(pg: &PgServer, freeze: bool, flags: &
         ..PipelineOptions::without_flushers()
     })
     .await;
-    let Pipeline { ingest, db, key, .. } = &p;
+    let (ingest, db, key) = (&p.ingest, &p.db, &p.key);
     let args = [&["--batch-size", "500", "--consumer", "stopping"], flags].concat();
     let mut flusher = p.start_flusher(&args, &[]);
     flusher.metrics_url();
@@ -228,11 +228,7 @@ async fn stopped_with_postgres_unavailable(pg: &PgServer, freeze: bool, flags: &
     }
     let status = flusher.proc.terminate();
     assert!(status.success(), "flusher exit: {status:?}");
-    assert_eq!(
-        pending(&mut r, key, "flushers").await,
-        100,
-        "still pending"
-    );
+    assert_eq!(pending(&mut r, key, "flushers").await, 100, "still pending");
     assert_eq!(xlen(&mut r, key).await, 100);
     drop(thaw);
     if !freeze {
@@ -298,18 +294,7 @@ async fn flusher_sigterm_while_postgres_hangs_exits_at_the_shutdown_timeout() {
 async fn scheduled_retention_on_two_flushers_drops_old_chunks_once() {
     let db = TestDb::migrated(&shared_admin_url()).await;
     let client = db.client().await;
-    client
-        .batch_execute(
-            "INSERT INTO events (time, event_id, name, source, received_at)
-             SELECT now() - d * interval '1 day', gen_random_uuid(), 'old', 's', now()
-             FROM generate_series(20, 40, 10) AS d;
-             INSERT INTO events (time, event_id, name, source, received_at)
-             SELECT now() - a, gen_random_uuid(), 'young', 's', now()
-             FROM unnest(ARRAY[interval '10 days' - interval '1 hour', interval '5 days',
-                               interval '0']) AS a",
-        )
-        .await
-        .unwrap();
+    client.batch_execute(OLD_AND_YOUNG_ROWS).await.unwrap();
     let key = unique("events");
     let flags = ["--retention", "10d", "--retention-every-secs", "1"];
     let a = Flusher::start(&shared_redis_url(), &db.url, &key, &flags, &[]);
@@ -347,12 +332,28 @@ async fn scheduled_retention_on_two_flushers_drops_old_chunks_once() {
         (!names.iter().any(|n| n == "late-old")).then_some(())
     })
     .await;
+    // The pass logs its count just after its drop commits: wait for the line.
+    wait_for("the later pass to log its drop", LONG, || async {
+        (chunks_dropped(&a, &b).len() >= 2).then_some(())
+    })
+    .await;
     assert_eq!(
         chunks_dropped(&a, &b),
         vec![1, 3],
         "the first pass dropped 3 chunks, a later one 1"
     );
 }
+
+/// Three rows 20, 30 and 40 days old (each in a chunk of its own) and three younger than 10
+/// days, the oldest of them an hour short of it.
+const OLD_AND_YOUNG_ROWS: &str = "
+    INSERT INTO events (time, event_id, name, source, received_at)
+    SELECT now() - d * interval '1 day', gen_random_uuid(), 'old', 's', now()
+    FROM generate_series(20, 40, 10) AS d;
+    INSERT INTO events (time, event_id, name, source, received_at)
+    SELECT now() - a, gen_random_uuid(), 'young', 's', now()
+    FROM unnest(ARRAY[interval '10 days' - interval '1 hour', interval '5 days',
+                      interval '0']) AS a";
 
 /// The chunks each retention pass of a flusher dropped, from its log (`retention: dropped N
 /// …`, logged by every pass; no metric counts them).

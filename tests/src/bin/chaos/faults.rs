@@ -327,7 +327,6 @@ async fn entries_upto(url: &str, key: &str, last: &str) -> u64 {
     ids.len() as u64
 }
 
-
 /// Redis out of memory under load: maxmemory lowered to 1 byte, far below what Redis holds even
 /// empty, so the flushers' draining cannot end it (a limit just under the use did, in a CI run:
 /// the flushers freed memory faster than ingest-api looked); a direct write is refused with OOM,
@@ -386,7 +385,6 @@ fn node_shard_len(cluster: &RedisCluster, node: usize, key: &str) -> u64 {
         })
         .sum()
 }
-
 
 fn rand_seed() -> u64 {
     let seed = std::env::var("CHAOS_SEED")

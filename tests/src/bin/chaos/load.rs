@@ -51,11 +51,7 @@ impl Load {
     /// One client: `count` events numbered from `first`, in batches of `--batch`, paced so
     /// that they take `--seconds`.
     fn client(&self, url: String, first: usize, count: usize, opts: &Opts) -> JoinHandle<()> {
-        let (sent, acked, retries) = (
-            self.sent.clone(),
-            self.acked.clone(),
-            self.retries.clone(),
-        );
+        let (sent, acked, retries) = (self.sent.clone(), self.acked.clone(), self.retries.clone());
         let batch = opts.batch;
         let batches = count.div_ceil(batch) as u32;
         let pace = Duration::from_secs(opts.seconds) / batches.max(1);

@@ -204,4 +204,3 @@ fn parse_args() -> Opts {
     }
     o
 }
-

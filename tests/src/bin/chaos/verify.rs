@@ -74,7 +74,11 @@ pub async fn check(db: &TestDb, sent: &Sent) -> Outcome {
         stored: stored.len() - probe_rows,
         lost: sent.acked.difference(&stored_set).count(),
         duplicated: stored.len() - stored_set.len(),
-        unexpected: stored_set.iter().filter(|id| !sent.sent.contains(id)).count() - probe_rows,
+        unexpected: stored_set
+            .iter()
+            .filter(|id| !sent.sent.contains(id))
+            .count()
+            - probe_rows,
         probe_rows,
     }
 }

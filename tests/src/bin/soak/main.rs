@@ -78,7 +78,13 @@ impl Rig {
     }
 
     fn flusher(redis: &RedisServer, db: &TestDb) -> Flusher {
-        Flusher::start(&redis.url(), &db.url, KEY, &["--claim-idle-ms", "5000"], &[])
+        Flusher::start(
+            &redis.url(),
+            &db.url,
+            KEY,
+            &["--claim-idle-ms", "5000"],
+            &[],
+        )
     }
 
     /// Flusher B SIGKILLed and a new one started in its place.
@@ -111,4 +117,3 @@ fn parse_args() -> Duration {
     }
     total
 }
-
