@@ -261,16 +261,15 @@ fn trickle(addr: &str, header: &str) -> (bool, usize) {
 /// After the whole catalogue a valid batch still lands in the database.
 #[tokio::test]
 async fn a_valid_batch_lands_after_abuse() {
-    let key = unique("events");
-    let db = TestDb::migrated(&shared_admin_url()).await;
-    let ingest = Ingest::start(&shared_redis_url(), &key, &[]);
+    let p = Pipeline::start(PipelineOptions::without_flushers()).await;
+    let (ingest, db) = (&p.ingest, &p.db);
     for body in ["{", "[]", "{\"events\":{}}", "null"] {
         let (status, _) = send(&ingest.url, body.as_bytes().to_vec(), None).await;
         assert_eq!(status, 400, "{body}");
     }
     let (status, _) = send(&ingest.url, b"\x1f\x8b\x08garbage".to_vec(), Some("gzip")).await;
     assert_eq!(status, 400);
-    let _flusher = Flusher::start(&shared_redis_url(), &db.url, &key, &[], &[]);
+    let _flusher = p.start_flusher(&[], &[]);
     let (status, _) = ingest.post(&json!([event("landed", 0)])).await;
     assert_eq!(status, 200);
     wait_for("the row", Duration::from_secs(60), || async {
