@@ -518,7 +518,7 @@ async fn redis_frozen_then_thawed_everything_flows() {
     // The fault happened: the frozen MULTI ran on SIGCONT, so the retried batch's 10 events
     // were queued twice, the flusher wrote 10 more than ingest-api accepted, and the second
     // copies went through the de-duplication path.
-    assert_eq!(accepted_by(&ingest).await, accepted as f64);
+    assert_eq!(accepted_by(ingest).await, accepted as f64);
     assert_eq!(written_by(&[flusher]).await, (accepted + 10) as f64);
     assert!(dedup_batches(flusher).await > 0.0, "the de-dup path ran");
 }

@@ -60,7 +60,7 @@ fn contract_event(n: usize, expected: &mut Vec<(Uuid, usize, Value)>) -> Value {
         // +02:00 on every event: stored as UTC, two hours earlier.
         "timestamp": format!("2026-01-02T{:02}:{:02}:{:02}.123456+02:00", 10 + n / 3600, (n / 60) % 60, n % 60),
         "device_id": format!("dev-{n}"),
-        "session_id": if n % 2 == 0 { Value::Null } else { json!("sess") },
+        "session_id": if n.is_multiple_of(2) { Value::Null } else { json!("sess") },
         "user_id": format!("user-{}", n % 3),
         "properties": props,
     })
@@ -88,7 +88,7 @@ async fn assert_row_as_contract_says(
     assert_eq!(row.get::<_, String>(1), format!("event_{}", n % 5));
     assert_eq!(row.get::<_, String>(2), SOURCE);
     assert_eq!(row.get::<_, Option<String>>(3), Some(format!("dev-{n}")));
-    let session = (n % 2 == 1).then(|| "sess".to_string());
+    let session = (!n.is_multiple_of(2)).then(|| "sess".to_string());
     assert_eq!(row.get::<_, Option<String>>(4), session);
     assert_eq!(
         row.get::<_, Option<String>>(5),

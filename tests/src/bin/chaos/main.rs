@@ -13,7 +13,6 @@
 //! With `--cluster` the queue is a local 3-master Redis Cluster with 8 shards and two ingest-api
 //! processes share the clients; instead of the whole Redis, the cluster node holding the most
 //! shards is SIGKILLed and restarted while the load goes on.
-
 //!
 //! The run reads as its steps: [`Rig::start`] starts the processes, [`load`] sends the events,
 //! [`faults`] injects every fault while the load goes on, [`verify`] drains the pipeline and

@@ -7,7 +7,6 @@
 //! ingest-api and flusher A; at the end `acked=… stored=… lost=… duplicated=…`. Fails on any
 //! loss or duplicate, and (runs of 3 minutes or more) if the RSS or the descriptors of either
 //! grew more than 20 % between minute 2 and the end.
-
 //!
 //! The run reads as its steps: [`Rig::start`] starts the processes, [`load`] measures the drain
 //! rate and then paces the load, [`watch`] samples footprints and kills flusher B while it runs,
