@@ -56,6 +56,13 @@ impl Ingest {
         post_json(&format!("{}/v1/events", self.url), Some(TOKEN), body).await
     }
 
+    /// POSTs a JSON body that must be answered 200 (the test fails otherwise); the answer.
+    pub async fn post_ok(&self, body: &Value) -> Value {
+        let (status, answer) = self.post(body).await;
+        assert_eq!(status, 200, "{answer}");
+        answer
+    }
+
     /// POSTs a body given as JSON text (what a `Value` cannot hold, such as `1e-20000` as
     /// written) to `/v1/events` with the test token; returns status and JSON body.
     pub async fn post_text(&self, body: String) -> (u16, Value) {
@@ -170,24 +177,6 @@ impl Flusher {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-
-    /// A counter from the flusher's last summary line (`written=…`, `dedup_batches=…`).
-    pub fn last_count(&self, name: &str) -> Option<u64> {
-        last_count(&self.proc.log_text(), name)
-    }
-}
-
-/// A counter from the last summary line of a flusher log.
-pub fn last_count(log: &str, name: &str) -> Option<u64> {
-    let key = format!("{name}=");
-    log.lines()
-        .rev()
-        .filter(|l| l.contains("written=") && l.contains("dedup_batches="))
-        .find_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix(&key))
-                .and_then(|v| v.parse().ok())
-        })
 }
 
 /// A JSON array of `n` valid events named `name`, each with a fresh event_id.
@@ -207,13 +196,17 @@ pub fn event(name: &str, i: usize) -> Value {
 }
 
 /// What [`Pipeline::start`] starts: extra flags for ingest-api and for every flusher, extra
-/// environment variables for the flushers, and how many flushers (one by default).
+/// environment variables for the flushers, and how many flushers (one by default; 0 for a test
+/// that starts its own later with [`Pipeline::start_flusher`]). `redis_url` and `admin_url`
+/// put the pipeline on a test's own Redis or PostgreSQL instead of the shared ones.
 #[derive(Clone, Copy)]
 pub struct PipelineOptions<'a> {
     pub ingest: &'a [&'a str],
     pub flusher: &'a [&'a str],
     pub flusher_env: &'a [(&'a str, &'a str)],
     pub flushers: usize,
+    pub redis_url: Option<&'a str>,
+    pub admin_url: Option<&'a str>,
 }
 
 impl Default for PipelineOptions<'_> {
@@ -223,6 +216,18 @@ impl Default for PipelineOptions<'_> {
             flusher: &[],
             flusher_env: &[],
             flushers: 1,
+            redis_url: None,
+            admin_url: None,
+        }
+    }
+}
+
+impl PipelineOptions<'_> {
+    /// The defaults without a flusher: the test starts its own with [`Pipeline::start_flusher`].
+    pub fn without_flushers() -> Self {
+        PipelineOptions {
+            flushers: 0,
+            ..Default::default()
         }
     }
 }
@@ -240,28 +245,36 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub async fn start(options: PipelineOptions<'_>) -> Pipeline {
-        let redis_url = shared_redis_url();
+        let redis_url = options
+            .redis_url
+            .map_or_else(shared_redis_url, str::to_string);
+        let admin_url = options
+            .admin_url
+            .map_or_else(shared_admin_url, str::to_string);
         let key = unique("events");
-        let db = TestDb::migrated(&shared_admin_url()).await;
+        let db = TestDb::migrated(&admin_url).await;
         let ingest = Ingest::start(&redis_url, &key, options.ingest);
-        let flushers = (0..options.flushers)
-            .map(|_| {
-                Flusher::start(
-                    &redis_url,
-                    &db.url,
-                    &key,
-                    options.flusher,
-                    options.flusher_env,
-                )
-            })
-            .collect();
-        Pipeline {
-            flushers,
+        let mut pipeline = Pipeline {
+            flushers: Vec::new(),
             ingest,
             db,
             key,
             redis_url,
-        }
+        };
+        pipeline.flushers = (0..options.flushers)
+            .map(|_| pipeline.start_flusher(options.flusher, options.flusher_env))
+            .collect();
+        pipeline
+    }
+
+    /// One more flusher on this pipeline's queue and database (not kept in `flushers`).
+    pub fn start_flusher(&self, extra: &[&str], env: &[(&str, &str)]) -> Flusher {
+        Flusher::start(&self.redis_url, &self.db.url, &self.key, extra, env)
+    }
+
+    /// A Redis connection to this pipeline's queue, for checks.
+    pub async fn redis(&self) -> MultiplexedConnection {
+        redis_conn(&self.redis_url).await
     }
 }
 

@@ -235,6 +235,34 @@ pub async fn dedup_batches(flusher: &Flusher) -> f64 {
     .expect("the flusher exports batches_written_total{path=\"dedup\"}")
 }
 
+/// Batches a flusher wrote, by either path (`batches_written_total`, copy and dedup).
+pub async fn batches_written(flusher: &Flusher) -> f64 {
+    let page = scrape(&flusher.metrics_url()).await;
+    let path = |p: &str| {
+        labelled_in(
+            &page,
+            "eventtracker_flusher_batches_written_total",
+            &format!("path=\"{p}\""),
+        )
+        .unwrap_or_else(|| panic!("the flusher exports batches_written_total{{path=\"{p}\"}}"))
+    };
+    path("copy") + path("dedup")
+}
+
+/// Entries a flusher moved to the dead-letter stream (`dead_lettered_total`).
+pub async fn dead_lettered_by(flusher: &Flusher) -> f64 {
+    flusher_count(flusher, "dead_lettered").await
+}
+
+/// The counter `eventtracker_flusher_{name}_total` of a running flusher (`postgres_errors`,
+/// `redis_errors`, `claimed`…); fails the test when the flusher does not export it.
+pub async fn flusher_count(flusher: &Flusher, name: &str) -> f64 {
+    let full = format!("eventtracker_flusher_{name}_total");
+    metric(&flusher.metrics_url(), &full)
+        .await
+        .unwrap_or_else(|| panic!("the flusher exports {full}"))
+}
+
 /// `eventtracker_ingest_events_accepted_total` of a running ingest-api (required).
 pub async fn accepted_by(ingest: &Ingest) -> f64 {
     metric(&ingest.url, "eventtracker_ingest_events_accepted_total")

@@ -26,14 +26,12 @@ async fn copy_batches(flusher: &Flusher) -> f64 {
 #[tokio::test]
 async fn a_backlog_of_five_reads_is_one_copy() {
     for (flags, copies) in [(&[][..], 1.0), (&["--max-copy-rows", "100"][..], 5.0)] {
-        let db = TestDb::migrated(&shared_admin_url()).await;
-        let key = unique("events");
-        let ingest = Ingest::start(&shared_redis_url(), &key, &[]);
-        backlog(&ingest, "backlog").await;
-        let flusher = Flusher::start(&shared_redis_url(), &db.url, &key, flags, &[]);
+        let p = Pipeline::start(PipelineOptions::without_flushers()).await;
+        let db = &p.db;
+        backlog(&p.ingest, "backlog").await;
+        let flusher = p.start_flusher(flags, &[]);
         db.wait_rows(500).await;
-        let conn = redis_conn(&shared_redis_url()).await;
-        wait_stream_empty(&conn, &key).await;
+        wait_stream_empty(&p.redis().await, &p.key).await;
         assert_eq!(copy_batches(&flusher).await, copies, "{flags:?}");
         assert_eq!(db.rows_and_distinct().await, (500, 500));
     }
@@ -41,7 +39,8 @@ async fn a_backlog_of_five_reads_is_one_copy() {
 
 #[tokio::test]
 async fn a_bad_row_and_a_duplicate_in_a_copy_of_several_reads() {
-    let db = TestDb::migrated(&shared_admin_url()).await;
+    let p = Pipeline::start(PipelineOptions::without_flushers()).await;
+    let (ingest, db, key) = (&p.ingest, &p.db, &p.key);
     let client = db.client().await;
     client
         .batch_execute(
@@ -55,9 +54,7 @@ async fn a_bad_row_and_a_duplicate_in_a_copy_of_several_reads() {
         )
         .await
         .unwrap();
-    let key = unique("events");
-    let ingest = Ingest::start(&shared_redis_url(), &key, &[]);
-    backlog(&ingest, "many").await;
+    backlog(ingest, "many").await;
     // A sixth read's worth, with a bad row and a row stored already.
     let mut tail: Vec<Value> = (0..100).map(|i| event("many", i)).collect();
     tail[42]["name"] = json!("bad");
@@ -73,13 +70,13 @@ async fn a_bad_row_and_a_duplicate_in_a_copy_of_several_reads() {
         )
         .await
         .unwrap();
-    let flusher = Flusher::start(&shared_redis_url(), &db.url, &key, &[], &[]);
-    let mut conn = redis_conn(&shared_redis_url()).await;
-    wait_stream_empty(&conn, &key).await;
+    let flusher = p.start_flusher(&[], &[]);
+    let mut conn = p.redis().await;
+    wait_stream_empty(&conn, key).await;
     // 600 queued, one refused, one stored before: 599 rows, each once.
     assert_eq!(db.rows_and_distinct().await, (599, 599));
     assert_eq!(xlen(&mut conn, &format!("{key}:dead")).await, 1);
-    assert_eq!(pending(&mut conn, &key, "flushers").await, 0);
+    assert_eq!(pending(&mut conn, key, "flushers").await, 0);
     let page = scrape(&flusher.metrics_url()).await;
     let dedup = labelled_in(
         &page,

@@ -424,9 +424,8 @@ fn escaping_paths(path: &str, text: &str) -> Vec<String> {
     out
 }
 
-/// (b) No file of the repository (tracked, or new and not ignored) names documentation outside it.
-#[test]
-fn no_file_names_a_path_outside_the_repository() {
+/// The repository's files: tracked, or new and not ignored (`git ls-files`).
+fn repository_files() -> BTreeSet<String> {
     let out = Command::new("git")
         .args([
             "ls-files",
@@ -439,12 +438,18 @@ fn no_file_names_a_path_outside_the_repository() {
         .output()
         .expect("git");
     assert!(out.status.success(), "git ls-files");
-    let files: BTreeSet<String> = String::from_utf8(out.stdout)
+    String::from_utf8(out.stdout)
         .unwrap()
         .split('\0')
         .filter(|f| !f.is_empty())
         .map(str::to_string)
-        .collect();
+        .collect()
+}
+
+/// (b) No file of the repository (tracked, or new and not ignored) names documentation outside it.
+#[test]
+fn no_file_names_a_path_outside_the_repository() {
+    let files = repository_files();
     assert!(files.len() > 50, "{files:?}");
     // The one file skipped is this test itself, by its whole path.
     assert!(

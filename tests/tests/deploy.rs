@@ -64,10 +64,8 @@ async fn dashboard_metrics_exist() {
     let from_alerts = metric_names(&alerts);
     assert!(from_alerts.len() >= 8, "{from_alerts:?}");
 
-    let db = TestDb::migrated(&shared_admin_url()).await;
-    let key = unique("events");
-    let ingest = Ingest::start(&shared_redis_url(), &key, &[]);
-    let flusher = Flusher::start(&shared_redis_url(), &db.url, &key, &[], &[]);
+    let p = Pipeline::start(PipelineOptions::default()).await;
+    let (ingest, db, flusher) = (&p.ingest, &p.db, &p.flushers[0]);
     let (status, _) = ingest.post(&json!([event("d", 0), {"name": 1}])).await;
     assert_eq!(status, 200);
     db.wait_rows(1).await;

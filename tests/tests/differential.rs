@@ -91,10 +91,8 @@ fn properties() -> impl Strategy<Value = String> {
 
 #[tokio::test]
 async fn whatever_ingest_accepts_postgresql_stores_equal_as_jsonb() {
-    let db = TestDb::migrated(&shared_admin_url()).await;
-    let key = unique("events");
-    let ingest = Ingest::start(&shared_redis_url(), &key, &[]);
-    let _flusher = Flusher::start(&shared_redis_url(), &db.url, &key, &[], &[]);
+    let p = Pipeline::start(PipelineOptions::default()).await;
+    let (ingest, db, key) = (&p.ingest, &p.db, &p.key);
     let mut runner = TestRunner::new(Config::with_cases(300));
     let name = prop_oneof![
         "[a-zA-Z0-9_.]{1,20}".prop_map(|n| format!("\"{n}\"")),
@@ -132,8 +130,8 @@ async fn whatever_ingest_accepts_postgresql_stores_equal_as_jsonb() {
         "{unparsable} generated bodies were not JSON"
     );
     db.wait_rows(accepted.len() as i64).await;
-    let mut conn = redis_conn(&shared_redis_url()).await;
-    wait_stream_empty(&conn, &key).await;
+    let mut conn = p.redis().await;
+    wait_stream_empty(&conn, key).await;
     assert_eq!(xlen(&mut conn, &format!("{key}:dead")).await, 0);
     let client = db.client().await;
     for (id, props) in &accepted {

@@ -18,52 +18,24 @@ const MIB: u64 = 1024 * 1024;
 #[tokio::test]
 async fn a_full_redis_drains_by_itself_and_ingest_answers_again() {
     let redis = RedisServer::start();
-    let db = TestDb::migrated(&shared_admin_url()).await;
-    let key = unique("events");
-    let ingest = Ingest::start(&redis.url(), &key, &[]);
+    let p = Pipeline::start(PipelineOptions {
+        redis_url: Some(&redis.url()),
+        ..PipelineOptions::without_flushers()
+    })
+    .await;
+    let (ingest, db, key) = (&p.ingest, &p.db, &p.key);
     // A flusher ran once: the consumer group and the recorded shard count exist.
-    let mut first = Flusher::start(&redis.url(), &db.url, &key, &[], &[]);
+    let mut first = p.start_flusher(&[], &[]);
     assert_eq!(ingest.post(&batch("warm", 10)).await.0, 200);
     db.wait_rows(10).await;
     first.proc.signal("TERM");
     assert!(first.proc.wait_exit(LONG).success());
 
     // The backlog of an outage: 2,000 events of ~1 KiB and one entry no flusher can decode.
-    let mut conn = redis_conn(&redis.url()).await;
-    let _: String = redis::cmd("XADD")
-        .arg(&key)
-        .arg("*")
-        .arg("v")
-        .arg("1")
-        .arg("e")
-        .arg("not an event")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    for round in 0..20 {
-        let events: Vec<Value> = (0..100)
-            .map(|i| {
-                let mut e = event("backlog", round * 100 + i);
-                e["properties"]["pad"] = json!("p".repeat(1000));
-                e
-            })
-            .collect();
-        assert_eq!(ingest.post(&json!(events)).await.0, 200);
-    }
-    assert_eq!(xlen(&mut conn, &key).await, 2001);
-
-    // Redis is full: maxmemory below what it holds, and a plain write is refused.
-    let used = redis_memory(redis.port, "used_memory");
-    let max = used * 95 / 100;
-    assert_eq!(
-        redis_cli_out(
-            redis.port,
-            &["CONFIG", "SET", "maxmemory", &max.to_string()]
-        ),
-        "OK"
-    );
-    let refused = redis_cli_out(redis.port, &["XADD", "probe", "*", "f", "v"]);
-    assert!(refused.contains("OOM"), "Redis is not full: {refused}");
+    let mut conn = p.redis().await;
+    queue_an_outage_backlog(&mut conn, ingest, key).await;
+    assert_eq!(xlen(&mut conn, key).await, 2001);
+    fill_redis(&redis);
 
     // ingest-api says queue_full (its own limit, 0.9 of maxmemory) and shows the ratio.
     wait_for("ingest to answer 503 queue_full", LONG, || async {
@@ -77,12 +49,12 @@ async fn a_full_redis_drains_by_itself_and_ingest_answers_again() {
     assert!(ratio > 0.9, "ratio {ratio}");
 
     // A flusher started against the full Redis drains everything.
-    let flusher = Flusher::start(&redis.url(), &db.url, &key, &[], &[]);
+    let flusher = p.start_flusher(&[], &[]);
     db.wait_rows(2010).await;
-    wait_stream_empty(&conn, &key).await;
+    wait_stream_empty(&conn, key).await;
     assert_eq!(xlen(&mut conn, &format!("{key}:dead")).await, 1);
     assert_eq!(db.rows_and_distinct().await, (2010, 2010));
-    assert_eq!(pending(&mut conn, &key, "flushers").await, 0);
+    assert_eq!(pending(&mut conn, key, "flushers").await, 0);
     let flusher_ratio = metric(&flusher.metrics_url(), "eventtracker_redis_memory_ratio")
         .await
         .expect("the flusher exports eventtracker_redis_memory_ratio");
@@ -94,6 +66,45 @@ async fn a_full_redis_drains_by_itself_and_ingest_answers_again() {
     })
     .await;
     db.wait_rows(2015).await;
+}
+
+/// An outage's backlog: one entry no flusher can decode, then 2,000 events of ~1 KiB.
+async fn queue_an_outage_backlog(conn: &mut MultiplexedConnection, ingest: &Ingest, key: &str) {
+    let _: String = redis::cmd("XADD")
+        .arg(key)
+        .arg("*")
+        .arg("v")
+        .arg("1")
+        .arg("e")
+        .arg("not an event")
+        .query_async(conn)
+        .await
+        .unwrap();
+    for round in 0..20 {
+        let events: Vec<Value> = (0..100)
+            .map(|i| {
+                let mut e = event("backlog", round * 100 + i);
+                e["properties"]["pad"] = json!("p".repeat(1000));
+                e
+            })
+            .collect();
+        assert_eq!(ingest.post(&json!(events)).await.0, 200);
+    }
+}
+
+/// Redis full: maxmemory set below what it holds, and a plain write is refused with OOM.
+fn fill_redis(redis: &RedisServer) {
+    let used = redis_memory(redis.port, "used_memory");
+    let max = used * 95 / 100;
+    assert_eq!(
+        redis_cli_out(
+            redis.port,
+            &["CONFIG", "SET", "maxmemory", &max.to_string()]
+        ),
+        "OK"
+    );
+    let refused = redis_cli_out(redis.port, &["XADD", "probe", "*", "f", "v"]);
+    assert!(refused.contains("OOM"), "Redis is not full: {refused}");
 }
 
 /// Body shapes that are tiny gzipped and inflate into millions of array elements. Each is
@@ -112,41 +123,9 @@ async fn amplifying_bodies_are_refused_within_the_byte_budget() {
     }
     let deep = format!("{}0{}", "[".repeat(100), "]".repeat(100));
     let shapes = ["0", "{}", "[]", "null", deep.as_str()];
-    let bodies: Vec<Vec<u8>> = shapes
-        .iter()
-        .map(|shape| {
-            let target = 10 * MIB as usize - 64;
-            let mut text = String::with_capacity(target + 64);
-            text.push_str("{\"events\":[");
-            text.push_str(shape);
-            while text.len() + shape.len() + 3 < target {
-                text.push(',');
-                text.push_str(shape);
-            }
-            text.push_str("]}");
-            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-            gz.write_all(text.as_bytes()).unwrap();
-            gz.finish().unwrap()
-        })
-        .collect();
-    let sends = (0..32).map(|i| {
-        let body = bodies[i % bodies.len()].clone();
-        let url = format!("{}/v1/events", ingest.url);
-        async move {
-            let res = http()
-                .post(url)
-                .header("Authorization", format!("Bearer {TOKEN}"))
-                .header("Content-Type", "application/json")
-                .header("Content-Encoding", "gzip")
-                .body(body)
-                .send()
-                .await
-                .expect("a response");
-            let status = res.status().as_u16();
-            let body: Value = res.json().await.unwrap_or(Value::Null);
-            (status, body["error"].as_str().unwrap_or("").to_string())
-        }
-    });
+    let bodies: Vec<Vec<u8>> = shapes.iter().map(|s| amplifying_body(s)).collect();
+    let url = format!("{}/v1/events", ingest.url);
+    let sends = (0..32).map(|i| post_gzipped(&url, bodies[i % bodies.len()].clone()));
     let answers = futures_util::future::join_all(sends).await;
     let too_large = answers.iter().filter(|a| a.0 == 413).count();
     for (status, error) in &answers {
@@ -168,6 +147,38 @@ async fn amplifying_bodies_are_refused_within_the_byte_budget() {
         peak as f64 / MIB as f64
     );
     assert_eq!(ingest.post(&batch("still-up", 1)).await.0, 200);
+}
+
+/// `{"events":[shape,shape,…]}` of nearly 10 MiB, gzipped (a few KiB).
+fn amplifying_body(shape: &str) -> Vec<u8> {
+    let target = 10 * MIB as usize - 64;
+    let mut text = String::with_capacity(target + 64);
+    text.push_str("{\"events\":[");
+    text.push_str(shape);
+    while text.len() + shape.len() + 3 < target {
+        text.push(',');
+        text.push_str(shape);
+    }
+    text.push_str("]}");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(text.as_bytes()).unwrap();
+    gz.finish().unwrap()
+}
+
+/// POSTs a gzipped body with the test token; the status and the error code.
+async fn post_gzipped(url: &str, body: Vec<u8>) -> (u16, String) {
+    let res = http()
+        .post(url)
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .header("Content-Type", "application/json")
+        .header("Content-Encoding", "gzip")
+        .body(body)
+        .send()
+        .await
+        .expect("a response");
+    let status = res.status().as_u16();
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    (status, body["error"].as_str().unwrap_or("").to_string())
 }
 
 /// Numbers that parse as an f64 but that PostgreSQL's jsonb refuses (22003) are rejected per
@@ -347,36 +358,17 @@ async fn try_flag(binary: &str, flag: &str, value: &str) {
 #[tokio::test]
 async fn a_silent_postgresql_times_out_and_nothing_is_lost() {
     let pg = PgServer::start();
-    let db = TestDb::migrated(&pg.admin_url()).await;
-    let key = unique("events");
-    let ingest = Ingest::start(&shared_redis_url(), &key, &[]);
-    let flusher = Flusher::start(
-        &shared_redis_url(),
-        &db.url,
-        &key,
-        &["--claim-idle-ms", "4000", "--pg-timeout-ms", "1000"],
-        &[],
-    );
+    let p = Pipeline::start(PipelineOptions {
+        admin_url: Some(&pg.admin_url()),
+        flusher: &["--claim-idle-ms", "4000", "--pg-timeout-ms", "1000"],
+        ..Default::default()
+    })
+    .await;
+    let (ingest, db, key) = (&p.ingest, &p.db, &p.key);
+    let flusher = &p.flushers[0];
     let metrics = flusher.metrics_url();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = {
-        let (url, stop) = (ingest.url.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut accepted = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let (status, body) = post_json(
-                    &format!("{url}/v1/events"),
-                    Some(TOKEN),
-                    &batch("frozen-pg", 20),
-                )
-                .await;
-                assert_eq!(status, 200, "{body}");
-                accepted += body["accepted"].as_u64().unwrap();
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            accepted
-        })
-    };
+    let load = tokio::spawn(steady_load(ingest.url.clone(), stop.clone()));
     db.wait_rows(100).await;
     let errors_before = metric(&metrics, "eventtracker_flusher_postgres_errors_total")
         .await
@@ -401,10 +393,28 @@ async fn a_silent_postgresql_times_out_and_nothing_is_lost() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let accepted = load.await.unwrap() as i64;
     db.wait_rows(accepted).await;
-    let mut conn = redis_conn(&shared_redis_url()).await;
-    wait_stream_empty(&conn, &key).await;
+    let mut conn = p.redis().await;
+    wait_stream_empty(&conn, key).await;
     assert_eq!(db.rows_and_distinct().await, (accepted, accepted));
     assert_eq!(xlen(&mut conn, &format!("{key}:dead")).await, 0);
+}
+
+/// Batches of 20 every 20 ms until `stop`, each of which must be answered 200; the events
+/// accepted.
+async fn steady_load(url: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u64 {
+    let mut accepted = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let (status, body) = post_json(
+            &format!("{url}/v1/events"),
+            Some(TOKEN),
+            &batch("frozen-pg", 20),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        accepted += body["accepted"].as_u64().unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    accepted
 }
 
 /// An operator's trigger refuses one marked event with a custom SQLSTATE. After 3 failures in a
@@ -413,7 +423,8 @@ async fn a_silent_postgresql_times_out_and_nothing_is_lost() {
 /// back): 3 at each of the 7 levels the split takes to reach the row.
 #[tokio::test]
 async fn a_row_refused_with_an_unexpected_sqlstate_is_isolated() {
-    let db = TestDb::migrated(&shared_admin_url()).await;
+    let p = Pipeline::start(PipelineOptions::without_flushers()).await;
+    let (ingest, db, key) = (&p.ingest, &p.db, &p.key);
     db.client()
         .await
         .batch_execute(
@@ -431,19 +442,11 @@ async fn a_row_refused_with_an_unexpected_sqlstate_is_isolated() {
         )
         .await
         .unwrap();
-    let key = unique("events");
-    let ingest = Ingest::start(&shared_redis_url(), &key, &[]);
     let mut events: Vec<Value> = (0..50).map(|i| event("fine", i)).collect();
     events[17]["name"] = json!("poison");
     assert_eq!(ingest.post(&json!(events)).await.0, 200);
-    let _flusher = Flusher::start(
-        &shared_redis_url(),
-        &db.url,
-        &key,
-        &["--backoff-initial-ms", "10"],
-        &[],
-    );
-    let mut conn = redis_conn(&shared_redis_url()).await;
+    let _flusher = p.start_flusher(&["--backoff-initial-ms", "10"], &[]);
+    let mut conn = p.redis().await;
     let dead_key = format!("{key}:dead");
     wait_for("the poison row to be dead-lettered", LONG, || {
         let mut c = conn.clone();
@@ -452,7 +455,7 @@ async fn a_row_refused_with_an_unexpected_sqlstate_is_isolated() {
     })
     .await;
     db.wait_rows(49).await;
-    wait_stream_empty(&conn, &key).await;
+    wait_stream_empty(&conn, key).await;
     let dead: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
         .arg(&dead_key)
         .arg("-")
@@ -480,7 +483,8 @@ async fn a_row_refused_with_an_unexpected_sqlstate_is_isolated() {
 /// bad row: exactly one dead letter, and `requeue --all` puts it back once.
 #[tokio::test]
 async fn a_slow_isolation_dead_letters_once() {
-    let db = TestDb::migrated(&shared_admin_url()).await;
+    let p = Pipeline::start(PipelineOptions::without_flushers()).await;
+    let (ingest, db, key) = (&p.ingest, &p.db, &p.key);
     db.client()
         .await
         .batch_execute(
@@ -497,21 +501,19 @@ async fn a_slow_isolation_dead_letters_once() {
         )
         .await
         .unwrap();
-    let key = unique("events");
-    let ingest = Ingest::start(&shared_redis_url(), &key, &[]);
     let mut events: Vec<Value> = (0..100).map(|i| event("slow", i)).collect();
     events[93]["name"] = json!("bad");
     let flags = ["--claim-idle-ms", "2000", "--pg-timeout-ms", "1900"];
-    let mut a = Flusher::start(&shared_redis_url(), &db.url, &key, &flags, &[]);
-    let mut b = Flusher::start(&shared_redis_url(), &db.url, &key, &flags, &[]);
+    let mut a = p.start_flusher(&flags, &[]);
+    let mut b = p.start_flusher(&flags, &[]);
     a.metrics_url();
     b.metrics_url();
     assert_eq!(ingest.post(&json!(events)).await.0, 200);
     db.wait_rows(99).await;
-    let mut conn = redis_conn(&shared_redis_url()).await;
-    wait_stream_empty(&conn, &key).await;
+    let mut conn = p.redis().await;
+    wait_stream_empty(&conn, key).await;
     let dead_key = format!("{key}:dead");
-    assert_eq!(pending(&mut conn, &key, "flushers").await, 0);
+    assert_eq!(pending(&mut conn, key, "flushers").await, 0);
     // Nothing pending and the stream empty: neither flusher holds an entry it could still
     // dead-letter (the move needs the entry pending with it).
     assert_eq!(xlen(&mut conn, &dead_key).await, 1);
@@ -521,11 +523,11 @@ async fn a_slow_isolation_dead_letters_once() {
     assert!(b.proc.wait_exit(LONG).success());
     let out = Command::new(bin("flusher"))
         .args(["dead-letters", "requeue", "--all"])
-        .args(["--redis-url", &shared_redis_url(), "--stream-key", &key])
+        .args(["--redis-url", &p.redis_url, "--stream-key", key])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(xlen(&mut conn, &key).await, 1);
+    assert_eq!(xlen(&mut conn, key).await, 1);
     assert_eq!(xlen(&mut conn, &dead_key).await, 0);
     assert_eq!(db.rows_and_distinct().await, (99, 99));
 }
@@ -555,21 +557,10 @@ async fn a_noisy_source_is_limited_across_instances_and_others_are_not() {
     let (mut admitted, mut limited, mut quiet_ok) = (0u64, 0u64, 0u64);
     for round in 0..20 {
         for ingest in [&a, &b] {
-            let res = ingest.send(&batch("noisy", 50)).await;
-            match res.status().as_u16() {
-                200 => admitted += 50,
-                429 => {
-                    let retry: u64 = res.headers()["retry-after"]
-                        .to_str()
-                        .unwrap()
-                        .parse()
-                        .unwrap();
-                    assert!((1..=2).contains(&retry), "Retry-After {retry}");
-                    let body: Value = res.json().await.unwrap();
-                    assert_eq!(body["error"], "rate_limited");
-                    limited += 50;
-                }
-                other => panic!("round {round}: status {other}"),
+            if admitted_or_rate_limited(ingest, round).await {
+                admitted += 50;
+            } else {
+                limited += 50;
             }
         }
         let (status, _) = post_json(
@@ -590,12 +581,8 @@ async fn a_noisy_source_is_limited_across_instances_and_others_are_not() {
         "admitted {admitted} in {elapsed:.2}s"
     );
     assert!(limited > 0);
-    let (pa, pb) = (scrape(&a.url).await, scrape(&b.url).await);
-    let sum = |outcome: &str, source: &str| {
-        let labels = format!("source=\"{source}\",outcome=\"{outcome}\"");
-        labelled_in(&pa, "eventtracker_ingest_source_events_total", &labels).unwrap_or(-1.0)
-            + labelled_in(&pb, "eventtracker_ingest_source_events_total", &labels).unwrap_or(-1.0)
-    };
+    let pages = [scrape(&a.url).await, scrape(&b.url).await];
+    let sum = |outcome: &str, source: &str| source_events(&pages, source, outcome);
     assert_eq!(sum("accepted", "test-source"), admitted as f64);
     assert_eq!(sum("rate_limited", "test-source"), limited as f64);
     assert_eq!(sum("accepted", "quiet"), quiet_ok as f64);
@@ -608,6 +595,39 @@ async fn a_noisy_source_is_limited_across_instances_and_others_are_not() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--max-events"));
+}
+
+/// Posts a batch of 50 noisy events: `true` when admitted; `false` when refused whole with 429
+/// rate_limited and a Retry-After of 1 or 2 s; any other answer fails the test.
+async fn admitted_or_rate_limited(ingest: &Ingest, round: usize) -> bool {
+    let res = ingest.send(&batch("noisy", 50)).await;
+    match res.status().as_u16() {
+        200 => true,
+        429 => {
+            let retry: u64 = res.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=2).contains(&retry), "Retry-After {retry}");
+            let body: Value = res.json().await.unwrap();
+            assert_eq!(body["error"], "rate_limited");
+            false
+        }
+        other => panic!("round {round}: status {other}"),
+    }
+}
+
+/// `eventtracker_ingest_source_events_total{source,outcome}` added up over several instances'
+/// pages; a page without the series counts -1 (so the sum cannot match by accident).
+fn source_events(pages: &[String], source: &str, outcome: &str) -> f64 {
+    let labels = format!("source=\"{source}\",outcome=\"{outcome}\"");
+    pages
+        .iter()
+        .map(|page| {
+            labelled_in(page, "eventtracker_ingest_source_events_total", &labels).unwrap_or(-1.0)
+        })
+        .sum()
 }
 
 /// A second flusher on the same host with the default metrics address is told which flag to

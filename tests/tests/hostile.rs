@@ -209,37 +209,7 @@ async fn slow_clients_cannot_hold_a_connection() {
         "POST /v1/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nX-Padding: {}\r\n",
         "p".repeat(40)
     );
-    let mut conn = TcpStream::connect(&addr).unwrap();
-    conn.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let mut sent = 0;
-    let mut closed = false;
-    for b in header.bytes() {
-        if conn.write_all(&[b]).is_err() {
-            closed = true;
-            break;
-        }
-        sent += 1;
-        let mut buf = [0u8; 512];
-        match conn.read(&mut buf) {
-            Ok(0) => {
-                closed = true;
-                break;
-            }
-            Ok(_) => {
-                // A 408 answer, then the close.
-                closed = true;
-                break;
-            }
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut => {}
-            Err(_) => {
-                closed = true;
-                break;
-            }
-        }
-    }
+    let (closed, sent) = trickle(&addr, &header);
     assert!(
         closed && sent < header.len(),
         "the server cut the trickle off after {sent} of {} bytes",
@@ -263,19 +233,43 @@ async fn slow_clients_cannot_hold_a_connection() {
     assert_eq!(status, 200);
 }
 
+/// Sends `header` one byte at a time, each followed by a 200 ms wait for an answer, until the
+/// server answers or closes: whether it did, and how many bytes went before.
+fn trickle(addr: &str, header: &str) -> (bool, usize) {
+    let mut conn = TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut sent = 0;
+    for b in header.bytes() {
+        if conn.write_all(&[b]).is_err() {
+            return (true, sent);
+        }
+        sent += 1;
+        let mut buf = [0u8; 512];
+        match conn.read(&mut buf) {
+            // The close, or a 408 answer and then the close.
+            Ok(_) => return (true, sent),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return (true, sent),
+        }
+    }
+    (false, sent)
+}
+
 /// After the whole catalogue a valid batch still lands in the database.
 #[tokio::test]
 async fn a_valid_batch_lands_after_abuse() {
-    let key = unique("events");
-    let db = TestDb::migrated(&shared_admin_url()).await;
-    let ingest = Ingest::start(&shared_redis_url(), &key, &[]);
+    let p = Pipeline::start(PipelineOptions::without_flushers()).await;
+    let (ingest, db) = (&p.ingest, &p.db);
     for body in ["{", "[]", "{\"events\":{}}", "null"] {
         let (status, _) = send(&ingest.url, body.as_bytes().to_vec(), None).await;
         assert_eq!(status, 400, "{body}");
     }
     let (status, _) = send(&ingest.url, b"\x1f\x8b\x08garbage".to_vec(), Some("gzip")).await;
     assert_eq!(status, 400);
-    let _flusher = Flusher::start(&shared_redis_url(), &db.url, &key, &[], &[]);
+    let _flusher = p.start_flusher(&[], &[]);
     let (status, _) = ingest.post(&json!([event("landed", 0)])).await;
     assert_eq!(status, 200);
     wait_for("the row", Duration::from_secs(60), || async {

@@ -43,10 +43,8 @@ fn promtool_check(metrics: &str) {
 /// and lag rise while no flusher runs and fall to zero when one does.
 #[tokio::test]
 async fn metrics_count_exactly_and_track_backlog() {
-    let redis_url = shared_redis_url();
-    let key = unique("events");
-    let db = TestDb::migrated(&shared_admin_url()).await;
-    let ingest = Ingest::start(&redis_url, &key, &[]);
+    let p = Pipeline::start(PipelineOptions::without_flushers()).await;
+    let ingest = &p.ingest;
     let ts = event_model::timestamp::format_timestamp(time::OffsetDateTime::now_utc());
     for _ in 0..4 {
         // Fresh event_ids each time: a repeat would be de-duplicated, not counted.
@@ -72,66 +70,18 @@ async fn metrics_count_exactly_and_track_backlog() {
         (value(&m, "eventtracker_queue_lag_seconds").unwrap() > lag1 + 0.5).then_some(m)
     })
     .await;
-    assert_eq!(
-        value(&m, "eventtracker_ingest_events_accepted_total"),
-        Some(100.0)
-    );
-    assert_eq!(
-        value(
-            &m,
-            r#"eventtracker_ingest_events_rejected_total{reason="name"}"#
-        ),
-        Some(4.0)
-    );
-    assert_eq!(
-        value(
-            &m,
-            r#"eventtracker_ingest_events_rejected_total{reason="unknown_field"}"#
-        ),
-        Some(4.0)
-    );
-    assert_eq!(
-        value(
-            &m,
-            r#"eventtracker_ingest_events_rejected_total{reason="timestamp"}"#
-        ),
-        Some(4.0)
-    );
-    assert_eq!(
-        value(
-            &m,
-            r#"eventtracker_ingest_requests_total{route="/v1/events",status="200"}"#
-        ),
-        Some(4.0)
-    );
-    assert_eq!(
-        value(
-            &m,
-            r#"eventtracker_ingest_requests_total{route="/v1/events",status="401"}"#
-        ),
-        Some(1.0)
-    );
+    assert_series(&m, INGEST_AFTER_THE_LOAD);
     assert!(!m.contains(TOKEN), "no token in metrics");
     promtool_check(&m);
 
-    let flusher = Flusher::start(&redis_url, &db.url, &key, &[], &[]);
+    let flusher = p.start_flusher(&[], &[]);
     let furl = flusher.metrics_url();
     let fm = wait_for("100 written", Duration::from_secs(60), || async {
         let m = scrape(&furl).await;
         (value(&m, "eventtracker_flusher_events_written_total") == Some(100.0)).then_some(m)
     })
     .await;
-    assert_eq!(
-        value(
-            &fm,
-            r#"eventtracker_flusher_batches_written_total{path="dedup"}"#
-        ),
-        Some(0.0)
-    );
-    assert_eq!(
-        value(&fm, "eventtracker_flusher_dead_lettered_total"),
-        Some(0.0)
-    );
+    assert_series(&fm, FLUSHER_AFTER_THE_LOAD);
     promtool_check(&fm);
     for base in [ingest.url.clone(), furl.clone()] {
         wait_for(
@@ -146,7 +96,49 @@ async fn metrics_count_exactly_and_track_backlog() {
         )
         .await;
     }
-    assert_eq!(db.count().await, 100);
+    assert_eq!(p.db.count().await, 100);
+}
+
+/// ingest-api's counts after the load of [`metrics_count_exactly_and_track_backlog`]: 100
+/// events accepted, 4 rejected for each of three reasons, 4 requests answered 200 and one 401.
+const INGEST_AFTER_THE_LOAD: &[(&str, f64)] = &[
+    ("eventtracker_ingest_events_accepted_total", 100.0),
+    (
+        r#"eventtracker_ingest_events_rejected_total{reason="name"}"#,
+        4.0,
+    ),
+    (
+        r#"eventtracker_ingest_events_rejected_total{reason="unknown_field"}"#,
+        4.0,
+    ),
+    (
+        r#"eventtracker_ingest_events_rejected_total{reason="timestamp"}"#,
+        4.0,
+    ),
+    (
+        r#"eventtracker_ingest_requests_total{route="/v1/events",status="200"}"#,
+        4.0,
+    ),
+    (
+        r#"eventtracker_ingest_requests_total{route="/v1/events",status="401"}"#,
+        1.0,
+    ),
+];
+
+/// The flusher's, once it wrote those 100 events: no de-duplication, no dead letter.
+const FLUSHER_AFTER_THE_LOAD: &[(&str, f64)] = &[
+    (
+        r#"eventtracker_flusher_batches_written_total{path="dedup"}"#,
+        0.0,
+    ),
+    ("eventtracker_flusher_dead_lettered_total", 0.0),
+];
+
+/// Each series (`name{labels}` exactly as rendered) has exactly its value on the page.
+fn assert_series(metrics: &str, want: &[(&str, f64)]) {
+    for (series, v) in want {
+        assert_eq!(value(metrics, series), Some(*v), "{series}");
+    }
 }
 
 /// The flusher's /readyz is 503 while PostgreSQL is stopped and 200 once it is back; /healthz
@@ -181,19 +173,13 @@ async fn flusher_readiness_follows_postgres() {
 /// `--log-format json` writes one JSON object a line.
 #[tokio::test]
 async fn json_logs() {
-    let db = TestDb::migrated(&shared_admin_url()).await;
-    let flusher = Flusher::start(
-        &shared_redis_url(),
-        &db.url,
-        &unique("events"),
-        &["--log-format", "json"],
-        &[],
-    );
-    let ingest = Ingest::start(
-        &shared_redis_url(),
-        &unique("events"),
-        &["--log-format", "json"],
-    );
+    let p = Pipeline::start(PipelineOptions {
+        ingest: &["--log-format", "json"],
+        flusher: &["--log-format", "json"],
+        ..Default::default()
+    })
+    .await;
+    let (flusher, ingest) = (&p.flushers[0], &p.ingest);
     flusher.metrics_url();
     for proc in [&flusher.proc, &ingest.proc] {
         // The start-up lines come a moment after the listening line: wait for them.

@@ -12,44 +12,23 @@ use uuid::Uuid;
 /// afterwards the stream is empty and nothing is pending.
 #[tokio::test]
 async fn a_thousand_events_become_a_thousand_rows() {
-    let Pipeline {
-        flushers: _flushers,
-        ingest,
-        db,
-        key,
-        redis_url,
-    } = Pipeline::start(PipelineOptions::default()).await;
-
-    let sent_at = "2026-01-02T03:04:05.5Z";
+    let p = Pipeline::start(PipelineOptions::default()).await;
     let mut expected = Vec::new();
     for b in 0..10 {
-        let events: Vec<Value> = (0..100)
-            .map(|i| {
-                let n = b * 100 + i;
-                let id = Uuid::new_v4();
-                let props = json!({"n": n, "nested": {"list": [1, "two", null, true]}, "s": "ünï"});
-                expected.push((id, n, props.clone()));
-                json!({
-                    "event_id": id.to_string(),
-                    "name": format!("event_{}", n % 5),
-                    // +02:00 on every event: stored as UTC, two hours earlier.
-                    "timestamp": format!("2026-01-02T{:02}:{:02}:{:02}.123456+02:00", 10 + n / 3600, (n / 60) % 60, n % 60),
-                    "device_id": format!("dev-{n}"),
-                    "session_id": if n % 2 == 0 { Value::Null } else { json!("sess") },
-                    "user_id": format!("user-{}", n % 3),
-                    "properties": props,
-                })
-            })
+        let events: Vec<Value> = (b * 100..b * 100 + 100)
+            .map(|n| contract_event(n, &mut expected))
             .collect();
-        let (status, body) = ingest
+        let sent_at = "2026-01-02T03:04:05.5Z";
+        let (status, body) = p
+            .ingest
             .post(&json!({"sent_at": sent_at, "events": events}))
             .await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body, json!({"accepted": 100, "rejected": []}));
     }
-    db.wait_rows(1000).await;
+    p.db.wait_rows(1000).await;
 
-    let client = db.client().await;
+    let client = p.db.client().await;
     let hyper: bool = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM timescaledb_information.hypertables WHERE hypertable_name = 'events')",
@@ -59,62 +38,81 @@ async fn a_thousand_events_become_a_thousand_rows() {
         .unwrap()
         .get(0);
     assert!(hyper, "events must be a hypertable");
-    assert_eq!(db.count().await, 1000);
-
+    assert_eq!(p.db.count().await, 1000);
     for (id, n, props) in expected.iter().step_by(37) {
-        let row = client
-            .query_one(
-                "SELECT time, name, source, device_id, session_id, user_id, properties = $2::jsonb,
-                        sent_at, received_at
-                 FROM events WHERE event_id = $1",
-                &[id, props],
-            )
-            .await
-            .unwrap();
-        let t: OffsetDateTime = row.get(0);
-        let want = datetime!(2026-01-02 08:00:00.123456 UTC) + time::Duration::seconds(*n as i64);
-        assert_eq!(t, want, "time of event {n} in UTC");
-        assert_eq!(row.get::<_, String>(1), format!("event_{}", n % 5));
-        assert_eq!(row.get::<_, String>(2), SOURCE);
-        assert_eq!(row.get::<_, Option<String>>(3), Some(format!("dev-{n}")));
-        let session = if n % 2 == 0 {
-            None
-        } else {
-            Some("sess".to_string())
-        };
-        assert_eq!(row.get::<_, Option<String>>(4), session);
-        assert_eq!(
-            row.get::<_, Option<String>>(5),
-            Some(format!("user-{}", n % 3))
-        );
-        assert!(
-            row.get::<_, bool>(6),
-            "properties of event {n} equal as jsonb"
-        );
-        let sent: OffsetDateTime = row.get(7);
-        assert_eq!(sent, datetime!(2026-01-02 03:04:05.5 UTC));
-        let received: OffsetDateTime = row.get(8);
-        let age = OffsetDateTime::now_utc() - received;
-        assert!(
-            age > time::Duration::ZERO && age < time::Duration::hours(1),
-            "received_at {received}"
-        );
+        assert_row_as_contract_says(&client, id, *n, props).await;
     }
 
-    let mut r = redis_conn(&redis_url).await;
-    wait_stream_empty(&r, &key).await;
-    assert_eq!(pending(&mut r, &key, "flushers").await, 0);
+    let mut r = p.redis().await;
+    wait_stream_empty(&r, &p.key).await;
+    assert_eq!(pending(&mut r, &p.key, "flushers").await, 0);
+}
+
+/// Event `n` of the contract test, with every field set (a `+02:00` timestamp, a session on odd
+/// events only); its id, number and properties are added to `expected`.
+fn contract_event(n: usize, expected: &mut Vec<(Uuid, usize, Value)>) -> Value {
+    let id = Uuid::new_v4();
+    let props = json!({"n": n, "nested": {"list": [1, "two", null, true]}, "s": "ünï"});
+    expected.push((id, n, props.clone()));
+    json!({
+        "event_id": id.to_string(),
+        "name": format!("event_{}", n % 5),
+        // +02:00 on every event: stored as UTC, two hours earlier.
+        "timestamp": format!("2026-01-02T{:02}:{:02}:{:02}.123456+02:00", 10 + n / 3600, (n / 60) % 60, n % 60),
+        "device_id": format!("dev-{n}"),
+        "session_id": if n.is_multiple_of(2) { Value::Null } else { json!("sess") },
+        "user_id": format!("user-{}", n % 3),
+        "properties": props,
+    })
+}
+
+/// The row of [`contract_event`] `n` has every column as `docs/contract.md` says.
+async fn assert_row_as_contract_says(
+    client: &tokio_postgres::Client,
+    id: &Uuid,
+    n: usize,
+    props: &Value,
+) {
+    let row = client
+        .query_one(
+            "SELECT time, name, source, device_id, session_id, user_id, properties = $2::jsonb,
+                    sent_at, received_at
+             FROM events WHERE event_id = $1",
+            &[id, props],
+        )
+        .await
+        .unwrap();
+    let t: OffsetDateTime = row.get(0);
+    let want = datetime!(2026-01-02 08:00:00.123456 UTC) + time::Duration::seconds(n as i64);
+    assert_eq!(t, want, "time of event {n} in UTC");
+    assert_eq!(row.get::<_, String>(1), format!("event_{}", n % 5));
+    assert_eq!(row.get::<_, String>(2), SOURCE);
+    assert_eq!(row.get::<_, Option<String>>(3), Some(format!("dev-{n}")));
+    let session = (!n.is_multiple_of(2)).then(|| "sess".to_string());
+    assert_eq!(row.get::<_, Option<String>>(4), session);
+    assert_eq!(
+        row.get::<_, Option<String>>(5),
+        Some(format!("user-{}", n % 3))
+    );
+    assert!(
+        row.get::<_, bool>(6),
+        "properties of event {n} equal as jsonb"
+    );
+    let sent: OffsetDateTime = row.get(7);
+    assert_eq!(sent, datetime!(2026-01-02 03:04:05.5 UTC));
+    let received: OffsetDateTime = row.get(8);
+    let age = OffsetDateTime::now_utc() - received;
+    assert!(
+        age > time::Duration::ZERO && age < time::Duration::hours(1),
+        "received_at {received}"
+    );
 }
 
 /// A bare array body and the legacy `/test` path both land rows; server-assigned ids are UUIDv7.
 #[tokio::test]
 async fn bare_array_and_legacy_path() {
-    let Pipeline {
-        flushers: _flushers,
-        ingest,
-        db,
-        ..
-    } = Pipeline::start(PipelineOptions::default()).await;
+    let p = Pipeline::start(PipelineOptions::default()).await;
+    let Pipeline { ingest, db, .. } = &p;
 
     let (status, body) = ingest
         .post(&json!([event("bare", 1), event("bare", 2)]))
@@ -161,68 +159,8 @@ async fn validation_rules_answer_per_event() {
     let ingest = Ingest::start(&redis_url, &key, &[]);
     let now = OffsetDateTime::now_utc();
     let ts = event_model::timestamp::format_timestamp(now);
-    let ahead = event_model::timestamp::format_timestamp(now + time::Duration::days(3));
-    let deep = (0..33).fold(json!(1), |v, _| json!({"a": v}));
     let ok_deep = (0..32).fold(json!(1), |v, _| json!({"a": v}));
-    let bad: Vec<(Value, &str)> = vec![
-        (json!({"timestamp": ts}), "name:"),
-        (json!({"name": "", "timestamp": ts}), "name:"),
-        (json!({"name": "x".repeat(201), "timestamp": ts}), "name:"),
-        (json!({"name": "a\u{0}b", "timestamp": ts}), "name:"),
-        (json!({"name": 5, "timestamp": ts}), "name:"),
-        (json!({"name": "n"}), "timestamp:"),
-        (json!({"name": "n", "timestamp": "yesterday"}), "timestamp:"),
-        (
-            json!({"name": "n", "timestamp": "2026-01-02T03:04:05+25:00"}),
-            "timestamp:",
-        ),
-        (
-            json!({"name": "n", "timestamp": "1999-12-31T23:59:59Z"}),
-            "timestamp:",
-        ),
-        (json!({"name": "n", "timestamp": ahead}), "timestamp:"),
-        (
-            json!({"name": "n", "timestamp": ts, "event_id": "not-a-uuid"}),
-            "event_id:",
-        ),
-        (
-            json!({"name": "n", "timestamp": ts, "device_id": "d".repeat(201)}),
-            "device_id:",
-        ),
-        (
-            json!({"name": "n", "timestamp": ts, "session_id": 7}),
-            "session_id:",
-        ),
-        (
-            json!({"name": "n", "timestamp": ts, "user_id": "u\u{0}"}),
-            "user_id:",
-        ),
-        (
-            json!({"name": "n", "timestamp": ts, "properties": [1]}),
-            "properties:",
-        ),
-        (
-            json!({"name": "n", "timestamp": ts, "properties": deep}),
-            "properties:",
-        ),
-        (
-            json!({"name": "n", "timestamp": ts, "properties": {"k\u{0}": 1}}),
-            "properties:",
-        ),
-        (
-            json!({"name": "n", "timestamp": ts, "properties": {"a": [{"b": "v\u{0}"}]}}),
-            "properties:",
-        ),
-        (
-            json!({"name": "n", "timestamp": ts, "properties": {"big": "x".repeat(33 * 1024)}}),
-            "properties:",
-        ),
-        (
-            json!({"name": "n", "timestamp": ts, "colour": "red"}),
-            "colour:",
-        ),
-        (json!("just a string"), "event:"),
-    ];
+    let bad = invalid_events(now);
     let good = vec![
         json!({"name": "ok", "timestamp": ts}),
         json!({"name": "é".repeat(200), "timestamp": ts, "properties": ok_deep, "event_id": Uuid::new_v4().to_string().to_uppercase(), "device_id": null}),
@@ -258,6 +196,53 @@ async fn validation_rules_answer_per_event() {
     assert_eq!(xlen(&mut r, &key).await, 2, "nothing more queued");
 }
 
+/// One event breaking each validation rule, with the field its error must name.
+fn invalid_events(now: OffsetDateTime) -> Vec<(Value, &'static str)> {
+    let ts = event_model::timestamp::format_timestamp(now);
+    let ahead = event_model::timestamp::format_timestamp(now + time::Duration::days(3));
+    let deep = (0..33).fold(json!(1), |v, _| json!({"a": v}));
+    let with = |field: &str, value: Value| {
+        let mut e = json!({"name": "n", "timestamp": ts});
+        e[field] = value;
+        e
+    };
+    vec![
+        (json!({"timestamp": ts}), "name:"),
+        (json!({"name": "", "timestamp": ts}), "name:"),
+        (json!({"name": "x".repeat(201), "timestamp": ts}), "name:"),
+        (json!({"name": "a\u{0}b", "timestamp": ts}), "name:"),
+        (json!({"name": 5, "timestamp": ts}), "name:"),
+        (json!({"name": "n"}), "timestamp:"),
+        (with("timestamp", json!("yesterday")), "timestamp:"),
+        (
+            with("timestamp", json!("2026-01-02T03:04:05+25:00")),
+            "timestamp:",
+        ),
+        (
+            with("timestamp", json!("1999-12-31T23:59:59Z")),
+            "timestamp:",
+        ),
+        (with("timestamp", json!(ahead)), "timestamp:"),
+        (with("event_id", json!("not-a-uuid")), "event_id:"),
+        (with("device_id", json!("d".repeat(201))), "device_id:"),
+        (with("session_id", json!(7)), "session_id:"),
+        (with("user_id", json!("u\u{0}")), "user_id:"),
+        (with("properties", json!([1])), "properties:"),
+        (with("properties", deep), "properties:"),
+        (with("properties", json!({"k\u{0}": 1})), "properties:"),
+        (
+            with("properties", json!({"a": [{"b": "v\u{0}"}]})),
+            "properties:",
+        ),
+        (
+            with("properties", json!({"big": "x".repeat(33 * 1024)})),
+            "properties:",
+        ),
+        (with("colour", json!("red")), "colour:"),
+        (json!("just a string"), "event:"),
+    ]
+}
+
 /// Body-level errors: each with the status and code of `docs/contract.md`.
 #[tokio::test]
 async fn batch_level_errors() {
@@ -266,14 +251,7 @@ async fn batch_level_errors() {
     let ingest = Ingest::start(&redis_url, &key, &["--max-events", "5"]);
     let url = format!("{}/v1/events", ingest.url);
     let client = http();
-    let raw = |body: &'static str| {
-        client
-            .post(&url)
-            .header("Authorization", format!("Bearer {TOKEN}"))
-            .header("Content-Type", "application/json")
-            .body(body)
-            .send()
-    };
+    let raw = |body: &'static str| authorised_json(&client, &url).body(body).send();
     for (body, status, code) in [
         ("{not json", 400, "invalid_json"),
         ("", 400, "invalid_json"),
@@ -304,36 +282,35 @@ async fn batch_level_errors() {
         );
     }
     // gzip: a valid gzip body is accepted, a broken one is invalid_gzip.
-    let gz = |data: &[u8]| {
-        use std::io::Write;
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        e.write_all(data).unwrap();
-        e.finish().unwrap()
+    let gzipped = gzip(json!([event("gz", 1)]).to_string().as_bytes());
+    let gzip_post = |body: Vec<u8>| {
+        authorised_json(&client, &url)
+            .header("Content-Encoding", "gzip")
+            .body(body)
+            .send()
     };
-    let body = json!([event("gz", 1)]).to_string();
-    let res = client
-        .post(&url)
-        .header("Authorization", format!("Bearer {TOKEN}"))
-        .header("Content-Type", "application/json")
-        .header("Content-Encoding", "gzip")
-        .body(gz(body.as_bytes()))
-        .send()
-        .await
-        .unwrap();
+    let res = gzip_post(gzipped.clone()).await.unwrap();
     assert_eq!(res.status().as_u16(), 200);
-    let mut broken = gz(body.as_bytes());
-    broken.truncate(broken.len() / 2);
-    let res = client
-        .post(&url)
-        .header("Authorization", format!("Bearer {TOKEN}"))
-        .header("Content-Type", "application/json")
-        .header("Content-Encoding", "gzip")
-        .body(broken)
-        .send()
-        .await
-        .unwrap();
+    let broken = gzipped[..gzipped.len() / 2].to_vec();
+    let res = gzip_post(broken).await.unwrap();
     assert_eq!(res.status().as_u16(), 400);
     assert_eq!(res.json::<Value>().await.unwrap()["error"], "invalid_gzip");
+}
+
+/// A POST to `url` with the test token and a JSON content type.
+fn authorised_json(client: &reqwest::Client, url: &str) -> reqwest::RequestBuilder {
+    client
+        .post(url)
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .header("Content-Type", "application/json")
+}
+
+/// `data` gzip-compressed.
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
 }
 
 /// 401 for a missing, wrong or malformed token (with WWW-Authenticate), 415 for a wrong
@@ -346,37 +323,7 @@ async fn auth_and_media_type() {
     let url = format!("{}/v1/events", ingest.url);
     let body = json!([event("auth", 1)]).to_string();
     let client = http();
-    let long = format!("Bearer {}", "x".repeat(10_000));
-    let off_by_one = format!("Bearer {}X", &TOKEN[..TOKEN.len() - 1]);
-    let auth_cases: Vec<Option<&str>> = vec![
-        None,
-        Some(""),
-        Some("Bearer"),
-        Some("Bearer "),
-        Some("Bearer wrong-token"),
-        Some(&off_by_one),
-        Some("Basic dGVzdDp0ZXN0"),
-        Some(TOKEN),
-        Some(&long),
-    ];
-    for auth in auth_cases {
-        let mut req = client
-            .post(&url)
-            .header("Content-Type", "application/json")
-            .body(body.clone());
-        if let Some(a) = auth {
-            req = req.header("Authorization", a);
-        }
-        let res = req.send().await.unwrap();
-        assert_eq!(res.status().as_u16(), 401, "{auth:?}");
-        assert_eq!(
-            res.headers()
-                .get("www-authenticate")
-                .map(|v| v.to_str().unwrap()),
-            Some("Bearer")
-        );
-        assert_eq!(res.json::<Value>().await.unwrap()["error"], "unauthorized");
-    }
+    bad_tokens_answer_401(&client, &url, &body).await;
     // 401 comes before 415: a bad token with a bad content type is still 401.
     let res = client
         .post(&url)
@@ -386,34 +333,7 @@ async fn auth_and_media_type() {
         .await
         .unwrap();
     assert_eq!(res.status().as_u16(), 401);
-
-    let content_cases: Vec<(Option<&str>, Option<&str>)> = vec![
-        (None, None),
-        (Some("text/plain"), None),
-        (Some("application/x-www-form-urlencoded"), None),
-        (Some("application/json"), Some("br")),
-        (Some("application/json"), Some("zstd")),
-        (Some("application/json"), Some("deflate")),
-        (Some("application/json"), Some("gzip, gzip")),
-    ];
-    for (ct, ce) in content_cases {
-        let mut req = client
-            .post(&url)
-            .header("Authorization", format!("Bearer {TOKEN}"))
-            .body(body.clone());
-        if let Some(ct) = ct {
-            req = req.header("Content-Type", ct);
-        }
-        if let Some(ce) = ce {
-            req = req.header("Content-Encoding", ce);
-        }
-        let res = req.send().await.unwrap();
-        assert_eq!(res.status().as_u16(), 415, "{ct:?} {ce:?}");
-        assert_eq!(
-            res.json::<Value>().await.unwrap()["error"],
-            "unsupported_media_type"
-        );
-    }
+    bad_media_types_answer_415(&client, &url, &body).await;
     let res = client
         .post(&url)
         .header("Authorization", format!("Bearer {TOKEN}"))
@@ -431,6 +351,74 @@ async fn auth_and_media_type() {
     );
 }
 
+/// A missing, empty, wrong, malformed or non-Bearer token: 401 unauthorized with
+/// `WWW-Authenticate: Bearer`.
+async fn bad_tokens_answer_401(client: &reqwest::Client, url: &str, body: &str) {
+    let long = format!("Bearer {}", "x".repeat(10_000));
+    let off_by_one = format!("Bearer {}X", &TOKEN[..TOKEN.len() - 1]);
+    let auth_cases: Vec<Option<&str>> = vec![
+        None,
+        Some(""),
+        Some("Bearer"),
+        Some("Bearer "),
+        Some("Bearer wrong-token"),
+        Some(&off_by_one),
+        Some("Basic dGVzdDp0ZXN0"),
+        Some(TOKEN),
+        Some(&long),
+    ];
+    for auth in auth_cases {
+        let mut req = client
+            .post(url)
+            .header("Content-Type", "application/json")
+            .body(body.to_string());
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status().as_u16(), 401, "{auth:?}");
+        assert_eq!(
+            res.headers()
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap()),
+            Some("Bearer")
+        );
+        assert_eq!(res.json::<Value>().await.unwrap()["error"], "unauthorized");
+    }
+}
+
+/// With a good token, a missing or wrong content type or an unsupported encoding: 415
+/// unsupported_media_type.
+async fn bad_media_types_answer_415(client: &reqwest::Client, url: &str, body: &str) {
+    let content_cases: Vec<(Option<&str>, Option<&str>)> = vec![
+        (None, None),
+        (Some("text/plain"), None),
+        (Some("application/x-www-form-urlencoded"), None),
+        (Some("application/json"), Some("br")),
+        (Some("application/json"), Some("zstd")),
+        (Some("application/json"), Some("deflate")),
+        (Some("application/json"), Some("gzip, gzip")),
+    ];
+    for (ct, ce) in content_cases {
+        let mut req = client
+            .post(url)
+            .header("Authorization", format!("Bearer {TOKEN}"))
+            .body(body.to_string());
+        if let Some(ct) = ct {
+            req = req.header("Content-Type", ct);
+        }
+        if let Some(ce) = ce {
+            req = req.header("Content-Encoding", ce);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status().as_u16(), 415, "{ct:?} {ce:?}");
+        assert_eq!(
+            res.json::<Value>().await.unwrap()["error"],
+            "unsupported_media_type"
+        );
+    }
+}
+
 /// Redis stopped: POST 503 with Retry-After, /readyz 503; Redis back: both recover without a
 /// restart. Redis frozen (SIGSTOP): POST answers 503 instead of hanging. Redis of its own.
 #[tokio::test]
@@ -442,20 +430,10 @@ async fn redis_down_or_frozen_gives_503_and_recovers() {
         &key,
         &["--redis-timeout-ms", "500", "--retry-after-secs", "3"],
     );
-    let client = http();
-    let ready = |client: reqwest::Client, url: String| async move {
-        client
-            .get(format!("{url}/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    };
-    assert_eq!(ready(client.clone(), ingest.url.clone()).await, 200);
+    let ready = || get_status(&ingest.url, "/readyz");
+    assert_eq!(ready().await, 200);
     let before = event("before", 0);
-    let (status, _) = ingest.post(&json!([before])).await;
-    assert_eq!(status, 200);
+    ingest.post_ok(&json!([before])).await;
 
     redis.kill();
     assert!(!redis.is_up());
@@ -466,40 +444,21 @@ async fn redis_down_or_frozen_gives_503_and_recovers() {
         res.json::<Value>().await.unwrap()["error"],
         "queue_unavailable"
     );
-    assert_eq!(ready(client.clone(), ingest.url.clone()).await, 503);
+    assert_eq!(ready().await, 503);
     assert_eq!(
-        client
-            .get(format!("{}/healthz", ingest.url))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
+        get_status(&ingest.url, "/healthz").await,
         200,
         "liveness does not depend on Redis"
     );
 
     redis.restart();
-    wait_for("ingest-api to recover", Duration::from_secs(30), || async {
-        let (status, _) = ingest.post(&json!([event("after", 2)])).await;
-        (status == 200).then_some(())
-    })
-    .await;
-    assert_eq!(ready(client.clone(), ingest.url.clone()).await, 200);
-    let mut r = redis_conn(&redis.url()).await;
+    wait_accepting(&ingest, "after").await;
+    assert_eq!(ready().await, 200);
     // Looked up by its event_id: a retried write cannot stand in for the kept one.
-    let entries: Vec<(String, std::collections::HashMap<String, String>)> = redis::cmd("XRANGE")
-        .arg(&key)
-        .arg("-")
-        .arg("+")
-        .query_async(&mut r)
-        .await
-        .unwrap();
     let id = before["event_id"].as_str().unwrap();
+    let entries = entry_fields(&redis.url(), &key).await;
     assert!(
-        entries
-            .iter()
-            .any(|(_, f)| f.values().any(|v| v.contains(id))),
+        entries.iter().any(|f| f.contains(id)),
         "AOF kept the event from before the crash: {entries:?}"
     );
 
@@ -508,84 +467,97 @@ async fn redis_down_or_frozen_gives_503_and_recovers() {
     let (status, body) = ingest.post(&json!([event("frozen", 3)])).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"], "queue_unavailable");
-    assert_eq!(ready(client.clone(), ingest.url.clone()).await, 503);
+    assert_eq!(ready().await, 503);
     redis.thaw();
-    wait_for(
-        "ingest-api to recover after SIGCONT",
-        Duration::from_secs(30),
-        || async {
-            let (status, _) = ingest.post(&json!([event("thawed", 4)])).await;
-            (status == 200).then_some(())
-        },
-    )
+    wait_accepting(&ingest, "thawed").await;
+}
+
+/// Waits (30 s at most) until ingest-api takes an event named `name` again.
+async fn wait_accepting(ingest: &Ingest, name: &str) {
+    let what = format!("ingest-api to recover ({name})");
+    wait_for(&what, Duration::from_secs(30), || async {
+        let (status, _) = ingest.post(&json!([event(name, 2)])).await;
+        (status == 200).then_some(())
+    })
     .await;
+}
+
+/// The status of `GET {base}{path}`.
+async fn get_status(base: &str, path: &str) -> u16 {
+    let res = http().get(format!("{base}{path}")).send().await.unwrap();
+    res.status().as_u16()
+}
+
+/// The field values of every entry of a stream.
+async fn entry_fields(redis_url: &str, key: &str) -> Vec<String> {
+    let mut r = redis_conn(redis_url).await;
+    let entries: Vec<(String, std::collections::HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    entries
+        .into_iter()
+        .flat_map(|(_, f)| f.into_values())
+        .collect()
 }
 
 /// Two flushers on one stream: every event is written exactly once, and both wrote some.
 #[tokio::test]
 async fn two_flushers_share_the_work() {
-    let redis_url = shared_redis_url();
-    let key = unique("events");
-    let db = TestDb::migrated(&shared_admin_url()).await;
-    let ingest = Ingest::start(&redis_url, &key, &[]);
-    let mut a = Flusher::start(
-        &redis_url,
-        &db.url,
-        &key,
-        &["--batch-size", "10", "--consumer", "a"],
-        &[],
-    );
-    let mut b = Flusher::start(
-        &redis_url,
-        &db.url,
-        &key,
-        &["--batch-size", "10", "--consumer", "b"],
-        &[],
-    );
-    // Both must be reading before the load starts. A blocked XREADGROUP creates no consumer in
-    // Redis 7.0, so wait for what comes right before the workers' reads: each flusher's queue
-    // gauges (published once its shard count is checked, as its workers start).
-    let (ua, ub) = (a.metrics_url(), b.metrics_url());
-    wait_for("both flushers' drain loops started", LONG, || async {
-        let started = |u| async move { metric(u, "eventtracker_queue_backlog").await.is_some() };
-        (started(&ua).await && started(&ub).await).then_some(())
+    let p = Pipeline::start(PipelineOptions {
+        flushers: 0,
+        ..Default::default()
     })
     .await;
-    let mut r = redis_conn(&redis_url).await;
+    let mut a = p.start_flusher(&["--batch-size", "10", "--consumer", "a"], &[]);
+    let mut b = p.start_flusher(&["--batch-size", "10", "--consumer", "b"], &[]);
+    wait_reading(&[&a, &b]).await;
     let total = 3000;
     for chunk in 0..total / 100 {
         let events: Vec<Value> = (0..100).map(|i| event("shared", chunk * 100 + i)).collect();
-        let (status, body) = ingest.post(&json!(events)).await;
+        let (status, body) = p.ingest.post(&json!(events)).await;
         assert_eq!(status, 200, "{body}");
     }
-    db.wait_rows(total as i64).await;
-    wait_stream_empty(&r, &key).await;
-    let (ma, mb) = (written_by(&[&a]).await, written_by(&[&b]).await);
+    p.db.wait_rows(total as i64).await;
+    let mut r = p.redis().await;
+    wait_stream_empty(&r, &p.key).await;
+    let (wa, wb) = (written_by(&[&a]).await, written_by(&[&b]).await);
     assert!(
-        ma > 0.0 && mb > 0.0,
-        "both wrote, by their metrics: {ma} {mb}"
+        wa > 0.0 && wb > 0.0,
+        "both flushers wrote, by their metrics: a={wa} b={wb}"
     );
-    assert_eq!(ma + mb, total as f64, "the pipeline wrote each event once");
+    assert_eq!(wa + wb, total as f64, "the pipeline wrote each event once");
+    assert_eq!(dedup_batches(&a).await, 0.0);
+    assert_eq!(dedup_batches(&b).await, 0.0);
     assert!(a.proc.terminate().success());
     assert!(b.proc.terminate().success());
-    let (wa, wb) = (
-        a.last_count("written").unwrap(),
-        b.last_count("written").unwrap(),
-    );
-    assert!(wa > 0 && wb > 0, "both flushers wrote: a={wa} b={wb}");
-    assert_eq!(wa + wb, total as u64, "each event written once");
-    assert_eq!(a.last_count("dedup_batches"), Some(0));
-    assert_eq!(b.last_count("dedup_batches"), Some(0));
-    let distinct: i64 = db
-        .client()
-        .await
-        .query_one("SELECT count(DISTINCT event_id) FROM events", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!((db.count().await, distinct), (total as i64, total as i64));
-    assert_eq!(xlen(&mut r, &key).await, 0);
-    assert_eq!(pending(&mut r, &key, "flushers").await, 0);
+    let distinct: i64 =
+        p.db.client()
+            .await
+            .query_one("SELECT count(DISTINCT event_id) FROM events", &[])
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!((p.db.count().await, distinct), (total as i64, total as i64));
+    assert_eq!(xlen(&mut r, &p.key).await, 0);
+    assert_eq!(pending(&mut r, &p.key, "flushers").await, 0);
+}
+
+/// Waits until every flusher is about to read. A blocked XREADGROUP creates no consumer in
+/// Redis 7.0, so this waits for what comes right before the workers' reads: each flusher's
+/// queue gauges (published once its shard count is checked, as its workers start).
+async fn wait_reading(flushers: &[&Flusher]) {
+    let urls: Vec<String> = flushers.iter().map(|f| f.metrics_url()).collect();
+    wait_for("every flusher's drain loop started", LONG, || async {
+        for u in &urls {
+            metric(u, "eventtracker_queue_backlog").await?;
+        }
+        Some(())
+    })
+    .await;
 }
 
 /// Two `flusher migrate` runs started at the same moment both succeed and leave one schema.
@@ -752,14 +724,12 @@ async fn openapi_description_is_served() {
 /// event exactly once (no de-duplication needed, nothing pending afterwards).
 #[tokio::test]
 async fn concurrent_batches_in_one_flusher() {
-    let redis_url = shared_redis_url();
-    let key = unique("events");
-    let db = TestDb::migrated(&shared_admin_url()).await;
-    let ingest = Ingest::start(&redis_url, &key, &[]);
-    let mut flusher = Flusher::start(
-        &redis_url,
-        &db.url,
-        &key,
+    let p = Pipeline::start(PipelineOptions {
+        flushers: 0,
+        ..Default::default()
+    })
+    .await;
+    let mut flusher = p.start_flusher(
         &[
             "--concurrency",
             "3",
@@ -775,19 +745,19 @@ async fn concurrent_batches_in_one_flusher() {
     );
     // The table locked: each worker reads a batch and waits on its COPY, so the group shows
     // what is in flight at once: one batch of 10 pending with each of the three readers.
-    let lock = db.client().await;
+    let lock = p.db.client().await;
     lock.batch_execute("BEGIN; LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
     for chunk in 0..20 {
         let events: Vec<Value> = (0..100).map(|i| event("multi", chunk * 100 + i)).collect();
-        let (status, _) = ingest.post(&json!(events)).await;
+        let (status, _) = p.ingest.post(&json!(events)).await;
         assert_eq!(status, 200);
     }
-    let mut r = redis_conn(&redis_url).await;
+    let mut r = p.redis().await;
     let want: Vec<(String, u64)> = (0..3).map(|n| (format!("multi-{n}"), 10)).collect();
     wait_for("three batches in flight at once", LONG, || {
-        let (mut r, key, want) = (r.clone(), key.clone(), want.clone());
+        let (mut r, key, want) = (r.clone(), p.key.clone(), want.clone());
         async move {
             let mut held = pending_by_consumer(&mut r, &key, "flushers").await;
             held.sort();
@@ -796,11 +766,12 @@ async fn concurrent_batches_in_one_flusher() {
     })
     .await;
     lock.batch_execute("ROLLBACK").await.unwrap();
-    db.wait_rows(2000).await;
+    p.db.wait_rows(2000).await;
+    wait_stream_empty(&r, &p.key).await;
+    assert_eq!(written_by(&[&flusher]).await, 2000.0);
+    assert_eq!(dedup_batches(&flusher).await, 0.0);
     assert!(flusher.proc.terminate().success());
-    assert_eq!(flusher.last_count("written"), Some(2000));
-    assert_eq!(flusher.last_count("dedup_batches"), Some(0));
 
-    assert_eq!(pending(&mut r, &key, "flushers").await, 0);
-    assert_eq!(db.count().await, 2000);
+    assert_eq!(pending(&mut r, &p.key, "flushers").await, 0);
+    assert_eq!(p.db.count().await, 2000);
 }
