@@ -88,3 +88,117 @@ async fn a_bad_row_and_a_duplicate_in_a_copy_of_several_reads() {
     let written = metric_in(&page, "eventtracker_flusher_events_written_total").unwrap();
     assert_eq!(written, 599.0);
 }
+
+/// What the first flusher is told to do while four COPYs of three reads each wait on the lock.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    /// SIGKILL: a crash; its entries stay pending until the second flusher claims them.
+    Kill,
+    /// SIGTERM, then the lock released: it finishes the four COPYs in hand and exits.
+    Term,
+}
+
+async fn group_exists(mut r: MultiplexedConnection, key: &str) -> bool {
+    redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(key)
+        .query_async::<Vec<redis::Value>>(&mut r)
+        .await
+        .is_ok_and(|groups| !groups.is_empty())
+}
+
+/// COPY statements of this test's database waiting for a lock: the COPYs in flight.
+async fn copies_waiting(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+             AND query LIKE 'COPY events %' AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A flusher with four COPYs in flight, each of three reads (the table locked, so they wait),
+/// is killed or stopped; a second flusher then finishes the work, and every event is stored
+/// exactly once.
+async fn copies_in_flight_then(stop: Stop) {
+    let p = Pipeline::start(PipelineOptions::without_flushers()).await;
+    for _ in 0..6 {
+        backlog(&p.ingest, "inflight").await;
+    }
+    let lock = p.db.client().await;
+    lock.batch_execute("BEGIN; LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let flags = [
+        "--concurrency",
+        "4",
+        "--max-copy-rows",
+        "300",
+        "--consumer",
+        "first",
+        "--shutdown-timeout-secs",
+        "60",
+    ];
+    let mut first = p.start_flusher(&flags, &[]);
+    let mut r = p.redis().await;
+    wait_for("the flusher's consumer group", LONG, || {
+        let (r, key) = (r.clone(), p.key.clone());
+        async move { group_exists(r, &key).await.then_some(()) }
+    })
+    .await;
+    let watcher = p.db.client().await;
+    let want: Vec<(String, u64)> = (0..4).map(|n| (format!("first-{n}"), 300)).collect();
+    wait_for("four COPYs of 300 rows in flight", LONG, || {
+        let (mut r, key, want, watcher) = (r.clone(), p.key.clone(), want.clone(), &watcher);
+        async move {
+            let mut held = pending_by_consumer(&mut r, &key, "flushers").await;
+            held.sort();
+            (held == want && copies_waiting(watcher).await == 4).then_some(())
+        }
+    })
+    .await;
+
+    match stop {
+        Stop::Kill => {
+            first.proc.signal("KILL");
+            let status = first.proc.wait_exit(LONG);
+            assert_eq!(
+                std::os::unix::process::ExitStatusExt::signal(&status),
+                Some(9)
+            );
+            lock.batch_execute("ROLLBACK").await.unwrap();
+            assert_eq!(pending(&mut r, &p.key, "flushers").await, 1200);
+        }
+        Stop::Term => {
+            first.proc.signal("TERM");
+            lock.batch_execute("ROLLBACK").await.unwrap();
+            assert!(first.proc.wait_exit(LONG).success());
+            assert_eq!(pending(&mut r, &p.key, "flushers").await, 0);
+            assert_eq!(p.db.count().await, 1200, "the four COPYs in hand, no more");
+        }
+    }
+
+    let second = p.start_flusher(&["--claim-idle-ms", "500", "--consumer", "second"], &[]);
+    p.db.wait_rows(3000).await;
+    wait_stream_empty(&r, &p.key).await;
+    assert_eq!(p.db.rows_and_distinct().await, (3000, 3000));
+    assert_eq!(pending(&mut r, &p.key, "flushers").await, 0);
+    let claimed = flusher_count(&second, "claimed").await;
+    match stop {
+        Stop::Kill => assert_eq!(claimed, 1200.0, "the killed flusher's four COPYs' entries"),
+        Stop::Term => assert_eq!(claimed, 0.0, "nothing was left to claim"),
+    }
+}
+
+#[tokio::test]
+async fn sigkill_with_copies_in_flight_stores_each_event_once() {
+    copies_in_flight_then(Stop::Kill).await;
+}
+
+#[tokio::test]
+async fn sigterm_with_copies_in_flight_finishes_them_and_stores_each_event_once() {
+    copies_in_flight_then(Stop::Term).await;
+}

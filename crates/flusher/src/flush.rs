@@ -18,7 +18,7 @@ use crate::isolate::{Row, Settled};
 use crate::sink::WritePath;
 use crate::telemetry;
 
-/// Counters of what this flusher did; logged periodically and read by tests through the log.
+/// Counters of what this flusher did, logged periodically (the same counts are on `/metrics`).
 #[derive(Debug, Default)]
 pub struct Stats {
     pub events_written: AtomicU64,
