@@ -61,6 +61,10 @@ fn main() -> ExitCode {
     let result = run(&cfg);
     procs::stop_all_children();
     services::stop(&cfg);
+    if let Some(code) = services::interrupted() {
+        eprintln!("bench: interrupted; logs kept in {}", cfg.work.display());
+        return ExitCode::from(code);
+    }
     match result {
         Ok(()) => {
             cfg.discard_work();

@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -16,6 +17,18 @@ use crate::{Context, Result, bail, procs};
 
 /// Set once the ports were found free: from then on the services on them are ours to stop.
 static OWNED: AtomicBool = AtomicBool::new(false);
+/// Held while stopping, so that the main thread waits for the signal handler's cleanup.
+static STOPPING: Mutex<()> = Mutex::new(());
+/// The exit code a signal asked for (0: none).
+static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
+
+/// The exit code of a signal received (130 SIGINT, 143 SIGTERM), if any.
+pub fn interrupted() -> Option<u8> {
+    match INTERRUPTED.load(Ordering::SeqCst) {
+        0 => None,
+        c => Some(c as u8),
+    }
+}
 
 /// The PostgreSQL settings recorded (and, the durable ones, checked) before measuring.
 pub const PG_SETTINGS: [&str; 8] = [
@@ -157,6 +170,7 @@ fn settings(cfg: &Config) -> Result<Settings> {
 
 /// Stops what the bench started and removes its data (best effort; on every exit).
 pub fn stop(cfg: &Config) {
+    let _guard = STOPPING.lock();
     if !OWNED.swap(false, Ordering::SeqCst) {
         return;
     }
@@ -201,6 +215,7 @@ pub fn on_signals(cfg: &Config) {
             }
         });
         let Some(code) = code else { return };
+        INTERRUPTED.store(code, Ordering::SeqCst);
         eprintln!(
             "bench: interrupted; stopping everything (logs kept in {})",
             cfg.work.display()
