@@ -91,9 +91,14 @@ fn flush_panel(plot: &Plot, area: &Area) -> Result<()> {
         .draw_series(points.map(|p| Circle::new(p, 6, BLACK.filled())))?
         .label("pipeline (flushers)")
         .legend(|(x, y)| Circle::new((x + 10, y), 5, BLACK.filled()));
+    for (i, f) in plot.flush.iter().enumerate() {
+        let text = format!("{:.1}k", f.1 / 1000.0);
+        let at = (i as f64 + 0.08, f.1 + top * 0.03);
+        chart.draw_series(std::iter::once(Text::new(text, at, ("sans-serif", 13))))?;
+    }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 14))
