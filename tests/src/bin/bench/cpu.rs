@@ -86,3 +86,27 @@ pub fn per_row(start: &Sample, end: &Sample, rows: u64) -> PerRow {
         redis_us: (end.redis - start.redis).max(0.0) * 1e6 / n,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Sample, per_row};
+
+    #[test]
+    fn cpu_per_row_is_the_difference_over_the_rows() {
+        let start = Sample {
+            flushers: vec![10],
+            postgres: 100,
+            redis: 1.0,
+        };
+        let end = Sample {
+            flushers: vec![30],
+            postgres: 300,
+            redis: 1.5,
+        };
+        let r = per_row(&start, &end, 1000);
+        let tick_us = 1e6 / crate::procs::clock_ticks();
+        assert!((r.flusher_us - 20.0 * tick_us / 1000.0).abs() < 1e-9);
+        assert!((r.postgres_us - 200.0 * tick_us / 1000.0).abs() < 1e-9);
+        assert!((r.redis_us - 500.0).abs() < 1e-9);
+    }
+}

@@ -143,7 +143,7 @@ fn latency_panel(plot: &Plot, area: &Area) -> Result<()> {
         chart.draw_series(series.iter().map(|&p| Circle::new(p, 5, color.filled())))?;
     }
     for p in &pts {
-        let at = (p.1, p.3.max(floor) * 1.35);
+        let at = (p.1 + right * 0.015, p.3.max(floor) * 1.25);
         chart.draw_series(std::iter::once(Text::new(
             p.0.clone(),
             at,

@@ -105,3 +105,16 @@ fn alive(pid: u32) -> bool {
             .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ready_ms;
+
+    #[test]
+    fn reads_the_start_up_from_a_flusher_log() {
+        let log = "[2026-11-28T07:38:31Z INFO  flusher::service] connected\n\
+                   [2026-11-28T07:38:31Z INFO  flusher::service] flusher 1-1: ready in 23 ms\n";
+        assert_eq!(ready_ms(log), Some(23));
+        assert_eq!(ready_ms("flusher x: starting\n"), None);
+    }
+}
