@@ -137,3 +137,41 @@ async fn error_replies_keep_their_codes() {
         "an error reply, not a broken connection: {e}"
     );
 }
+
+/// Pipelined reads: `times` reads in one round trip return the entries in stream order, the
+/// reads after the stream ran dry return nothing, and after a pipeline of error replies the
+/// connection is still in step.
+#[tokio::test]
+async fn pipelined_reads_return_the_entries_in_order() {
+    let server = RedisServer::start();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let mut lean = reader(&server.url()).await;
+    let e = lean.read_groups(&read("k", 2, None), 3).await.unwrap_err();
+    assert_eq!(e.code(), Some("NOGROUP"), "{e}");
+
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg("k")
+        .arg("g")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let id: String = c.xadd("k", "*", &[("n", i)]).await.unwrap();
+        ids.push(id);
+    }
+    let got = lean.read_groups(&read("k", 2, None), 4).await.unwrap();
+    let got_ids: Vec<&str> = got.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(got_ids, ids.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(got[4].field("n"), Some(&b"4"[..]));
+    assert!(
+        lean.read_group(&read("k", 2, None))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -182,6 +182,19 @@ impl Consumer {
         count: usize,
         block: Duration,
     ) -> Result<Vec<Entry>, FlusherError> {
+        self.read_new_times(shard, count, block, 1).await
+    }
+
+    /// `times` reads of up to `count` new entries each, in one round trip where the connection
+    /// allows it (the lean reader pipelines them; a redis-rs connection reads one after the
+    /// other and stops at the first that is not full).
+    pub async fn read_new_times(
+        &mut self,
+        shard: usize,
+        count: usize,
+        block: Duration,
+        times: usize,
+    ) -> Result<Vec<Entry>, FlusherError> {
         let reader = match &mut self.reader {
             Some(reader) => reader,
             None => {
@@ -210,13 +223,25 @@ impl Consumer {
         };
         let reply = tokio::time::timeout(block + self.timeout, async {
             match reader {
-                Reader::Lean(lean) => lean.read_group(&read).await.map_err(FlusherError::from),
+                Reader::Lean(lean) => lean
+                    .read_groups(&read, times)
+                    .await
+                    .map_err(FlusherError::from),
                 Reader::Client(conn) => {
-                    let reply = read_group_cmd(&read)
-                        .query_async::<Value>(conn)
-                        .await
-                        .map_err(redis_queue::QueueError::Redis)?;
-                    parse_read_reply(reply)
+                    let mut entries = Vec::new();
+                    for _ in 0..times {
+                        let reply = read_group_cmd(&read)
+                            .query_async::<Value>(conn)
+                            .await
+                            .map_err(redis_queue::QueueError::Redis)?;
+                        let more = parse_read_reply(reply)?;
+                        let full = more.len() == count;
+                        entries.extend(more);
+                        if !full {
+                            break;
+                        }
+                    }
+                    Ok(entries)
                 }
             }
         })

@@ -79,6 +79,15 @@ impl Stats {
     }
 }
 
+async fn await_ack(
+    ack: Option<tokio::task::JoinHandle<Result<(), FlusherError>>>,
+) -> Result<(), FlusherError> {
+    match ack {
+        None => Ok(()),
+        Some(handle) => handle.await.map_err(FlusherError::Panic)?,
+    }
+}
+
 /// One reader of the consumer group: reads batches and writes them until shutdown.
 pub struct Worker {
     pub(crate) consumer: Consumer,
@@ -88,6 +97,10 @@ pub struct Worker {
     /// This worker's number in the process: where its first sweep starts; worker 0 reports.
     index: usize,
     pub(crate) stop: Shutdown,
+    /// The acknowledgement of the last committed batch, still running: it overlaps the next
+    /// batch's reads and COPY, and is awaited when the next one starts and before the worker
+    /// ends.
+    ack_in_flight: std::sync::Mutex<Option<tokio::task::JoinHandle<Result<(), FlusherError>>>>,
 }
 
 /// Per shard: whether its consumer group is known to exist, and its backoff after an error.
@@ -127,6 +140,44 @@ impl Worker {
             stats,
             index,
             stop,
+            ack_in_flight: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Starts acknowledging and deleting committed entries on a task of its own, then waits for
+    /// the previous acknowledgement (whose error, if any, is returned: its entries stay pending
+    /// and are claimed and de-duplicated later).
+    pub(crate) async fn ack_behind(
+        &self,
+        shard: usize,
+        ids: Vec<String>,
+    ) -> Result<(), FlusherError> {
+        let (redis, key, group) = (
+            self.consumer.redis().clone(),
+            self.consumer.key(shard),
+            self.consumer.group.clone(),
+        );
+        let next = tokio::spawn(async move {
+            redis_queue::settle::ack_delete(&redis, &key, &group, &ids).await?;
+            Ok(())
+        });
+        let previous = self.replace_ack(Some(next));
+        await_ack(previous).await
+    }
+
+    /// Waits for the acknowledgement in flight, if any.
+    pub(crate) async fn ack_settled(&self) -> Result<(), FlusherError> {
+        let previous = self.replace_ack(None);
+        await_ack(previous).await
+    }
+
+    fn replace_ack(
+        &self,
+        next: Option<tokio::task::JoinHandle<Result<(), FlusherError>>>,
+    ) -> Option<tokio::task::JoinHandle<Result<(), FlusherError>>> {
+        match self.ack_in_flight.lock() {
+            Ok(mut slot) => std::mem::replace(&mut *slot, next),
+            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), next),
         }
     }
 
@@ -165,6 +216,9 @@ impl Worker {
             }
             self.chores(&mut chores, &mut ready, &mut shards).await;
             cursor = self.sweep(&ready, &mut shards, cursor).await;
+        }
+        if let Err(e) = self.ack_settled().await {
+            log::warn!("acknowledging the last batch: {e}; its entries stay pending");
         }
         Ok(())
     }
@@ -322,19 +376,21 @@ impl Worker {
     }
 
     /// Under a backlog (a read came back full), more reads of the same shard without blocking,
-    /// up to `--max-copy-rows` entries in all: one COPY for several reads, as PostgreSQL's
-    /// cost is per statement and per commit, not per row. Reads stay `--batch-size` entries,
-    /// so a light load is written as soon as it is read.
+    /// up to `--max-copy-rows` entries in all, pipelined in one round trip: one COPY for
+    /// several reads, as PostgreSQL's cost is per statement and per commit, not per row. Reads
+    /// stay `--batch-size` entries, so a light load is written as soon as it is read.
     async fn top_up(
         &mut self,
         shard: usize,
         mut entries: Vec<Entry>,
     ) -> Result<Vec<Entry>, FlusherError> {
         let batch = self.config.batch_size;
-        let mut last = entries.len();
-        while last == batch && entries.len() + batch <= self.config.max_copy_rows {
-            let more = self.consumer.read_new(shard, batch, Duration::ZERO).await?;
-            last = more.len();
+        let times = self.config.max_copy_rows.saturating_sub(entries.len()) / batch;
+        if entries.len() == batch && times > 0 {
+            let more = self
+                .consumer
+                .read_new_times(shard, batch, Duration::ZERO, times)
+                .await?;
             entries.extend(more);
         }
         Ok(entries)

@@ -125,7 +125,7 @@ impl Worker {
         // empty sees every row of it counted.
         self.stats.written(part.len(), path, started.elapsed());
         let ids: Vec<String> = part.iter().map(|(e, _)| e.id.clone()).collect();
-        self.consumer.ack_delete(shard, &ids).await?;
+        self.ack_behind(shard, ids).await?;
         if path == WritePath::Dedup {
             log::info!(
                 "batch of {} went through the de-duplication path",

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use redis;
+use redis::IntoConnectionInfo;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
@@ -106,6 +107,13 @@ impl QueueError {
     }
 }
 
+/// `TCP_NODELAY`, which redis-rs leaves off: with Nagle's algorithm a command written while an
+/// earlier one is unacknowledged waits for that ACK, and commands from several tasks share a
+/// multiplexed connection.
+fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default().set_nodelay(true)
+}
+
 /// How to reach Redis: one node (`redis://…`) or a Redis Cluster (a comma-separated list of
 /// seed node URLs; the client learns the rest of the topology from them).
 #[derive(Clone)]
@@ -135,7 +143,10 @@ impl Connector {
                         .into(),
                 ));
             }
-            return Client::open(url)
+            return url
+                .into_connection_info()
+                .map(|info| info.set_tcp_settings(tcp_settings()))
+                .and_then(Client::open)
                 .map(Connector::Single)
                 .map_err(|e| QueueError::Config(format!("invalid Redis URL: {e}")));
         }
@@ -153,6 +164,7 @@ impl Connector {
             .retries(2)
             .min_retry_wait(10)
             .max_retry_wait(200)
+            .tcp_settings(tcp_settings())
             .build()
             .map(|c| Connector::Cluster(Box::new(c)))
             .map_err(|e| QueueError::Config(format!("invalid Redis Cluster seeds: {e}")))

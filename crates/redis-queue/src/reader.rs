@@ -86,6 +86,16 @@ impl StreamReader {
         &mut self,
         read: &ReadGroup<'_>,
     ) -> Result<Vec<StreamEntry>, QueueError> {
+        self.read_groups(read, 1).await
+    }
+
+    /// The same read `times` times in one round trip (pipelined): up to `times` × `count`
+    /// entries, in stream order. Reads after the stream ran dry return nothing.
+    pub async fn read_groups(
+        &mut self,
+        read: &ReadGroup<'_>,
+        times: usize,
+    ) -> Result<Vec<StreamEntry>, QueueError> {
         let count = read.count.to_string();
         let block = read.block.map(|b| b.as_millis().to_string());
         let mut args: Vec<&[u8]> = vec![
@@ -100,21 +110,40 @@ impl StreamReader {
             args.extend([b"BLOCK".as_slice(), ms.as_bytes()]);
         }
         args.extend([b"STREAMS".as_slice(), read.key.as_bytes(), b">"]);
-        let (data, reply) = self.command(&args).await?;
-        entries_of(&data, reply)
+        let mut out = Vec::new();
+        for _ in 0..times {
+            encode(&mut out, &args);
+        }
+        self.socket.write_all(&out).await.map_err(io_error)?;
+        let mut entries = Vec::new();
+        let mut first_error = None;
+        // Every reply is read, errors too, so the connection stays in step.
+        for _ in 0..times {
+            match self.reply().await {
+                Ok((data, frame)) => entries.extend(entries_of(&data, frame)?),
+                Err(e @ QueueError::Reply { .. }) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(entries),
+        }
     }
 
     /// Sends one command and reads its whole reply: the reply's bytes and its frame, whose
     /// ranges index those bytes. An error reply becomes [`QueueError::Reply`].
     async fn command(&mut self, args: &[&[u8]]) -> Result<(Bytes, Frame), QueueError> {
-        let mut out = Vec::with_capacity(16 + args.iter().map(|a| a.len() + 16).sum::<usize>());
-        out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-        for a in args {
-            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            out.extend_from_slice(a);
-            out.extend_from_slice(b"\r\n");
-        }
+        let mut out = Vec::new();
+        encode(&mut out, args);
         self.socket.write_all(&out).await.map_err(io_error)?;
+        self.reply().await
+    }
+
+    /// Reads one whole reply.
+    async fn reply(&mut self) -> Result<(Bytes, Frame), QueueError> {
         loop {
             let mut pos = 0;
             match parse(&self.buf, &mut pos)? {
@@ -138,6 +167,17 @@ impl StreamReader {
                 }
             }
         }
+    }
+}
+
+/// One command in RESP2: an array of bulk strings.
+fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
+    out.reserve(16 + args.iter().map(|a| a.len() + 16).sum::<usize>());
+    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
     }
 }
 
