@@ -25,7 +25,12 @@ async fn copy_batches(flusher: &Flusher) -> f64 {
 
 #[tokio::test]
 async fn a_backlog_of_five_reads_is_one_copy() {
-    for (flags, copies) in [(&[][..], 1.0), (&["--max-copy-rows", "100"][..], 5.0)] {
+    // One worker, so that the five reads are all its own.
+    let one = ["--concurrency", "1"];
+    for (flags, copies) in [
+        (&one[..], 1.0),
+        (&[&one[..], &["--max-copy-rows", "100"]].concat()[..], 5.0),
+    ] {
         let p = Pipeline::start(PipelineOptions::without_flushers()).await;
         let db = &p.db;
         backlog(&p.ingest, "backlog").await;

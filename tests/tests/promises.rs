@@ -197,7 +197,18 @@ async fn stopped_with_postgres_unavailable(pg: &PgServer, freeze: bool, flags: &
     })
     .await;
     let (ingest, db, key) = (&p.ingest, &p.db, &p.key);
-    let args = [&["--batch-size", "500", "--consumer", "stopping"], flags].concat();
+    let args = [
+        &[
+            "--batch-size",
+            "500",
+            "--consumer",
+            "stopping",
+            "--concurrency",
+            "1",
+        ],
+        flags,
+    ]
+    .concat();
     let mut flusher = p.start_flusher(&args, &[]);
     flusher.metrics_url();
     if freeze {

@@ -135,7 +135,7 @@ pub struct RunConfig {
 
     /// Batches in flight at once: each read by its own consumer (`<consumer>-<n>`) and written
     /// on its own pooled PostgreSQL connection.
-    #[arg(long, env = "FLUSHER_CONCURRENCY", default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+    #[arg(long, env = "FLUSHER_CONCURRENCY", default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
     pub concurrency: usize,
 
     /// How long one blocking read waits for new entries, in milliseconds (with shards: after a sweep of all found none, a read blocks on one shard for this / shards).
