@@ -9,14 +9,14 @@
 use crate::{QueueError, Shared};
 
 /// Deletes, then acknowledges, entries of KEYS[1] for group ARGV[1]: IDs ARGV[2..]. `unpack`
-/// takes at most a few thousand values, so IDs go in slices of 1,000.
+/// takes at most a few thousand values, so IDs go in slices of 1,000 (straight from ARGV: no
+/// table is built).
 const ACK_DELETE_LUA: &str = r#"#!lua flags=allow-oom
 local n = 0
 for i = 2, #ARGV, 1000 do
-  local ids = {}
-  for j = i, math.min(i + 999, #ARGV) do ids[#ids + 1] = ARGV[j] end
-  redis.call('XDEL', KEYS[1], unpack(ids))
-  n = n + redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
+  local j = math.min(i + 999, #ARGV)
+  redis.call('XDEL', KEYS[1], unpack(ARGV, i, j))
+  n = n + redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, i, j))
 end
 return n
 "#;
