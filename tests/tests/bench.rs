@@ -24,27 +24,50 @@ const TARGET_ROWS: [&str; 9] = [
 fn quick_bench_fills_every_row() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("bench.json");
+    let stdout = run_quick(&out);
+    let json: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(json["mode"], "quick");
+    let results = json["results"].as_object().expect("results");
+    assert!(results.len() >= 40, "{results:?}");
+    every_row_has_a_figure(results);
+    every_target_has_its_verdict(results, &stdout);
+    for setting in ["fsync", "synchronous_commit", "full_page_writes"] {
+        assert_eq!(json["settings"]["postgres"][setting], "on", "{setting}");
+    }
+    assert_eq!(json["settings"]["redis_appendfsync"], "everysec");
+    assert_eq!(
+        json["facts"]["raw_copy_loads_rows_per_sec"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    the_picture_is_a_chart(&dir.path().join("bench.svg"));
+}
+
+/// `scripts/bench --quick` with the debug binaries the suite built; its table.
+fn run_quick(out: &std::path::Path) -> String {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/bench");
     let run = Command::new(script)
         .arg("--quick")
         .arg("--out")
-        .arg(&out)
+        .arg(out)
         // The suite has built the debug binaries (loadgen and bench included): no cargo inside
         // a test.
         .env("ET_BENCH_PROFILE", "debug")
         .env("ET_BENCH_NO_BUILD", "1")
         .output()
         .expect("scripts/bench runs");
-    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
     assert!(
         run.status.success(),
         "scripts/bench --quick failed:\n{stdout}{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    let json: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    assert_eq!(json["mode"], "quick");
-    let results = json["results"].as_object().expect("results");
-    assert!(results.len() >= 40, "{results:?}");
+    stdout
+}
+
+fn every_row_has_a_figure(results: &serde_json::Map<String, Value>) {
     for (key, row) in results {
         let v = row["value"].as_f64();
         // A latency may be 0 ms (a row seen before its 200 was recorded, in a tiny quick run),
@@ -61,6 +84,10 @@ fn quick_bench_fills_every_row() {
             );
         }
     }
+}
+
+/// Each target row has a verdict in the JSON, and its table line ends with the same one.
+fn every_target_has_its_verdict(results: &serde_json::Map<String, Value>, stdout: &str) {
     for key in TARGET_ROWS {
         let row = &results[key];
         assert!(row["target"].is_string(), "{key} has no target: {row}");
@@ -71,19 +98,10 @@ fn quick_bench_fills_every_row() {
         let verdict = if row["met"] == true { "met" } else { "MISSED" };
         assert!(line.trim_end().ends_with(verdict), "{key}: {line:?}");
     }
-    for setting in ["fsync", "synchronous_commit", "full_page_writes"] {
-        assert_eq!(json["settings"]["postgres"][setting], "on", "{setting}");
-    }
-    assert_eq!(json["settings"]["redis_appendfsync"], "everysec");
-    assert_eq!(
-        json["facts"]["raw_copy_loads_rows_per_sec"]
-            .as_array()
-            .unwrap()
-            .len(),
-        3
-    );
+}
 
-    let svg = std::fs::read_to_string(dir.path().join("bench.svg")).expect("bench.svg written");
+fn the_picture_is_a_chart(path: &std::path::Path) {
+    let svg = std::fs::read_to_string(path).expect("bench.svg written");
     let svg = svg.trim();
     assert!(
         svg.starts_with("<svg") || svg.starts_with("<?xml"),

@@ -41,9 +41,9 @@ fn odd_values() -> Vec<Vec<u8>> {
     ]
 }
 
-#[tokio::test]
-async fn reads_what_redis_rs_reads_through_a_password_and_a_database() {
-    let server = RedisServer::start();
+/// Sets a password, fills stream `k` of database 3 with odd values and creates group `g`;
+/// returns the URL and what XRANGE (redis-rs) reads back.
+async fn odd_stream(server: &RedisServer) -> (String, redis::streams::StreamRangeReply) {
     let admin = redis::Client::open(server.url()).unwrap();
     let mut c = admin.get_multiplexed_async_connection().await.unwrap();
     let _: () = redis::cmd("CONFIG")
@@ -78,8 +78,14 @@ async fn reads_what_redis_rs_reads_through_a_password_and_a_database() {
             .await
             .unwrap();
     }
-    let expected: redis::streams::StreamRangeReply = db3.xrange_all("k").await.unwrap();
+    let expected = db3.xrange_all("k").await.unwrap();
+    (url, expected)
+}
 
+#[tokio::test]
+async fn reads_what_redis_rs_reads_through_a_password_and_a_database() {
+    let server = RedisServer::start();
+    let (url, expected) = odd_stream(&server).await;
     let mut lean = reader(&url).await;
     let got = lean.read_group(&read("k", 1000, None)).await.unwrap();
 

@@ -422,6 +422,15 @@ mod tests {
             (r#"{"events": 3, "foo": 1}"#, "events: must be an array"),
             (r#"{"foo": 1, "events": 3}"#, "foo: unknown batch field"),
             (long_field.as_str(), long_shown.as_str()),
+        ];
+        for (body, needle) in cases {
+            assert_invalid_batch(body, needle);
+        }
+    }
+
+    #[test]
+    fn bad_sent_at_and_other_values_are_invalid_batches() {
+        let cases = [
             (
                 r#"{"events": [{}], "sent_at": "yesterday"}"#,
                 "sent_at: must look like",

@@ -195,57 +195,21 @@ impl Consumer {
         block: Duration,
         times: usize,
     ) -> Result<Vec<Entry>, FlusherError> {
-        let reader = match &mut self.reader {
-            Some(reader) => reader,
-            None => {
-                let connector = self.redis.connector();
-                let lean = tokio::time::timeout(self.timeout, connector.stream_reader())
-                    .await
-                    .map_err(|_| redis_queue::QueueError::Timeout(self.timeout))??;
-                let reader = match lean {
-                    Some(lean) => Reader::Lean(lean),
-                    None => Reader::Client(
-                        connector
-                            .connect(self.timeout, self.block + self.timeout)
-                            .await?,
-                    ),
-                };
-                self.reader.insert(reader)
-            }
-        };
         let key = self.check.layout().key(shard);
+        let (group, consumer, limit) = (
+            self.group.clone(),
+            self.consumer.clone(),
+            block + self.timeout,
+        );
         let read = ReadGroup {
             key: &key,
-            group: &self.group,
-            consumer: &self.consumer,
+            group: &group,
+            consumer: &consumer,
             count,
             block: (!block.is_zero()).then_some(block),
         };
-        let reply = tokio::time::timeout(block + self.timeout, async {
-            match reader {
-                Reader::Lean(lean) => lean
-                    .read_groups(&read, times)
-                    .await
-                    .map_err(FlusherError::from),
-                Reader::Client(conn) => {
-                    let mut entries = Vec::new();
-                    for _ in 0..times {
-                        let reply = read_group_cmd(&read)
-                            .query_async::<Value>(conn)
-                            .await
-                            .map_err(redis_queue::QueueError::Redis)?;
-                        let more = parse_read_reply(reply)?;
-                        let full = more.len() == count;
-                        entries.extend(more);
-                        if !full {
-                            break;
-                        }
-                    }
-                    Ok(entries)
-                }
-            }
-        })
-        .await;
+        let reader = self.reader().await?;
+        let reply = tokio::time::timeout(limit, reader.read(&read, times)).await;
         match reply {
             Ok(Ok(entries)) => {
                 self.reader_failures = 0;
@@ -270,9 +234,31 @@ impl Consumer {
             }
             Err(_) => {
                 self.reader = None;
-                Err(redis_queue::QueueError::Timeout(block + self.timeout).into())
+                Err(redis_queue::QueueError::Timeout(limit).into())
             }
         }
+    }
+
+    /// The read connection, made when there is none: the lean reader where it can be.
+    async fn reader(&mut self) -> Result<&mut Reader, FlusherError> {
+        if self.reader.is_none() {
+            let connector = self.redis.connector();
+            let lean = tokio::time::timeout(self.timeout, connector.stream_reader())
+                .await
+                .map_err(|_| redis_queue::QueueError::Timeout(self.timeout))??;
+            let reader = match lean {
+                Some(lean) => Reader::Lean(lean),
+                None => Reader::Client(
+                    connector
+                        .connect(self.timeout, self.block + self.timeout)
+                        .await?,
+                ),
+            };
+            self.reader = Some(reader);
+        }
+        self.reader
+            .as_mut()
+            .ok_or_else(|| FlusherError::Protocol("no read connection".into()))
     }
 
     /// Claims entries idle longer than `min_idle` from any consumer (a crashed flusher's),
@@ -590,6 +576,36 @@ fn as_bytes(v: Value) -> Option<bytes::Bytes> {
 
 fn as_string(v: &Value) -> Option<String> {
     as_bytes(v.clone()).and_then(|b| String::from_utf8(b.into()).ok())
+}
+
+impl Reader {
+    /// `times` reads: pipelined on the lean reader; one after the other on a redis-rs
+    /// connection, stopping at the first that is not full.
+    async fn read(
+        &mut self,
+        read: &ReadGroup<'_>,
+        times: usize,
+    ) -> Result<Vec<Entry>, FlusherError> {
+        match self {
+            Reader::Lean(lean) => Ok(lean.read_groups(read, times).await?),
+            Reader::Client(conn) => {
+                let mut entries = Vec::new();
+                for _ in 0..times {
+                    let reply = read_group_cmd(read)
+                        .query_async::<Value>(conn)
+                        .await
+                        .map_err(redis_queue::QueueError::Redis)?;
+                    let more = parse_read_reply(reply)?;
+                    let full = more.len() == read.count;
+                    entries.extend(more);
+                    if !full {
+                        break;
+                    }
+                }
+                Ok(entries)
+            }
+        }
+    }
 }
 
 /// [`ReadGroup`] as a redis-rs command (for the connections that are not the lean reader).
