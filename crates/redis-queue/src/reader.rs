@@ -142,29 +142,48 @@ impl StreamReader {
         self.reply().await
     }
 
-    /// Reads one whole reply.
+    /// Reads one whole reply. A large reply arrives in pieces: until it is whole, each attempt
+    /// only checks where it would end (no frame built), after taking in all that has arrived.
     async fn reply(&mut self) -> Result<(Bytes, Frame), QueueError> {
+        while parse(&self.buf, &mut 0, false)?.is_none() {
+            self.make_room();
+            let n = self
+                .socket
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(io_error)?;
+            if n == 0 {
+                return Err(io_error(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            self.take_what_arrived()?;
+        }
+        let mut pos = 0;
+        let frame = parse(&self.buf, &mut pos, true)?
+            .ok_or_else(|| protocol("a reply that was whole is not"))?;
+        let data = self.buf.split_to(pos).freeze();
+        if let Frame::Error(r) = &frame {
+            return Err(reply_error(&data[r.clone()]));
+        }
+        Ok((data, frame))
+    }
+
+    /// At least 16 KiB free to read into; grown by 64 KiB at a time, so a partial reply is
+    /// moved to a larger buffer rarely.
+    fn make_room(&mut self) {
+        if self.buf.capacity() - self.buf.len() < 16 * 1024 {
+            self.buf.reserve(64 * 1024);
+        }
+    }
+
+    /// Reads without waiting until nothing more is there.
+    fn take_what_arrived(&mut self) -> Result<(), QueueError> {
         loop {
-            let mut pos = 0;
-            match parse(&self.buf, &mut pos)? {
-                Some(frame) => {
-                    let data = self.buf.split_to(pos).freeze();
-                    if let Frame::Error(r) = &frame {
-                        return Err(reply_error(&data[r.clone()]));
-                    }
-                    return Ok((data, frame));
-                }
-                None => {
-                    self.buf.reserve(64 * 1024);
-                    let n = self
-                        .socket
-                        .read_buf(&mut self.buf)
-                        .await
-                        .map_err(io_error)?;
-                    if n == 0 {
-                        return Err(io_error(std::io::ErrorKind::UnexpectedEof.into()));
-                    }
-                }
+            self.make_room();
+            match self.socket.try_read_buf(&mut self.buf) {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(io_error(e)),
             }
         }
     }
@@ -210,18 +229,32 @@ fn protocol(what: &str) -> QueueError {
 }
 
 /// Parses one frame starting at `pos`; `Ok(None)` when the bytes end before it does. On
-/// success `pos` is just past it.
-fn parse(buf: &[u8], pos: &mut usize) -> Result<Option<Frame>, QueueError> {
+/// success `pos` is just past it. Without `build`, arrays come back empty: only where the
+/// frame ends is learnt, with no allocation.
+fn parse(buf: &[u8], pos: &mut usize, build: bool) -> Result<Option<Frame>, QueueError> {
     let Some(line) = line(buf, *pos) else {
         return Ok(None);
     };
     let (kind, text) = (buf[*pos], (*pos + 1)..line);
     let after = line + 2;
     let number = || -> Result<i64, QueueError> {
-        std::str::from_utf8(&buf[text.clone()])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| protocol("a length or integer that is not a number"))
+        let digits = &buf[text.clone()];
+        let (negative, digits) = match digits.split_first() {
+            Some((b'-', rest)) => (true, rest),
+            _ => (false, digits),
+        };
+        let not_a_number = || protocol("a length or integer that is not a number");
+        if digits.is_empty() || digits.len() > 18 {
+            return Err(not_a_number());
+        }
+        let mut n: i64 = 0;
+        for &d in digits {
+            if !d.is_ascii_digit() {
+                return Err(not_a_number());
+            }
+            n = n * 10 + i64::from(d - b'0');
+        }
+        Ok(if negative { -n } else { n })
     };
     let frame = match kind {
         b'+' => Frame::Simple(text.clone()),
@@ -247,10 +280,11 @@ fn parse(buf: &[u8], pos: &mut usize) -> Result<Option<Frame>, QueueError> {
             Err(_) => Frame::Array(None),
             Ok(len) => {
                 *pos = after;
-                let mut items = Vec::with_capacity(len.min(1024));
+                let mut items = Vec::with_capacity(if build { len.min(1024) } else { 0 });
                 for _ in 0..len {
-                    match parse(buf, pos)? {
-                        Some(item) => items.push(item),
+                    match parse(buf, pos, build)? {
+                        Some(item) if build => items.push(item),
+                        Some(_) => {}
                         None => return Ok(None),
                     }
                 }
@@ -345,7 +379,7 @@ mod tests {
 
     fn entries(bytes: &[u8]) -> Vec<StreamEntry> {
         let mut pos = 0;
-        let frame = parse(bytes, &mut pos).unwrap().unwrap();
+        let frame = parse(bytes, &mut pos, true).unwrap().unwrap();
         assert_eq!(pos, bytes.len());
         entries_of(&Bytes::copy_from_slice(bytes), frame).unwrap()
     }
@@ -363,6 +397,26 @@ mod tests {
     }
 
     #[test]
+    fn integers_and_lengths() {
+        for (text, want) in [
+            (&b":0\r\n"[..], 0),
+            (b":-12\r\n", -12),
+            (b":987654321\r\n", 987_654_321),
+        ] {
+            let mut pos = 0;
+            assert_eq!(
+                parse(text, &mut pos, true).unwrap(),
+                Some(Frame::Integer(want))
+            );
+        }
+        let mut pos = 0;
+        assert_eq!(
+            parse(b"$-1\r\n", &mut pos, true).unwrap(),
+            Some(Frame::Bulk(None))
+        );
+    }
+
+    #[test]
     fn a_timed_out_block_is_no_entries() {
         assert!(entries(b"*-1\r\n").is_empty());
     }
@@ -374,17 +428,25 @@ mod tests {
         for cut in 0..REPLY.len() {
             let mut pos = 0;
             assert_eq!(
-                parse(&REPLY[..cut], &mut pos).unwrap(),
+                parse(&REPLY[..cut], &mut pos, true).unwrap(),
                 None,
                 "cut at {cut}"
             );
+            assert_eq!(
+                parse(&REPLY[..cut], &mut 0, false).unwrap(),
+                None,
+                "scan, cut at {cut}"
+            );
         }
+        let mut pos = 0;
+        assert!(parse(REPLY, &mut pos, false).unwrap().is_some());
+        assert_eq!(pos, REPLY.len(), "the scan ends where the reply does");
     }
 
     #[test]
     fn error_replies_keep_their_code() {
         let mut pos = 0;
-        let frame = parse(b"-NOGROUP No such key\r\n", &mut pos)
+        let frame = parse(b"-NOGROUP No such key\r\n", &mut pos, true)
             .unwrap()
             .unwrap();
         let Frame::Error(r) = frame else {
@@ -396,10 +458,17 @@ mod tests {
 
     #[test]
     fn malformed_replies_are_errors() {
-        for bad in [&b"?x\r\n"[..], b"$3\r\nabcd\r\n", b":x1\r\n"] {
+        for bad in [
+            &b"?x\r\n"[..],
+            b"$3\r\nabcd\r\n",
+            b":x1\r\n",
+            b":\r\n",
+            b"*-\r\n",
+            b":1234567890123456789\r\n",
+        ] {
             let mut pos = 0;
             assert!(
-                parse(bad, &mut pos).is_err(),
+                parse(bad, &mut pos, true).is_err(),
                 "{:?}",
                 String::from_utf8_lossy(bad)
             );
