@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
-use crate::queue::QueuedEvent;
+use crate::queue::{EntryEvent, QueuedEvent};
 use crate::timestamp::parse_timestamp;
 
 /// The configurable limits of `docs/contract.md`. `Default` gives its defaults.
@@ -101,6 +101,39 @@ impl ValidEvent<'_> {
             received_at,
         }
     }
+}
+
+impl ValidEvent<'_> {
+    /// What [`ValidEvent::into_queued`] queues, borrowed from this event and `source`: the
+    /// same entry, encoded without owned copies of its strings.
+    pub fn entry<'s>(
+        &'s self,
+        source: &'s str,
+        sent_at: Option<OffsetDateTime>,
+        received_at: OffsetDateTime,
+        assign_id: impl FnOnce() -> Uuid,
+    ) -> EntryEvent<'s> {
+        EntryEvent {
+            time: self.time,
+            event_id: self.event_id.unwrap_or_else(assign_id),
+            name: &self.name,
+            source,
+            device_id: self.device_id.as_deref(),
+            session_id: self.session_id.as_deref(),
+            user_id: self.user_id.as_deref(),
+            properties: match self.properties {
+                Some(p) => p,
+                None => empty_object_ref(),
+            },
+            sent_at,
+            received_at,
+        }
+    }
+}
+
+#[expect(clippy::expect_used, reason = "`{}` is JSON: this cannot fail")]
+fn empty_object_ref() -> &'static RawValue {
+    serde_json::from_str("{}").expect("{} is JSON")
 }
 
 #[expect(clippy::expect_used, reason = "`{}` is JSON: this cannot fail")]
