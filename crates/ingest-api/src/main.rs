@@ -6,11 +6,6 @@ use clap::Parser;
 use ingest_api::{Config, StartError, serve};
 use service_kit::{logging, report, shutdown};
 
-/// Per event a request allocates and frees a dozen small buffers; mimalloc does that in a
-/// fraction of glibc malloc's instructions.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[actix_web::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
