@@ -96,32 +96,39 @@ pub fn parse_batch(body: &[u8], max_events: usize) -> Result<Batch<'_>, BatchErr
 const MAX_NESTING: usize = 128;
 
 /// Whether `[`/`{` outside strings nest deeper than `max`. Exact for valid JSON; for invalid
-/// JSON either answer ends as `invalid_json`.
+/// JSON either answer ends as `invalid_json`. Most of a body is string text, which is skipped
+/// with `memchr` rather than walked byte by byte.
 fn nests_deeper_than(text: &str, max: usize) -> bool {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &b in text.as_bytes() {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-        } else {
-            match b {
-                b'"' => in_string = true,
-                b'[' | b'{' => {
-                    depth += 1;
-                    if depth > max {
-                        return true;
-                    }
+    let bytes = text.as_bytes();
+    let (mut depth, mut i) = (0usize, 0);
+    while let Some(&b) = bytes.get(i) {
+        i += 1;
+        match b {
+            b'"' => i = past_string(bytes, i),
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
                 }
-                b']' | b'}' => depth = depth.saturating_sub(1),
-                _ => {}
             }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
         }
     }
     false
+}
+
+/// Where the string whose text starts at `i` (just past its opening quote) ends: just past its
+/// closing quote, or the end of `bytes` if it has none. A backslash escapes the byte after it.
+pub(crate) fn past_string(bytes: &[u8], mut i: usize) -> usize {
+    while let Some(rest) = bytes.get(i..) {
+        match memchr::memchr2(b'"', b'\\', rest) {
+            None => break,
+            Some(k) if rest[k] == b'"' => return i + k + 1,
+            Some(k) => i += k + 2,
+        }
+    }
+    bytes.len()
 }
 
 fn parse_sent_at(raw: &RawValue) -> Result<OffsetDateTime, BatchError> {
@@ -288,6 +295,59 @@ impl<'de> de::DeserializeSeed<'de> for EventsSeed {
 
 #[cfg(test)]
 mod tests {
+    /// The byte-by-byte walk `nests_deeper_than` replaced, as the reference.
+    fn nests_deeper_than_walk(text: &str, max: usize) -> bool {
+        let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+        for &b in text.as_bytes() {
+            if in_string {
+                match b {
+                    _ if escaped => escaped = false,
+                    b'\\' => escaped = true,
+                    b'"' => in_string = false,
+                    _ => {}
+                }
+            } else {
+                match b {
+                    b'"' => in_string = true,
+                    b'[' | b'{' => {
+                        depth += 1;
+                        if depth > max {
+                            return true;
+                        }
+                    }
+                    b']' | b'}' => depth = depth.saturating_sub(1),
+                    _ => {}
+                }
+            }
+        }
+        false
+    }
+
+    #[test]
+    fn the_nesting_scan_skips_strings_as_the_walk_did() {
+        let pieces = [
+            "[", "]", "{", "}", "\"", "\\", "\\\"", "a", "ü", ":", ",", "\"[\"", "\"\\\\\"",
+        ];
+        // Every sequence of up to 4 pieces, against limits 0 to 3.
+        let mut texts = vec![String::new()];
+        for _ in 0..4 {
+            let longer: Vec<String> = texts
+                .iter()
+                .flat_map(|t| pieces.iter().map(move |p| format!("{t}{p}")))
+                .collect();
+            for t in &longer {
+                for max in 0..4 {
+                    assert_eq!(
+                        nests_deeper_than(t, max),
+                        nests_deeper_than_walk(t, max),
+                        "{t:?} max {max}"
+                    );
+                }
+            }
+            texts = longer;
+        }
+    }
+
     use super::*;
     use time::macros::datetime;
 

@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
-use crate::queue::QueuedEvent;
+use crate::queue::{EntryEvent, QueuedEvent};
 use crate::timestamp::parse_timestamp;
 
 /// The configurable limits of `docs/contract.md`. `Default` gives its defaults.
@@ -101,6 +101,39 @@ impl ValidEvent<'_> {
             received_at,
         }
     }
+}
+
+impl ValidEvent<'_> {
+    /// What [`ValidEvent::into_queued`] queues, borrowed from this event and `source`: the
+    /// same entry, encoded without owned copies of its strings.
+    pub fn entry<'s>(
+        &'s self,
+        source: &'s str,
+        sent_at: Option<OffsetDateTime>,
+        received_at: OffsetDateTime,
+        assign_id: impl FnOnce() -> Uuid,
+    ) -> EntryEvent<'s> {
+        EntryEvent {
+            time: self.time,
+            event_id: self.event_id.unwrap_or_else(assign_id),
+            name: &self.name,
+            source,
+            device_id: self.device_id.as_deref(),
+            session_id: self.session_id.as_deref(),
+            user_id: self.user_id.as_deref(),
+            properties: match self.properties {
+                Some(p) => p,
+                None => empty_object_ref(),
+            },
+            sent_at,
+            received_at,
+        }
+    }
+}
+
+#[expect(clippy::expect_used, reason = "`{}` is JSON: this cannot fail")]
+fn empty_object_ref() -> &'static RawValue {
+    serde_json::from_str("{}").expect("{} is JSON")
 }
 
 #[expect(clippy::expect_used, reason = "`{}` is JSON: this cannot fail")]
@@ -273,7 +306,8 @@ fn text_field(field: &str, v: &RawValue, limits: &Limits) -> Result<String, Even
     if s.contains('\0') {
         return Err(EventError::new(field, "must not contain NUL (U+0000)"));
     }
-    if s.chars().count() > limits.max_string_chars {
+    // A string has at most as many characters as bytes: count them only when it could be long.
+    if s.len() > limits.max_string_chars && s.chars().count() > limits.max_string_chars {
         return Err(EventError::new(
             field,
             format!("longer than {} characters", limits.max_string_chars),
@@ -336,20 +370,10 @@ pub const PG_NUMERIC_MAX_INT_DIGITS: i64 = 131_072;
 /// `1e-20000` as the f64 0.0; jsonb parses the text as a numeric and refuses it.
 fn check_numbers(text: &str) -> Result<(), EventError> {
     let bytes = text.as_bytes();
-    let (mut i, mut in_string, mut escaped) = (0, false, false);
-    while i < bytes.len() {
-        let b = bytes[i];
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            i += 1;
-        } else if b == b'"' {
-            in_string = true;
-            i += 1;
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'"' {
+            i = crate::batch::past_string(bytes, i + 1);
         } else if b == b'-' || b.is_ascii_digit() {
             let start = i;
             while i < bytes.len()
@@ -378,6 +402,10 @@ fn check_numbers(text: &str) -> Result<(), EventError> {
 /// fraction digits as written less the exponent (`0e-16384` is refused though it is zero); its
 /// weight counts the digits before the point from the first significant one.
 pub fn pg_numeric_fits(number: &str) -> bool {
+    // Without an exponent, the scale and the weight are at most the digits written.
+    if number.len() <= PG_NUMERIC_MAX_SCALE as usize && !number.contains(['e', 'E']) {
+        return true;
+    }
     let unsigned = number.strip_prefix('-').unwrap_or(number);
     let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
         Some(at) => (&unsigned[..at], &unsigned[at + 1..]),

@@ -18,8 +18,9 @@ pub const VERSION_FIELD: &str = "v";
 /// Stream field holding the event.
 pub const EVENT_FIELD: &str = "e";
 
-/// One accepted event, exactly as its row will be stored.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One accepted event, exactly as its row will be stored. It serialises as its
+/// [`EntryEvent`], the one definition of the entry's JSON.
+#[derive(Debug, Clone, Deserialize)]
 pub struct QueuedEvent {
     #[serde(rename = "t", with = "unix_micros")]
     pub time: OffsetDateTime,
@@ -29,24 +30,67 @@ pub struct QueuedEvent {
     pub name: String,
     #[serde(rename = "s")]
     pub source: String,
-    #[serde(rename = "d", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "d", default)]
     pub device_id: Option<String>,
-    #[serde(rename = "ss", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "ss", default)]
     pub session_id: Option<String>,
-    #[serde(rename = "u", default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "u", default)]
     pub user_id: Option<String>,
     /// The properties object as the client sent it (validated, not rebuilt).
     #[serde(rename = "p")]
     pub properties: Box<RawValue>,
+    #[serde(rename = "sa", default, with = "opt_unix_micros")]
+    pub sent_at: Option<OffsetDateTime>,
+    #[serde(rename = "ra", with = "unix_micros")]
+    pub received_at: OffsetDateTime,
+}
+
+/// An entry's event with its text borrowed from wherever it is (the request body, the token's
+/// source): what [`QueuedEvent::encode`] writes, without owned copies of the strings.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct EntryEvent<'a> {
+    #[serde(rename = "t", with = "unix_micros")]
+    pub time: OffsetDateTime,
+    #[serde(rename = "id")]
+    pub event_id: Uuid,
+    #[serde(rename = "n")]
+    pub name: &'a str,
+    #[serde(rename = "s")]
+    pub source: &'a str,
+    #[serde(rename = "d", skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<&'a str>,
+    #[serde(rename = "ss", skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<&'a str>,
+    #[serde(rename = "u", skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<&'a str>,
+    #[serde(rename = "p")]
+    pub properties: &'a RawValue,
     #[serde(
         rename = "sa",
-        default,
         with = "opt_unix_micros",
         skip_serializing_if = "Option::is_none"
     )]
     pub sent_at: Option<OffsetDateTime>,
     #[serde(rename = "ra", with = "unix_micros")]
     pub received_at: OffsetDateTime,
+}
+
+impl EntryEvent<'_> {
+    /// Appends the `e` field's value to `out`.
+    #[expect(
+        clippy::expect_used,
+        reason = "a Vec takes every write, and strings, a UUID, timestamps and a RawValue that \
+                  was JSON always serialise"
+    )]
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        serde_json::to_writer(out, self).expect("an EntryEvent always serialises");
+    }
+}
+
+impl Serialize for QueuedEvent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.as_entry().serialize(s)
+    }
 }
 
 /// An entry's event read in place, as the flusher stores it: strings are borrowed from the
@@ -177,13 +221,29 @@ pub enum DecodeError {
 }
 
 impl QueuedEvent {
+    /// The event borrowed, to encode.
+    pub fn as_entry(&self) -> EntryEvent<'_> {
+        EntryEvent {
+            time: self.time,
+            event_id: self.event_id,
+            name: &self.name,
+            source: &self.source,
+            device_id: self.device_id.as_deref(),
+            session_id: self.session_id.as_deref(),
+            user_id: self.user_id.as_deref(),
+            properties: &self.properties,
+            sent_at: self.sent_at,
+            received_at: self.received_at,
+        }
+    }
+
     /// The `e` field's value.
     #[expect(
         clippy::expect_used,
         reason = "strings, a UUID, timestamps and a RawValue that was JSON: serialising cannot fail"
     )]
     pub fn encode(&self) -> String {
-        serde_json::to_string(self).expect("a QueuedEvent always serialises")
+        serde_json::to_string(&self.as_entry()).expect("a QueuedEvent always serialises")
     }
 
     /// Reads an entry back from its `v` and `e` fields.
@@ -252,6 +312,24 @@ mod tests {
             sent_at: Some(datetime!(2026-01-02 03:04:06 UTC)),
             received_at: datetime!(2026-01-02 03:04:07.000001 UTC),
         }
+    }
+
+    /// The entry's bytes, as the flusher reads them: field order, names, omitted `None`s.
+    #[test]
+    fn encodes_the_entry_format() {
+        assert_eq!(
+            sample().encode(),
+            r#"{"t":1767323045123456,"id":"0190c5d5-9a6e-7c1f-8e4a-6f1b2c3d4e5f","n":"level_up","s":"game","d":"dev-1","u":"ünïcödé","p":{"level": 3, "tags": ["a"]},"sa":1767323046000000,"ra":1767323047000001}"#
+        );
+        let e = sample();
+        let mut out = Vec::new();
+        e.as_entry().encode_into(&mut out);
+        assert_eq!(out, e.encode().as_bytes());
+        assert_eq!(serde_json::to_string(&e).unwrap(), e.encode());
+        // An entry as the release before the borrowed encoder wrote it reads back to itself.
+        let old = r#"{"t":1795852919225226,"id":"01e482a7-d71f-4f7a-8000-000000000000","n":"level_complete","s":"bench","d":"dev-01e482a7d71f4f7a","ss":"sess-01e482a7d71f","u":"user-260218","p":{"level":89,"score":60218,"duration_ms":260218,"difficulty":"easy","platform":"windows","build":"1.4.2+8841","fps_avg":88.8},"sa":1795852919225226,"ra":1795852919302325}"#;
+        let back = QueuedEvent::decode(Some(b"1"), Some(old.as_bytes())).unwrap();
+        assert_eq!(back.encode(), old);
     }
 
     #[test]

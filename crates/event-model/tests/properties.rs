@@ -1104,12 +1104,16 @@ proptest! {
             let result = validate_event(raw, &limits(), NOW);
             check_against_oracle(ev, &result)?;
             let Ok(e) = result else { continue };
-            // What ingest-api queues (`ValidEvent::into_queued`, its assigned id fixed here so a
-            // failure reproduces), encoded as its queue encodes it.
-            let encoded = e
-                .clone()
-                .into_queued("s", batch.sent_at, NOW, || ASSIGNED_ID)
-                .encode();
+            // What ingest-api queues (`ValidEvent::entry`, its assigned id fixed here so a
+            // failure reproduces), encoded as its queue encodes it; `into_queued` encodes the
+            // same bytes.
+            let mut bytes = Vec::new();
+            e.entry("s", batch.sent_at, NOW, || ASSIGNED_ID).encode_into(&mut bytes);
+            let encoded = String::from_utf8(bytes).unwrap();
+            prop_assert_eq!(
+                &encoded,
+                &e.clone().into_queued("s", batch.sent_at, NOW, || ASSIGNED_ID).encode()
+            );
             let back = QueuedEvent::decode(Some(ENTRY_VERSION.as_bytes()), Some(encoded.as_bytes()))
                 .map_err(|err| TestCaseError::fail(format!("{err}: {encoded}")))?;
             prop_assert_eq!(back.time, e.time);

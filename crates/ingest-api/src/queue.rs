@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use event_model::QueuedEvent;
+use event_model::queue::EntryEvent;
 use redis_queue::{Connector, Layout, LayoutCheck, Shared};
 
 pub use redis_queue::QueueError;
@@ -93,7 +93,7 @@ impl EventQueue {
     /// that did happen before its reply was lost is stored once), all within twice the Redis
     /// timeout; on one node another shard would fail the same way, so there is no second try.
     /// Returns the shard written to.
-    pub async fn push(&self, events: &[QueuedEvent]) -> Result<usize, QueueError> {
+    pub async fn push(&self, events: &[EntryEvent<'_>]) -> Result<usize, QueueError> {
         let n = self.shards.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
         // A shard whose node is past the memory ratio is never written to: Redis must keep
@@ -138,10 +138,10 @@ impl EventQueue {
         Err(last.unwrap_or(QueueError::Timeout(2 * self.redis.timeout())))
     }
 
-    async fn push_to(&self, shard: usize, events: &[QueuedEvent]) -> Result<(), QueueError> {
+    async fn push_to(&self, shard: usize, events: &[EntryEvent<'_>]) -> Result<(), QueueError> {
         self.check.check_shard(&self.redis, shard).await?;
         let key = self.layout().key(shard);
-        let pipe = redis_queue::append::events(&key, events.iter().map(QueuedEvent::encode));
+        let pipe = redis_queue::append::entries(&key, events.iter().copied());
         self.redis
             .query(async |c| pipe.query_async::<()>(c).await)
             .await?;

@@ -6,7 +6,8 @@
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
-use event_model::{Batch, QueuedEvent, ValidEvent, parse_batch, validate_event};
+use event_model::queue::EntryEvent;
+use event_model::{Batch, ValidEvent, parse_batch, validate_event};
 use serde::Serialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -48,9 +49,9 @@ pub async fn ingest(
         .map(|(len, _)| 3 * (len + PER_EVENT_OVERHEAD))
         .sum();
     budget.charge(building, state.retry_after_secs)?;
-    let accepted: Vec<QueuedEvent> = valid
-        .into_iter()
-        .map(|(_, e)| e.into_queued(&source, batch.sent_at, received_at, Uuid::now_v7))
+    let accepted: Vec<EntryEvent<'_>> = valid
+        .iter()
+        .map(|(_, e)| e.entry(&source, batch.sent_at, received_at, Uuid::now_v7))
         .collect();
     if !rejected.is_empty() {
         telemetry::source_events(&source, "rejected", rejected.len());
@@ -159,7 +160,7 @@ async fn admit(state: &AppState, source: &str, events: usize) -> Result<(), ApiE
 }
 
 /// One atomic write of every accepted event; 503 when no shard takes it.
-async fn enqueue(state: &AppState, accepted: &[QueuedEvent]) -> Result<(), ApiError> {
+async fn enqueue(state: &AppState, accepted: &[EntryEvent<'_>]) -> Result<(), ApiError> {
     let Err(e) = state.queue.push(accepted).await else {
         return Ok(());
     };
