@@ -196,19 +196,18 @@ impl Consumer {
         times: usize,
     ) -> Result<Vec<Entry>, FlusherError> {
         let key = self.check.layout().key(shard);
-        let (group, consumer, limit) = (
-            self.group.clone(),
-            self.consumer.clone(),
-            block + self.timeout,
-        );
+        let limit = block + self.timeout;
+        self.connect_reader().await?;
+        let Some(reader) = self.reader.as_mut() else {
+            return Err(FlusherError::Protocol("no read connection".into()));
+        };
         let read = ReadGroup {
             key: &key,
-            group: &group,
-            consumer: &consumer,
+            group: &self.group,
+            consumer: &self.consumer,
             count,
             block: (!block.is_zero()).then_some(block),
         };
-        let reader = self.reader().await?;
         let reply = tokio::time::timeout(limit, reader.read(&read, times)).await;
         match reply {
             Ok(Ok(entries)) => {
@@ -239,8 +238,8 @@ impl Consumer {
         }
     }
 
-    /// The read connection, made when there is none: the lean reader where it can be.
-    async fn reader(&mut self) -> Result<&mut Reader, FlusherError> {
+    /// Makes the read connection when there is none: the lean reader where it can be.
+    async fn connect_reader(&mut self) -> Result<(), FlusherError> {
         if self.reader.is_none() {
             let connector = self.redis.connector();
             let lean = tokio::time::timeout(self.timeout, connector.stream_reader())
@@ -256,9 +255,7 @@ impl Consumer {
             };
             self.reader = Some(reader);
         }
-        self.reader
-            .as_mut()
-            .ok_or_else(|| FlusherError::Protocol("no read connection".into()))
+        Ok(())
     }
 
     /// Claims entries idle longer than `min_idle` from any consumer (a crashed flusher's),
@@ -357,11 +354,18 @@ impl Consumer {
     }
 
     /// Acknowledges and deletes entries whose rows are committed (atomically, also while Redis
-    /// is out of memory: see [`redis_queue::settle`]).
-    pub async fn ack_delete(&self, shard: usize, ids: &[String]) -> Result<(), FlusherError> {
-        let key = self.key(shard);
-        redis_queue::settle::ack_delete(&self.redis, &key, &self.group, ids).await?;
-        Ok(())
+    /// is out of memory: see [`redis_queue::settle`]). The future owns what it needs, so it can
+    /// run on a task of its own while the worker goes on.
+    pub fn ack_delete(
+        &self,
+        shard: usize,
+        ids: Vec<String>,
+    ) -> impl Future<Output = Result<(), FlusherError>> + Send + 'static {
+        let (redis, key, group) = (self.redis.clone(), self.key(shard), self.group.clone());
+        async move {
+            redis_queue::settle::ack_delete(&redis, &key, &group, &ids).await?;
+            Ok(())
+        }
     }
 
     /// Moves entries to the dead-letter stream with the reason, each only if it is still

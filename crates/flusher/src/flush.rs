@@ -152,15 +152,7 @@ impl Worker {
         shard: usize,
         ids: Vec<String>,
     ) -> Result<(), FlusherError> {
-        let (redis, key, group) = (
-            self.consumer.redis().clone(),
-            self.consumer.key(shard),
-            self.consumer.group.clone(),
-        );
-        let next = tokio::spawn(async move {
-            redis_queue::settle::ack_delete(&redis, &key, &group, &ids).await?;
-            Ok(())
-        });
+        let next = tokio::spawn(self.consumer.ack_delete(shard, ids));
         let previous = self.replace_ack(Some(next));
         await_ack(previous).await
     }
