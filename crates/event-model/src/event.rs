@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
-use crate::queue::{EntryEvent, QueuedEvent};
+use crate::queue::EntryEvent;
 use crate::timestamp::parse_timestamp;
 
 /// The configurable limits of `docs/contract.md`. `Default` gives its defaults.
@@ -76,36 +76,10 @@ pub struct ValidEvent<'a> {
 }
 
 impl ValidEvent<'_> {
-    /// The queue entry of this event as ingest-api queues it: from `source`, with the batch's
-    /// `sent_at`, `received_at` by the server's clock, `properties` `{}` when absent, and
-    /// `assign_id()` as the `event_id` when the client sent none (ingest-api: a UUIDv7).
-    pub fn into_queued(
-        self,
-        source: &str,
-        sent_at: Option<OffsetDateTime>,
-        received_at: OffsetDateTime,
-        assign_id: impl FnOnce() -> Uuid,
-    ) -> QueuedEvent {
-        QueuedEvent {
-            time: self.time,
-            event_id: self.event_id.unwrap_or_else(assign_id),
-            name: self.name,
-            source: source.to_string(),
-            device_id: self.device_id,
-            session_id: self.session_id,
-            user_id: self.user_id,
-            properties: self
-                .properties
-                .map_or_else(empty_object, RawValue::to_owned),
-            sent_at,
-            received_at,
-        }
-    }
-}
-
-impl ValidEvent<'_> {
-    /// What [`ValidEvent::into_queued`] queues, borrowed from this event and `source`: the
-    /// same entry, encoded without owned copies of its strings.
+    /// The queue entry of this event as ingest-api queues it, borrowed from this event and
+    /// `source`: with the batch's `sent_at`, `received_at` by the server's clock, `properties`
+    /// `{}` when absent, and `assign_id()` as the `event_id` when the client sent none
+    /// (ingest-api: a UUIDv7).
     pub fn entry<'s>(
         &'s self,
         source: &'s str,
@@ -134,11 +108,6 @@ impl ValidEvent<'_> {
 #[expect(clippy::expect_used, reason = "`{}` is JSON: this cannot fail")]
 fn empty_object_ref() -> &'static RawValue {
     serde_json::from_str("{}").expect("{} is JSON")
-}
-
-#[expect(clippy::expect_used, reason = "`{}` is JSON: this cannot fail")]
-fn empty_object() -> Box<RawValue> {
-    RawValue::from_string("{}".to_string()).expect("{} is JSON")
 }
 
 /// The fields an event may have; any other key is rejected as unknown.
