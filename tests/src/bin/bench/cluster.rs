@@ -1,10 +1,8 @@
 //! The cluster rows, after all the others: a private 3-master Redis Cluster (lib.sh's
 //! start_redis_cluster, then appendfsync everysec on each node), the queue in 8 shards.
 
-use std::process::Command;
-
 use crate::config::Config;
-use crate::flush::{drain_cmd, finish_drain, start_flushers};
+use crate::flush::{drain_cmd, fill, finish_drain, start_flushers};
 use crate::ingest::{run_ingest, start_ingest};
 use crate::output::{DrainOut, FillOut};
 use crate::procs;
@@ -112,15 +110,7 @@ fn cluster_flush(cfg: &Config, rep: &mut Report, count: usize) -> Result<(FillOu
     .chain(["--stream-key", &key])
     .map(str::to_string)
     .collect();
-    let mut fill = Command::new(cfg.exe("loadgen"));
-    fill.arg("fill")
-        .args(&queue)
-        .args(["--events", &cfg.flush_n.to_string()]);
-    let fill: FillOut = procs::run_json(
-        "loadgen fill",
-        fill,
-        &cfg.file(&format!("fill-cluster-{count}.json")),
-    )?;
+    let fill = fill(cfg, &queue, &format!("cluster-{count}"))?;
     let n: u64 = shard_lens(cfg, &key)?.iter().sum();
     if n != cfg.flush_n {
         bail!(

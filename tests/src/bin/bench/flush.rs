@@ -170,6 +170,16 @@ pub struct Outcome {
     pub cpu: PerRow,
 }
 
+/// `loadgen fill` of `flush_n` entries into the queue `queue` names (its flags), its JSON kept
+/// as `fill-<tag>.json`.
+pub fn fill(cfg: &Config, queue: &[String], tag: &str) -> Result<FillOut> {
+    let mut fill = Command::new(cfg.exe("loadgen"));
+    fill.arg("fill")
+        .args(queue)
+        .args(["--events", &cfg.flush_n.to_string()]);
+    procs::run_json("loadgen fill", fill, &cfg.file(&format!("fill-{tag}.json")))
+}
+
 /// Fills `flush_n` entries, drains them with the flushers of `spec`, checks count(*).
 pub fn flush_run(cfg: &Config, rep: &mut Report, spec: &Spec) -> Result<Outcome> {
     let key = format!("bench:flush-{}", spec.key);
@@ -180,15 +190,7 @@ pub fn flush_run(cfg: &Config, rep: &mut Report, spec: &Spec) -> Result<Outcome>
         "--stream-key".into(),
         key.clone(),
     ];
-    let mut fill = Command::new(cfg.exe("loadgen"));
-    fill.arg("fill")
-        .args(&queue)
-        .args(["--events", &cfg.flush_n.to_string()]);
-    let fill: FillOut = procs::run_json(
-        "loadgen fill",
-        fill,
-        &cfg.file(&format!("fill-{}.json", spec.key)),
-    )?;
+    let fill = fill(cfg, &queue, spec.key)?;
     if services::xlen(cfg.redis_port, &key)? != cfg.flush_n {
         bail!("fill: {key} does not hold {} entries", cfg.flush_n);
     }
