@@ -126,6 +126,43 @@ async fn poison_entries_are_dead_lettered_and_requeued() {
     assert_eq!(xlen(&mut r, &dead_key).await, 0);
 }
 
+/// An entry in exactly the form ingest-api writes whose properties are not JSON (a producer
+/// that bypasses ingest-api): the flusher's scanner does not validate properties, PostgreSQL
+/// refuses the `jsonb`, and only that row is dead-lettered, with PostgreSQL's SQLSTATE.
+#[tokio::test]
+async fn properties_postgresql_cannot_parse_are_dead_lettered_alone() {
+    let p = Pipeline::start(PipelineOptions::without_flushers()).await;
+    let (ingest, db, key) = (&p.ingest, &p.db, &p.key);
+    let events: Vec<Value> = (0..99).map(|i| event("good", i)).collect();
+    let (status, body) = ingest.post(&json!(events)).await;
+    assert_eq!((status, body["accepted"].clone()), (200, json!(99)));
+    let mut r = p.redis().await;
+    let bad = r#"{"t":1767323045123456,"id":"0190c5d5-9a6e-7c1f-8e4a-6f1b2c3d4e5f","n":"bad","s":"test","p":{"a":tru},"ra":1767323047000001}"#;
+    let bad_id: String = redis::cmd("XADD")
+        .arg(key)
+        .arg("*")
+        .arg("v")
+        .arg("1")
+        .arg("e")
+        .arg(bad)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+
+    let mut flusher = p.start_flusher(&[], &[]);
+    db.wait_rows(99).await;
+    wait_stream_empty(&r, key).await;
+    assert!(flusher.proc.terminate().success());
+    assert_eq!(db.count().await, 99);
+    let listed: Vec<Value> = dead_letters(&p, &["list"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["original_id"], json!(bad_id));
+    assert_eq!(listed[0]["sqlstate"], json!("22P02"), "{listed:?}");
+}
+
 /// `dead-letters list` shows exactly two: the undecodable entry (by its original ID) and the
 /// row PostgreSQL refused, with its SQLSTATE, the constraint and the event. The latter's ID.
 fn the_two_dead_letters_listed(p: &Pipeline, garbage_id: &str) -> String {

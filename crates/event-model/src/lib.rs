@@ -7,6 +7,7 @@
 pub mod batch;
 pub mod event;
 pub mod queue;
+pub mod scan;
 pub mod timestamp;
 
 pub use batch::{Batch, BatchError, parse_batch};

@@ -97,36 +97,76 @@ impl Serialize for QueuedEvent {
 /// entry's bytes (copied only when they hold a JSON escape), the properties are the entry's own
 /// JSON text, and timestamps stay microseconds since the Unix epoch, as the binary COPY wants
 /// them. It reads exactly what [`QueuedEvent::encode`] writes (a unit test holds the two
-/// together) and refuses what [`QueuedEvent::decode`] refuses.
-#[derive(Debug, Deserialize)]
+/// together) and refuses what [`QueuedEvent::decode`] refuses, with one exception: the
+/// properties object of an entry in `encode`'s exact form is delimited, not validated (see
+/// [`crate::scan::view`]); PostgreSQL refuses a bad one and the row is dead-lettered.
+#[derive(Debug, PartialEq, Eq)]
 pub struct EventView<'a> {
-    #[serde(rename = "t", deserialize_with = "micros::in_range")]
     pub time: i64,
-    #[serde(rename = "id")]
     pub event_id: Uuid,
-    #[serde(rename = "n", borrow)]
     pub name: Text<'a>,
-    #[serde(rename = "s", borrow)]
     pub source: Text<'a>,
-    #[serde(rename = "d", default, borrow)]
     pub device_id: Option<Text<'a>>,
-    #[serde(rename = "ss", default, borrow)]
     pub session_id: Option<Text<'a>>,
-    #[serde(rename = "u", default, borrow)]
     pub user_id: Option<Text<'a>>,
-    #[serde(rename = "p", borrow)]
-    pub properties: &'a RawValue,
-    #[serde(rename = "sa", default, deserialize_with = "micros::opt_in_range")]
+    /// The properties object's JSON text.
+    pub properties: &'a str,
     pub sent_at: Option<i64>,
-    #[serde(rename = "ra", deserialize_with = "micros::in_range")]
     pub received_at: i64,
 }
 
+/// What serde_json reads when the entry is not in `encode`'s exact form.
+#[derive(Deserialize)]
+struct ViewJson<'a> {
+    #[serde(rename = "t", deserialize_with = "micros::in_range")]
+    time: i64,
+    #[serde(rename = "id")]
+    event_id: Uuid,
+    #[serde(rename = "n", borrow)]
+    name: Text<'a>,
+    #[serde(rename = "s", borrow)]
+    source: Text<'a>,
+    #[serde(rename = "d", default, borrow)]
+    device_id: Option<Text<'a>>,
+    #[serde(rename = "ss", default, borrow)]
+    session_id: Option<Text<'a>>,
+    #[serde(rename = "u", default, borrow)]
+    user_id: Option<Text<'a>>,
+    #[serde(rename = "p", borrow)]
+    properties: &'a RawValue,
+    #[serde(rename = "sa", default, deserialize_with = "micros::opt_in_range")]
+    sent_at: Option<i64>,
+    #[serde(rename = "ra", deserialize_with = "micros::in_range")]
+    received_at: i64,
+}
+
 impl<'a> EventView<'a> {
-    /// Reads an entry's event from its `v` and `e` fields, as [`QueuedEvent::decode`] does.
+    /// Reads an entry's event from its `v` and `e` fields, as [`QueuedEvent::decode`] does:
+    /// [`crate::scan::view`] first, serde_json when the entry is not in `encode`'s exact form.
     pub fn decode(version: Option<&[u8]>, event: Option<&'a [u8]>) -> Result<Self, DecodeError> {
         let event = check_version(version, event)?;
-        serde_json::from_slice(event).map_err(|e| DecodeError::Malformed(e.to_string()))
+        match crate::scan::view(event) {
+            Some(view) => Ok(view),
+            None => Self::decode_json(event),
+        }
+    }
+
+    /// Reads the `e` field with serde_json only (what `decode` falls back to).
+    pub fn decode_json(event: &'a [u8]) -> Result<Self, DecodeError> {
+        let v: ViewJson<'a> =
+            serde_json::from_slice(event).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        Ok(EventView {
+            time: v.time,
+            event_id: v.event_id,
+            name: v.name,
+            source: v.source,
+            device_id: v.device_id,
+            session_id: v.session_id,
+            user_id: v.user_id,
+            properties: v.properties.get(),
+            sent_at: v.sent_at,
+            received_at: v.received_at,
+        })
     }
 }
 
@@ -384,9 +424,74 @@ mod tests {
         assert_eq!(v.device_id.as_deref(), e.device_id.as_deref());
         assert_eq!(v.session_id.as_deref(), None);
         assert_eq!(v.user_id.as_deref(), e.user_id.as_deref());
-        assert_eq!(v.properties.get(), e.properties.get());
+        assert_eq!(v.properties, e.properties.get());
         assert_eq!(v.sent_at, e.sent_at.map(micros));
         assert_eq!(v.received_at, micros(e.received_at));
+    }
+
+    /// The scanner reads every entry `encode` writes without escapes, as serde_json does.
+    #[test]
+    fn the_scanner_reads_what_encode_writes() {
+        let mut bare = sample();
+        (bare.device_id, bare.user_id, bare.sent_at) = (None, None, None);
+        bare.session_id = Some("s".into());
+        bare.properties = RawValue::from_string(
+            r#"{"a":"}{\"\\","b":[{"c":{}}],"d":-1.5e3,"e":null,"f":"é"}"#.into(),
+        )
+        .unwrap();
+        let mut early = sample();
+        early.time = datetime!(1969-12-31 23:59:59.5 UTC);
+        for e in [sample(), bare, early] {
+            let text = e.encode();
+            let fast = crate::scan::view(text.as_bytes()).expect("the scanner reads it");
+            assert_eq!(
+                fast,
+                EventView::decode_json(text.as_bytes()).unwrap(),
+                "{text}"
+            );
+            assert_eq!(fast.properties, e.properties.get());
+        }
+    }
+
+    /// Every entry one byte away from a good one (cut short, or one byte replaced): the
+    /// scanner gives up, or reads what serde_json reads; it only accepts what serde_json
+    /// refuses when the properties object is not valid JSON (PostgreSQL refuses that row).
+    #[test]
+    fn the_scanner_never_reads_an_entry_otherwise_than_serde_json() {
+        let good = sample().encode().into_bytes();
+        let mut variants: Vec<Vec<u8>> = (0..good.len()).map(|n| good[..n].to_vec()).collect();
+        for i in 0..good.len() {
+            for b in [
+                b'"', b'\\', b'{', b'}', b',', b'x', b'0', b'-', b' ', 0x01, 0xff,
+            ] {
+                let mut v = good.clone();
+                v[i] = b;
+                variants.push(v);
+            }
+        }
+        let (mut read, mut bad_properties) = (0, 0);
+        for v in &variants {
+            let Some(fast) = crate::scan::view(v) else {
+                continue;
+            };
+            read += 1;
+            let what = String::from_utf8_lossy(v);
+            match EventView::decode_json(v) {
+                Ok(json) => assert_eq!(fast, json, "{what}"),
+                Err(_) => {
+                    bad_properties += 1;
+                    assert!(
+                        serde_json::from_str::<serde::de::IgnoredAny>(fast.properties).is_err(),
+                        "serde_json refuses more than the properties: {what}"
+                    );
+                }
+            }
+        }
+        assert!(
+            read > good.len(),
+            "most one-byte changes inside strings still scan"
+        );
+        assert!(bad_properties > 0, "some break only the properties' JSON");
     }
 
     /// Whatever `QueuedEvent::decode` refuses, the view refuses, and the reverse.

@@ -1116,7 +1116,7 @@ proptest! {
             prop_assert_eq!(view.device_id.as_deref(), e.device_id.as_deref());
             prop_assert_eq!(view.session_id.as_deref(), e.session_id.as_deref());
             prop_assert_eq!(view.user_id.as_deref(), e.user_id.as_deref());
-            prop_assert_eq!(view.properties.get(), e.properties.map_or("{}", RawValue::get));
+            prop_assert_eq!(view.properties, e.properties.map_or("{}", RawValue::get));
             let back = QueuedEvent::decode(Some(ENTRY_VERSION.as_bytes()), Some(encoded.as_bytes()))
                 .map_err(|err| TestCaseError::fail(format!("{err}: {encoded}")))?;
             prop_assert_eq!(back.time, e.time);
