@@ -94,12 +94,14 @@ async fn a_bad_row_and_a_duplicate_in_a_copy_of_several_reads() {
     assert_eq!(written, 599.0);
 }
 
-/// What the first flusher is told to do while four COPYs of three reads each wait on the lock.
+/// What the first flusher is told to do while four COPYs of three reads each wait on the lock,
+/// each worker holding the next three reads it made meanwhile (read ahead).
 #[derive(Debug, Clone, Copy)]
 enum Stop {
     /// SIGKILL: a crash; its entries stay pending until the second flusher claims them.
     Kill,
-    /// SIGTERM, then the lock released: it finishes the four COPYs in hand and exits.
+    /// SIGTERM, then the lock released: it finishes the four COPYs in hand, writes the four
+    /// batches read ahead, and exits.
     Term,
 }
 
@@ -126,8 +128,8 @@ async fn copies_waiting(client: &tokio_postgres::Client) -> i64 {
 }
 
 /// A flusher with four COPYs in flight, each of three reads (the table locked, so they wait),
-/// is killed or stopped; a second flusher then finishes the work, and every event is stored
-/// exactly once.
+/// and each worker's next three reads read ahead, is killed or stopped; a second flusher then
+/// finishes the work, and every event is stored exactly once.
 async fn copies_in_flight_then(stop: Stop) {
     let p = Pipeline::start(PipelineOptions::without_flushers()).await;
     for _ in 0..6 {
@@ -155,15 +157,20 @@ async fn copies_in_flight_then(stop: Stop) {
     })
     .await;
     let watcher = p.db.client().await;
-    let want: Vec<(String, u64)> = (0..4).map(|n| (format!("first-{n}"), 300)).collect();
-    wait_for("four COPYs of 300 rows in flight", LONG, || {
-        let (mut r, key, want, watcher) = (r.clone(), p.key.clone(), want.clone(), &watcher);
-        async move {
-            let mut held = pending_by_consumer(&mut r, &key, "flushers").await;
-            held.sort();
-            (held == want && copies_waiting(watcher).await == 4).then_some(())
-        }
-    })
+    // Each worker: 300 entries in its COPY, 300 read ahead while it waits.
+    let want: Vec<(String, u64)> = (0..4).map(|n| (format!("first-{n}"), 600)).collect();
+    wait_for(
+        "four COPYs of 300 rows in flight, 300 more read ahead each",
+        LONG,
+        || {
+            let (mut r, key, want, watcher) = (r.clone(), p.key.clone(), want.clone(), &watcher);
+            async move {
+                let mut held = pending_by_consumer(&mut r, &key, "flushers").await;
+                held.sort();
+                (held == want && copies_waiting(watcher).await == 4).then_some(())
+            }
+        },
+    )
     .await;
 
     match stop {
@@ -175,14 +182,18 @@ async fn copies_in_flight_then(stop: Stop) {
                 Some(9)
             );
             lock.batch_execute("ROLLBACK").await.unwrap();
-            assert_eq!(pending(&mut r, &p.key, "flushers").await, 1200);
+            assert_eq!(pending(&mut r, &p.key, "flushers").await, 2400);
         }
         Stop::Term => {
             first.proc.signal("TERM");
             lock.batch_execute("ROLLBACK").await.unwrap();
             assert!(first.proc.wait_exit(LONG).success());
             assert_eq!(pending(&mut r, &p.key, "flushers").await, 0);
-            assert_eq!(p.db.count().await, 1200, "the four COPYs in hand, no more");
+            assert_eq!(
+                p.db.count().await,
+                2400,
+                "the four COPYs in hand and the four batches read ahead, no more"
+            );
         }
     }
 
@@ -193,7 +204,10 @@ async fn copies_in_flight_then(stop: Stop) {
     assert_eq!(pending(&mut r, &p.key, "flushers").await, 0);
     let claimed = flusher_count(&second, "claimed").await;
     match stop {
-        Stop::Kill => assert_eq!(claimed, 1200.0, "the killed flusher's four COPYs' entries"),
+        Stop::Kill => assert_eq!(
+            claimed, 2400.0,
+            "the killed flusher's entries, read ahead too"
+        ),
         Stop::Term => assert_eq!(claimed, 0.0, "nothing was left to claim"),
     }
 }

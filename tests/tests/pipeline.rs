@@ -735,7 +735,7 @@ async fn concurrent_batches_in_one_flusher() {
             "3",
             "--batch-size",
             "10",
-            // One read per COPY: a backlog is otherwise written up to 1000 rows at a time.
+            // One read per COPY: a backlog is otherwise written up to 5000 rows at a time.
             "--max-copy-rows",
             "10",
             "--consumer",
@@ -743,8 +743,9 @@ async fn concurrent_batches_in_one_flusher() {
         ],
         &[],
     );
-    // The table locked: each worker reads a batch and waits on its COPY, so the group shows
-    // what is in flight at once: one batch of 10 pending with each of the three readers.
+    // The table locked: each worker reads a batch and waits on its COPY, reading the next
+    // batch meanwhile (read ahead), so the group shows what is in flight at once: a batch of 10
+    // in a COPY and the next 10 pending with each of the three readers.
     let lock = p.db.client().await;
     lock.batch_execute("BEGIN; LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
         .await
@@ -755,7 +756,7 @@ async fn concurrent_batches_in_one_flusher() {
         assert_eq!(status, 200);
     }
     let mut r = p.redis().await;
-    let want: Vec<(String, u64)> = (0..3).map(|n| (format!("multi-{n}"), 10)).collect();
+    let want: Vec<(String, u64)> = (0..3).map(|n| (format!("multi-{n}"), 20)).collect();
     wait_for("three batches in flight at once", LONG, || {
         let (mut r, key, want) = (r.clone(), p.key.clone(), want.clone());
         async move {

@@ -129,13 +129,13 @@ pub struct RunConfig {
     #[arg(long, env = "FLUSHER_BATCH_SIZE", default_value_t = 100, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
     pub batch_size: usize,
 
-    /// Most rows one COPY carries: under a backlog, up to this many entries (several reads of --batch-size) are written in one statement; a light load is written read by read. Must be at least --batch-size.
-    #[arg(long, env = "FLUSHER_MAX_COPY_ROWS", default_value_t = 1000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    /// Most rows one COPY carries: under a backlog, up to this many entries (several reads of --batch-size) are written in one statement, and the next COPY's entries are read while it is written; a light load is written read by read. Must be at least --batch-size.
+    #[arg(long, env = "FLUSHER_MAX_COPY_ROWS", default_value_t = 5000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     pub max_copy_rows: usize,
 
     /// Batches in flight at once: each read by its own consumer (`<consumer>-<n>`) and written
     /// on its own pooled PostgreSQL connection.
-    #[arg(long, env = "FLUSHER_CONCURRENCY", default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+    #[arg(long, env = "FLUSHER_CONCURRENCY", default_value_t = 2, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
     pub concurrency: usize,
 
     /// How long one blocking read waits for new entries, in milliseconds (with shards: after a sweep of all found none, a read blocks on one shard for this / shards).

@@ -43,16 +43,23 @@ pub fn connect(
 pub struct Consumer {
     /// For every call but reads: one connection shared by the workers of the process.
     redis: Shared,
-    /// Reads only, made on first use and re-made after an error.
-    reader: Option<Reader>,
-    /// Failed reads in a row.
-    reader_failures: u32,
+    /// Reads only, made on first use and re-made after an error. Behind a lock so that a read
+    /// can run beside the writing of the batch before it (see `flush::Worker::read_ahead`);
+    /// each worker has its own, so it is never contended.
+    reads: tokio::sync::Mutex<ReadConn>,
     /// Which shards' copies of the shard count were verified, shared by the workers.
     check: Arc<LayoutCheck>,
     pub group: String,
     pub consumer: String,
     timeout: Duration,
     block: Duration,
+}
+
+/// A worker's read connection, made on first use, and its failed reads in a row.
+#[derive(Default)]
+struct ReadConn {
+    reader: Option<Reader>,
+    failures: u32,
 }
 
 impl Consumer {
@@ -66,8 +73,7 @@ impl Consumer {
         Consumer {
             timeout: redis.timeout(),
             redis,
-            reader: None,
-            reader_failures: 0,
+            reads: tokio::sync::Mutex::new(ReadConn::default()),
             check,
             group: group.to_string(),
             consumer: consumer.to_string(),
@@ -177,7 +183,7 @@ impl Consumer {
     /// (not at all when `block` is zero). Returns at once with what is there when fewer than
     /// `count` are waiting.
     pub async fn read_new(
-        &mut self,
+        &self,
         shard: usize,
         count: usize,
         block: Duration,
@@ -189,7 +195,7 @@ impl Consumer {
     /// allows it (the lean reader pipelines them; a redis-rs connection reads one after the
     /// other and stops at the first that is not full).
     pub async fn read_new_times(
-        &mut self,
+        &self,
         shard: usize,
         count: usize,
         block: Duration,
@@ -197,9 +203,10 @@ impl Consumer {
     ) -> Result<Vec<Entry>, FlusherError> {
         let key = self.check.layout().key(shard);
         let limit = block + self.timeout;
-        self.connect_reader().await?;
-        let Some(reader) = self.reader.as_mut() else {
-            return Err(FlusherError::Protocol("no read connection".into()));
+        let mut conn = self.reads.lock().await;
+        let reader = match &mut conn.reader {
+            Some(reader) => reader,
+            none => none.insert(self.connect_reader().await?),
         };
         let read = ReadGroup {
             key: &key,
@@ -211,51 +218,46 @@ impl Consumer {
         let reply = tokio::time::timeout(limit, reader.read(&read, times)).await;
         match reply {
             Ok(Ok(entries)) => {
-                self.reader_failures = 0;
+                conn.failures = 0;
                 Ok(entries)
             }
             Ok(Err(e)) => {
                 // Reconnecting is cheap; a connection that saw an error is not trusted again
                 // (a cluster connection only when it needs it, see `needs_new_connection`, or
                 // after many failures in a row with no read between).
-                self.reader_failures += 1;
+                conn.failures += 1;
                 let renew = match &e {
                     FlusherError::Queue(q) => {
                         q.needs_new_connection(self.redis.connector().is_cluster())
                     }
                     _ => true,
                 };
-                if renew || self.reader_failures >= 20 {
-                    self.reader = None;
-                    self.reader_failures = 0;
+                if renew || conn.failures >= 20 {
+                    *conn = ReadConn::default();
                 }
                 Err(e)
             }
             Err(_) => {
-                self.reader = None;
+                *conn = ReadConn::default();
                 Err(redis_queue::QueueError::Timeout(limit).into())
             }
         }
     }
 
-    /// Makes the read connection when there is none: the lean reader where it can be.
-    async fn connect_reader(&mut self) -> Result<(), FlusherError> {
-        if self.reader.is_none() {
-            let connector = self.redis.connector();
-            let lean = tokio::time::timeout(self.timeout, connector.stream_reader())
-                .await
-                .map_err(|_| redis_queue::QueueError::Timeout(self.timeout))??;
-            let reader = match lean {
-                Some(lean) => Reader::Lean(lean),
-                None => Reader::Client(
-                    connector
-                        .connect(self.timeout, self.block + self.timeout)
-                        .await?,
-                ),
-            };
-            self.reader = Some(reader);
-        }
-        Ok(())
+    /// A new read connection: the lean reader where it can be.
+    async fn connect_reader(&self) -> Result<Reader, FlusherError> {
+        let connector = self.redis.connector();
+        let lean = tokio::time::timeout(self.timeout, connector.stream_reader())
+            .await
+            .map_err(|_| redis_queue::QueueError::Timeout(self.timeout))??;
+        Ok(match lean {
+            Some(lean) => Reader::Lean(lean),
+            None => Reader::Client(
+                connector
+                    .connect(self.timeout, self.block + self.timeout)
+                    .await?,
+            ),
+        })
     }
 
     /// Claims entries idle longer than `min_idle` from any consumer (a crashed flusher's),

@@ -122,6 +122,9 @@ struct Chores {
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 const IDLE_SUMMARY_EVERY: Duration = Duration::from_secs(300);
+/// How long a worker goes on writing one batch while reading the next before it returns to
+/// its loop (and its chores).
+const READ_AHEAD_FOR: Duration = Duration::from_secs(1);
 
 impl Worker {
     /// `stats` is shared by the workers of one process; worker `index` 0 logs it.
@@ -347,7 +350,7 @@ impl Worker {
                 Ok(entries) => {
                     shards[s].backoff = self.backoff_start();
                     let result = match self.top_up(s, entries).await {
-                        Ok(entries) => self.process(s, entries, false).await,
+                        Ok(entries) => self.write_reading_ahead(s, entries).await,
                         Err(e) => Err(e),
                     };
                     if let Err(e) = result {
@@ -372,20 +375,63 @@ impl Worker {
     /// several reads, as PostgreSQL's cost is per statement and per commit, not per row. Reads
     /// stay `--batch-size` entries, so a light load is written as soon as it is read.
     async fn top_up(
-        &mut self,
+        &self,
         shard: usize,
         mut entries: Vec<Entry>,
     ) -> Result<Vec<Entry>, FlusherError> {
-        let batch = self.config.batch_size;
-        let times = self.config.max_copy_rows.saturating_sub(entries.len()) / batch;
-        if entries.len() == batch && times > 0 {
+        if entries.len() == self.config.batch_size && self.copy_rows() > entries.len() {
             let more = self
-                .consumer
-                .read_new_times(shard, batch, Duration::ZERO, times)
+                .read_more(shard, self.copy_rows() - entries.len())
                 .await?;
             entries.extend(more);
         }
         Ok(entries)
+    }
+
+    /// The entries a full COPY holds: `--max-copy-rows` rounded down to whole reads (at least
+    /// one).
+    fn copy_rows(&self) -> usize {
+        let batch = self.config.batch_size;
+        (self.config.max_copy_rows / batch).max(1) * batch
+    }
+
+    /// Up to `n` more entries (whole reads of `--batch-size`), pipelined, without blocking.
+    async fn read_more(&self, shard: usize, n: usize) -> Result<Vec<Entry>, FlusherError> {
+        let batch = self.config.batch_size;
+        self.consumer
+            .read_new_times(shard, batch, Duration::ZERO, n.div_ceil(batch))
+            .await
+    }
+
+    /// Writes a batch. When it was a full COPY (a backlog), the next one is read while it is
+    /// written, so that PostgreSQL does not wait for Redis, nor Redis for PostgreSQL; and so on
+    /// until a read comes back short. The chain ends after [`READ_AHEAD_FOR`] so that the chores
+    /// between batches (claiming a dead flusher's entries, the summary) still run under a
+    /// backlog that never ends, and at shutdown; the batch in hand, read ahead or not, is
+    /// always written first. A read-ahead batch whose predecessor failed (a Redis error) stays
+    /// pending with this consumer and is claimed after `--claim-idle-ms`, as any batch of a
+    /// flusher that stopped.
+    async fn write_reading_ahead(
+        &self,
+        shard: usize,
+        mut entries: Vec<Entry>,
+    ) -> Result<(), FlusherError> {
+        let until = Instant::now() + READ_AHEAD_FOR;
+        loop {
+            let full = entries.len() >= self.copy_rows();
+            if !full || self.stopping() || Instant::now() >= until {
+                return self.process(shard, entries, false).await;
+            }
+            let (written, next) = tokio::join!(
+                self.process(shard, entries, false),
+                self.read_more(shard, self.copy_rows())
+            );
+            written?;
+            entries = next?;
+            if entries.is_empty() {
+                return Ok(());
+            }
+        }
     }
 
     /// A Redis call for one shard failed: that shard waits out its own backoff (doubling up
@@ -445,7 +491,7 @@ impl Worker {
     /// Writes one batch of entries and settles each: acknowledged and deleted once its row is
     /// committed, or moved to the dead-letter stream when it cannot be stored.
     async fn process(
-        &mut self,
+        &self,
         shard: usize,
         entries: Vec<Entry>,
         claimed: bool,
