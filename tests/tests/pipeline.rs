@@ -735,7 +735,7 @@ async fn concurrent_batches_in_one_flusher() {
             "3",
             "--batch-size",
             "10",
-            // One read per COPY: a backlog is otherwise written up to 5000 rows at a time.
+            // One read per COPY: a backlog is otherwise written up to 3000 rows at a time.
             "--max-copy-rows",
             "10",
             "--consumer",

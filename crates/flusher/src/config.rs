@@ -130,7 +130,7 @@ pub struct RunConfig {
     pub batch_size: usize,
 
     /// Most rows one COPY carries: under a backlog, up to this many entries (several reads of --batch-size) are written in one statement, and the next COPY's entries are read while it is written; a light load is written read by read. Must be at least --batch-size.
-    #[arg(long, env = "FLUSHER_MAX_COPY_ROWS", default_value_t = 5000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    #[arg(long, env = "FLUSHER_MAX_COPY_ROWS", default_value_t = 3000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     pub max_copy_rows: usize,
 
     /// Batches in flight at once: each read by its own consumer (`<consumer>-<n>`) and written
