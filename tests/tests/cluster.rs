@@ -126,15 +126,15 @@ async fn requests_spread_over_shards_and_flushers_drain_them_all() {
     })
     .await;
     let (ingest, db, key) = (&p.ingest, &p.db, &p.key);
-    for i in 0..80 {
+    for i in 0..40 {
         ingest.post_ok(&batch(&format!("spread-{i}"), 3)).await;
     }
     let mut conn = p.redis().await;
     for n in 0..8 {
         assert_eq!(
             xlen(&mut conn, &shard_key(key, n)).await,
-            30,
-            "shard {n} should hold 10 requests of 3 events"
+            15,
+            "shard {n} should hold 5 requests of 3 events"
         );
     }
     assert_eq!(
@@ -146,6 +146,17 @@ async fn requests_spread_over_shards_and_flushers_drain_them_all() {
     let flags = ["--shards", "8", "--concurrency", "2"];
     let f1 = p.start_flusher(&flags, &[]);
     let f2 = p.start_flusher(&flags, &[]);
+    // The first one may drain the first 120 events before the second is up: the next 120 are
+    // sent while both run (each logs `ready` just before its first read).
+    for f in [&f1, &f2] {
+        wait_for("both flushers reading", LONG, || async {
+            f.proc.log_text().contains(": ready in ").then_some(())
+        })
+        .await;
+    }
+    for i in 40..80 {
+        ingest.post_ok(&batch(&format!("spread-{i}"), 3)).await;
+    }
     db.wait_rows(240).await;
     wait_shards_drained(&conn, key, 8).await;
     assert_eq!(db.rows_and_distinct().await, (240, 240));
