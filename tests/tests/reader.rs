@@ -59,15 +59,7 @@ async fn odd_stream(server: &RedisServer) -> (String, redis::streams::StreamRang
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg("k")
-        .arg("g")
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(&mut db3)
-        .await
-        .unwrap();
+    let _: () = db3.xgroup_create_mkstream("k", "g", "0").await.unwrap();
     for (i, v) in odd_values().iter().enumerate() {
         let _: String = db3
             .xadd("k", "*", &[("v", b"1".as_slice()), ("e", v.as_slice())])
@@ -156,15 +148,7 @@ async fn pipelined_reads_return_the_entries_in_order() {
     let e = lean.read_groups(&read("k", 2, None), 3).await.unwrap_err();
     assert_eq!(e.code(), Some("NOGROUP"), "{e}");
 
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg("k")
-        .arg("g")
-        .arg("0")
-        .arg("MKSTREAM")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let _: () = c.xgroup_create_mkstream("k", "g", "0").await.unwrap();
     let mut ids = Vec::new();
     for i in 0..5 {
         let id: String = c.xadd("k", "*", &[("n", i)]).await.unwrap();

@@ -204,14 +204,18 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
 }
 
 /// Microseconds kept as they are, checked to be a time [`QueuedEvent`] could hold.
-mod micros {
+pub(crate) mod micros {
     use serde::{Deserialize, Deserializer};
     use time::OffsetDateTime;
 
+    /// Whether `micros` since the Unix epoch is a time [`super::QueuedEvent`] can hold (the
+    /// scanner's check too).
+    pub(crate) fn holdable(micros: i64) -> Result<i64, time::error::ComponentRange> {
+        OffsetDateTime::from_unix_timestamp(micros.div_euclid(1_000_000)).map(|_| micros)
+    }
+
     fn check<E: serde::de::Error>(micros: i64) -> Result<i64, E> {
-        OffsetDateTime::from_unix_timestamp(micros.div_euclid(1_000_000))
-            .map(|_| micros)
-            .map_err(E::custom)
+        holdable(micros).map_err(E::custom)
     }
 
     pub fn in_range<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {

@@ -8,6 +8,7 @@ use std::borrow::Cow;
 
 use uuid::Uuid;
 
+use crate::batch::past_string;
 use crate::queue::{EventView, Text};
 
 /// Reads `e` as `encode` writes it, or `None` when it is not exactly that form.
@@ -88,9 +89,7 @@ impl<'a> Cursor<'a> {
             .iter()
             .fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
         self.i += end;
-        let micros = if neg { -magnitude } else { magnitude };
-        time::OffsetDateTime::from_unix_timestamp(micros.div_euclid(1_000_000)).ok()?;
-        Some(micros)
+        crate::queue::micros::holdable(if neg { -magnitude } else { magnitude }).ok()
     }
 
     /// A string with no escape and no control character, borrowed.
@@ -126,21 +125,17 @@ impl<'a> Cursor<'a> {
         let mut i = start;
         loop {
             let k = i + memchr::memchr3(b'"', b'{', b'}', &b[i..])?;
+            i = k + 1;
             match b[k] {
+                b'"' => i = past_string(b, i),
                 b'{' => depth += 1,
-                b'}' => {
+                _ => {
                     depth -= 1;
                     if depth == 0 {
-                        i = k + 1;
                         break;
                     }
                 }
-                _ => {
-                    i = k + 1 + string_len(&b[k + 1..])?;
-                    continue;
-                }
             }
-            i = k + 1;
         }
         let text = std::str::from_utf8(&b[start..i]).ok()?;
         if text
@@ -151,21 +146,5 @@ impl<'a> Cursor<'a> {
         }
         self.i = i;
         Some(text)
-    }
-}
-
-/// The length of a JSON string's body and its closing quote, `s` starting after the opening
-/// one; `None` when it does not end.
-fn string_len(s: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    loop {
-        i += memchr::memchr2(b'"', b'\\', &s[i..])?;
-        if s[i] == b'"' {
-            return Some(i + 1);
-        }
-        i += 2; // the backslash and the character it escapes
-        if i > s.len() {
-            return None;
-        }
     }
 }

@@ -44,7 +44,7 @@ pub struct Consumer {
     /// For every call but reads: one connection shared by the workers of the process.
     redis: Shared,
     /// Reads only, made on first use and re-made after an error. Behind a lock so that a read
-    /// can run beside the writing of the batch before it (see `flush::Worker::read_ahead`);
+    /// can run beside the writing of the batch before it (see `flush::Worker::write_reading_ahead`);
     /// each worker has its own, so it is never contended.
     reads: tokio::sync::Mutex<ReadConn>,
     /// Which shards' copies of the shard count were verified, shared by the workers.
