@@ -211,8 +211,18 @@ pub(crate) mod micros {
     /// Whether `micros` since the Unix epoch is a time [`super::QueuedEvent`] can hold (the
     /// scanner's check too).
     pub(crate) fn holdable(micros: i64) -> Result<i64, time::error::ComponentRange> {
-        OffsetDateTime::from_unix_timestamp(micros.div_euclid(1_000_000)).map(|_| micros)
+        let secs = micros.div_euclid(1_000_000);
+        if (FIRST_SECOND..=LAST_SECOND).contains(&secs) {
+            return Ok(micros);
+        }
+        // Out of range: the calendar's own error.
+        OffsetDateTime::from_unix_timestamp(secs).map(|_| micros)
     }
+
+    /// The first and last Unix seconds an `OffsetDateTime` holds: comparing with them is what
+    /// `from_unix_timestamp` checks, without building a date (the flusher does it 3 times a row).
+    const FIRST_SECOND: i64 = time::PrimitiveDateTime::MIN.assume_utc().unix_timestamp();
+    const LAST_SECOND: i64 = time::PrimitiveDateTime::MAX.assume_utc().unix_timestamp();
 
     fn check<E: serde::de::Error>(micros: i64) -> Result<i64, E> {
         holdable(micros).map_err(E::custom)
@@ -431,6 +441,26 @@ mod tests {
         assert_eq!(v.properties, e.properties.get());
         assert_eq!(v.sent_at, e.sent_at.map(micros));
         assert_eq!(v.received_at, micros(e.received_at));
+    }
+
+    /// `holdable` compares with the calendar's first and last second instead of building a
+    /// date: it says what `from_unix_timestamp` says, at and around both ends.
+    #[test]
+    fn holdable_agrees_with_the_calendar() {
+        let first = time::PrimitiveDateTime::MIN.assume_utc().unix_timestamp();
+        let last = time::PrimitiveDateTime::MAX.assume_utc().unix_timestamp();
+        for secs in [first - 1, first, first + 1, -1, 0, last - 1, last, last + 1] {
+            for sub in [0, 999_999] {
+                let m = secs * 1_000_000 + sub;
+                assert_eq!(
+                    super::micros::holdable(m).is_ok(),
+                    OffsetDateTime::from_unix_timestamp(secs).is_ok(),
+                    "{m}"
+                );
+            }
+        }
+        assert!(super::micros::holdable(i64::MIN).is_err());
+        assert!(super::micros::holdable(i64::MAX).is_err());
     }
 
     /// The scanner reads every entry `encode` writes without escapes, as serde_json does.

@@ -8,7 +8,6 @@ use std::borrow::Cow;
 
 use uuid::Uuid;
 
-use crate::batch::past_string;
 use crate::queue::{EventView, Text};
 
 /// Reads `e` as `encode` writes it, or `None` when it is not exactly that form.
@@ -18,7 +17,14 @@ use crate::queue::{EventView, Text};
 /// `jsonb` and refuses a bad one, and the flusher then isolates that row and dead-letters it,
 /// as it does any row PostgreSQL refuses. ingest-api only ever queues validated properties.
 pub fn view(e: &[u8]) -> Option<EventView<'_>> {
-    let mut c = Cursor { b: e, i: 0 };
+    // UTF-8 is checked once for the whole entry: every piece below is cut at ASCII delimiters,
+    // so each is UTF-8 too (serde_json refuses an entry that is not).
+    let text = std::str::from_utf8(e).ok()?;
+    let mut c = Cursor {
+        s: text,
+        b: e,
+        i: 0,
+    };
     c.lit(b"{\"t\":")?;
     let time = c.micros()?;
     c.lit(b",\"id\":\"")?;
@@ -58,6 +64,8 @@ pub fn view(e: &[u8]) -> Option<EventView<'_>> {
 }
 
 struct Cursor<'a> {
+    /// The entry, and the same as bytes.
+    s: &'a str,
     b: &'a [u8],
     i: usize,
 }
@@ -75,19 +83,20 @@ impl<'a> Cursor<'a> {
     fn micros(&mut self) -> Option<i64> {
         let rest = &self.b[self.i..];
         let neg = rest.first() == Some(&b'-');
-        let digits = rest[usize::from(neg)..]
-            .iter()
-            .take_while(|b| b.is_ascii_digit())
-            .count();
-        // No leading zero (serde_json refuses "01"), at most 18 digits: no overflow below.
-        let first = rest.get(usize::from(neg))?;
-        if digits == 0 || digits > 18 || (*first == b'0' && digits > 1) {
+        let from = usize::from(neg);
+        let (mut end, mut magnitude) = (from, 0i64);
+        while let Some(d) = rest.get(end).filter(|d| d.is_ascii_digit()) {
+            // At most 18 digits: no overflow.
+            if end - from == 18 {
+                return None;
+            }
+            magnitude = magnitude * 10 + i64::from(d - b'0');
+            end += 1;
+        }
+        // No leading zero (serde_json refuses "01").
+        if end == from || (rest[from] == b'0' && end - from > 1) {
             return None;
         }
-        let end = usize::from(neg) + digits;
-        let magnitude = rest[usize::from(neg)..end]
-            .iter()
-            .fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
         self.i += end;
         crate::queue::micros::holdable(if neg { -magnitude } else { magnitude }).ok()
     }
@@ -95,14 +104,15 @@ impl<'a> Cursor<'a> {
     /// A string with no escape and no control character, borrowed.
     fn string(&mut self) -> Option<Text<'a>> {
         self.lit(b"\"")?;
-        let rest = &self.b[self.i..];
-        let len = memchr::memchr2(b'"', b'\\', rest)?;
-        if rest[len] != b'"' || rest[..len].iter().any(|&b| b < 0x20) {
+        let start = self.i;
+        let len = self.b[start..]
+            .iter()
+            .position(|&c| SPECIAL[usize::from(c)] & ENDS_STRING != 0)?;
+        if self.b[start + len] != b'"' {
             return None;
         }
-        let s = std::str::from_utf8(&rest[..len]).ok()?;
         self.i += len + 1;
-        Some(Text(Cow::Borrowed(s)))
+        Some(Text(Cow::Borrowed(self.s.get(start..start + len)?)))
     }
 
     fn optional(&mut self, key: &[u8]) -> Option<Option<Text<'a>>> {
@@ -114,37 +124,60 @@ impl<'a> Cursor<'a> {
     }
 
     /// A JSON object's text: up to the brace that closes it, following strings (and their
-    /// escapes) so that braces inside them do not count; checked to be UTF-8.
+    /// escapes) so that braces inside them do not count; checked to be free of control
+    /// characters other than JSON's whitespace (the entry's UTF-8 is checked in [`view`]). One pass: ordinary bytes are skipped by
+    /// a table lookup each, and only the few special ones are looked at.
     fn object(&mut self) -> Option<&'a str> {
         let start = self.i;
-        let b = self.b;
-        if b.get(start) != Some(&b'{') {
+        let b = &self.b[start..];
+        if b.first() != Some(&b'{') {
             return None;
         }
-        let mut depth = 0usize;
-        let mut i = start;
-        loop {
-            let k = i + memchr::memchr3(b'"', b'{', b'}', &b[i..])?;
-            i = k + 1;
-            match b[k] {
-                b'"' => i = past_string(b, i),
-                b'{' => depth += 1,
-                _ => {
+        let (mut depth, mut in_string) = (0usize, false);
+        let mut k = 0;
+        let end = loop {
+            k += b
+                .get(k..)?
+                .iter()
+                .position(|&c| SPECIAL[usize::from(c)] & IN_OBJECT != 0)?;
+            match (b[k], in_string) {
+                (b'"', _) => in_string = !in_string,
+                (b'\\', true) => k += 1,
+                (b'{', false) => depth += 1,
+                (b'}', false) => {
                     depth -= 1;
                     if depth == 0 {
-                        break;
+                        break k + 1;
                     }
                 }
+                (b'\t' | b'\n' | b'\r', _) | (b'{' | b'}', true) => {}
+                _ => return None,
             }
-        }
-        let text = std::str::from_utf8(&b[start..i]).ok()?;
-        if text
-            .bytes()
-            .any(|c| c < 0x20 && !matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
-        {
-            return None;
-        }
-        self.i = i;
-        Some(text)
+            k += 1;
+        };
+        self.i += end;
+        self.s.get(start..start + end)
     }
 }
+
+/// [`SPECIAL`]'s flag for the bytes [`Cursor::object`] stops at: quotes, backslashes, braces,
+/// control characters.
+const IN_OBJECT: u8 = 1;
+/// [`SPECIAL`]'s flag for the bytes [`Cursor::string`] stops at: quotes, backslashes, control
+/// characters.
+const ENDS_STRING: u8 = 2;
+
+/// Which bytes the scanner's loops stop at: ordinary ones cost a table lookup each.
+const SPECIAL: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = 0;
+    while c < 0x20 {
+        t[c] = IN_OBJECT | ENDS_STRING;
+        c += 1;
+    }
+    t[b'"' as usize] = IN_OBJECT | ENDS_STRING;
+    t[b'\\' as usize] = IN_OBJECT | ENDS_STRING;
+    t[b'{' as usize] = IN_OBJECT;
+    t[b'}' as usize] = IN_OBJECT;
+    t
+};

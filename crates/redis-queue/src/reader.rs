@@ -49,6 +49,7 @@ pub struct ReadGroup<'a> {
 pub struct StreamReader {
     socket: TcpStream,
     buf: BytesMut,
+    pieces: Pieces,
 }
 
 impl StreamReader {
@@ -65,6 +66,7 @@ impl StreamReader {
         let mut reader = StreamReader {
             socket,
             buf: BytesMut::with_capacity(64 * 1024),
+            pieces: Pieces::default(),
         };
         let settings = info.redis_settings();
         if let Some(password) = settings.password() {
@@ -119,8 +121,8 @@ impl StreamReader {
         let mut first_error = None;
         // Every reply is read, errors too, so the connection stays in step.
         for _ in 0..times {
-            match self.reply().await {
-                Ok((data, frame)) => entries.extend(entries_of(&data, frame)?),
+            match self.read_entries(&mut entries).await {
+                Ok(()) => {}
                 Err(e @ QueueError::Reply { .. }) => {
                     first_error.get_or_insert(e);
                 }
@@ -142,10 +144,33 @@ impl StreamReader {
         self.reply().await
     }
 
-    /// Reads one whole reply. A large reply arrives in pieces: until it is whole, each attempt
-    /// only checks where it would end (no frame built), after taking in all that has arrived.
+    /// Reads one whole reply and parses it: the reply's bytes and its frame, whose ranges
+    /// index those bytes. An error reply becomes [`QueueError::Reply`].
     async fn reply(&mut self) -> Result<(Bytes, Frame), QueueError> {
-        while parse(&self.buf, &mut 0, false)?.is_none() {
+        let data = self.whole_reply().await?;
+        let frame =
+            parse(&data, &mut 0, true)?.ok_or_else(|| protocol("a reply that was whole is not"))?;
+        if let Frame::Error(r) = &frame {
+            return Err(reply_error(&data[r.clone()]));
+        }
+        Ok((data, frame))
+    }
+
+    /// The bytes of one whole reply.
+    async fn whole_reply(&mut self) -> Result<Bytes, QueueError> {
+        let end = self.wait_whole().await?;
+        Ok(self.buf.split_to(end).freeze())
+    }
+
+    /// Reads until the buffer starts with a whole reply; returns where it ends. A large reply
+    /// arrives in pieces: until it is whole, each attempt only checks where it would end (no
+    /// frame built, no allocation), after taking in all that has arrived.
+    async fn wait_whole(&mut self) -> Result<usize, QueueError> {
+        loop {
+            let mut end = 0;
+            if parse(&self.buf, &mut end, false)?.is_some() {
+                return Ok(end);
+            }
             self.make_room();
             let n = self
                 .socket
@@ -157,14 +182,24 @@ impl StreamReader {
             }
             self.take_what_arrived()?;
         }
-        let mut pos = 0;
-        let frame = parse(&self.buf, &mut pos, true)?
-            .ok_or_else(|| protocol("a reply that was whole is not"))?;
-        let data = self.buf.split_to(pos).freeze();
-        if let Frame::Error(r) = &frame {
-            return Err(reply_error(&data[r.clone()]));
+    }
+
+    /// Reads one `XREADGROUP` reply into `out`. Usually it has arrived already (pipelined
+    /// replies come together) and one pass over it finds its pieces; otherwise it is waited
+    /// for first. An error reply becomes [`QueueError::Reply`].
+    async fn read_entries(&mut self, out: &mut Vec<StreamEntry>) -> Result<(), QueueError> {
+        loop {
+            if self.buf.first() == Some(&b'-') {
+                return self.reply().await.map(|_| ());
+            }
+            let mut end = 0;
+            if self.pieces.find(&self.buf, &mut end)? {
+                let data = self.buf.split_to(end).freeze();
+                self.pieces.push_entries(&data, out)?;
+                return Ok(());
+            }
+            self.wait_whole().await?;
         }
-        Ok((data, frame))
     }
 
     /// At least 16 KiB free to read into; grown by 64 KiB at a time, so a partial reply is
@@ -237,25 +272,7 @@ fn parse(buf: &[u8], pos: &mut usize, build: bool) -> Result<Option<Frame>, Queu
     };
     let (kind, text) = (buf[*pos], (*pos + 1)..line);
     let after = line + 2;
-    let number = || -> Result<i64, QueueError> {
-        let digits = &buf[text.clone()];
-        let (negative, digits) = match digits.split_first() {
-            Some((b'-', rest)) => (true, rest),
-            _ => (false, digits),
-        };
-        let not_a_number = || protocol("a length or integer that is not a number");
-        if digits.is_empty() || digits.len() > 18 {
-            return Err(not_a_number());
-        }
-        let mut n: i64 = 0;
-        for &d in digits {
-            if !d.is_ascii_digit() {
-                return Err(not_a_number());
-            }
-            n = n * 10 + i64::from(d - b'0');
-        }
-        Ok(if negative { -n } else { n })
-    };
+    let number = || number(&buf[text.clone()]);
     let frame = match kind {
         b'+' => Frame::Simple(text.clone()),
         b'-' => Frame::Error(text.clone()),
@@ -297,12 +314,32 @@ fn parse(buf: &[u8], pos: &mut usize, build: bool) -> Result<Option<Frame>, Queu
     Ok(Some(frame))
 }
 
+/// A RESP2 length or integer.
+fn number(digits: &[u8]) -> Result<i64, QueueError> {
+    let (negative, digits) = match digits.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, digits),
+    };
+    let not_a_number = || protocol("a length or integer that is not a number");
+    if digits.is_empty() || digits.len() > 18 {
+        return Err(not_a_number());
+    }
+    let mut n: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return Err(not_a_number());
+        }
+        n = n * 10 + i64::from(d - b'0');
+    }
+    Ok(if negative { -n } else { n })
+}
+
 /// Where the line starting at `from` ends (the index of its CR), if the CRLF was read yet.
 fn line(buf: &[u8], from: usize) -> Option<usize> {
     let rest = buf.get(from..)?;
     let mut at = 0;
     loop {
-        let cr = at + rest.get(at..)?.iter().position(|&b| b == b'\r')?;
+        let cr = at + memchr::memchr(b'\r', rest.get(at..)?)?;
         match rest.get(cr + 1) {
             Some(b'\n') => return Some(from + cr),
             Some(_) => at = cr + 1,
@@ -311,62 +348,112 @@ fn line(buf: &[u8], from: usize) -> Option<usize> {
     }
 }
 
-/// `XREADGROUP`'s reply: nil when the block ran out, else `[[key, [[id, [field, value, …]],
-/// …]], …]`.
-fn entries_of(data: &Bytes, reply: Frame) -> Result<Vec<StreamEntry>, QueueError> {
-    let streams = match reply {
-        Frame::Array(None) | Frame::Bulk(None) => return Ok(Vec::new()),
-        Frame::Array(Some(streams)) => streams,
-        _ => return Err(protocol("an XREADGROUP reply that is not an array")),
-    };
-    let mut out = Vec::new();
-    for stream in streams {
-        let Frame::Array(Some(mut key_entries)) = stream else {
-            return Err(protocol(
-                "a stream in an XREADGROUP reply that is not [key, entries]",
-            ));
-        };
-        let Some(Frame::Array(Some(entries))) = key_entries.pop() else {
-            return Err(protocol("no entry list in an XREADGROUP reply"));
-        };
-        out.reserve(entries.len());
-        for entry in entries {
-            out.push(entry_of(data, entry)?);
-        }
-    }
-    Ok(out)
+/// Where an `XREADGROUP` reply's entries are in the bytes read, found in one pass before the
+/// reply is split off the read buffer (its fields become slices of that split, so they can
+/// only be made after). Kept by the reader and reused: no allocation per read.
+#[derive(Default)]
+struct Pieces {
+    /// Each entry's ID, and where its fields start in `fields`.
+    entries: Vec<(Range<usize>, usize)>,
+    /// Field, value, field, value … of all entries in turn.
+    fields: Vec<Range<usize>>,
 }
 
-fn entry_of(data: &Bytes, entry: Frame) -> Result<StreamEntry, QueueError> {
-    let bad = || protocol("an entry that is not [id, [field, value, …]]");
-    let Frame::Array(Some(parts)) = entry else {
-        return Err(bad());
-    };
-    let mut parts = parts.into_iter();
-    let id = match parts.next() {
-        Some(Frame::Bulk(Some(r))) => std::str::from_utf8(&data[r])
-            .map_err(|_| bad())?
-            .to_string(),
-        _ => return Err(bad()),
-    };
-    // A deleted entry still pending comes back with nil fields: none here, as reads are of new
-    // entries only, but an empty list is the honest reading of it.
-    let pairs = match parts.next() {
-        Some(Frame::Array(Some(pairs))) => pairs,
-        Some(Frame::Array(None)) | None => Vec::new(),
-        _ => return Err(bad()),
-    };
-    let mut fields = Vec::with_capacity(pairs.len() / 2);
-    let mut it = pairs.into_iter();
-    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        match (k, v) {
-            (Frame::Bulk(Some(k)), Frame::Bulk(Some(v))) => {
-                fields.push((data.slice(k), data.slice(v)));
-            }
-            _ => return Err(bad()),
+impl Pieces {
+    /// Reads the reply `buf` starts with: `Ok(false)` when it has not all arrived, else `end`
+    /// is set just past it. The reply is nil when the block ran out, else `[[key, [[id,
+    /// [field, value, …]], …]], …]`; another shape is a protocol error.
+    fn find(&mut self, buf: &[u8], end: &mut usize) -> Result<bool, QueueError> {
+        self.entries.clear();
+        self.fields.clear();
+        let bad = || protocol("an XREADGROUP reply that is not [[key, [[id, [field, value, …]]]]]");
+        let pos = end;
+        // `Ok(None)` from a piece: the reply has not all arrived.
+        macro_rules! whole {
+            ($piece:expr) => {
+                match $piece? {
+                    Some(v) => v,
+                    None => return Ok(false),
+                }
+            };
         }
+        let Some(streams) = whole!(array(buf, pos)) else {
+            return Ok(true); // nil
+        };
+        for _ in 0..streams {
+            if whole!(array(buf, pos)) != Some(2) {
+                return Err(bad());
+            }
+            whole!(bulk(buf, pos)).ok_or_else(bad)?; // the key
+            let entries = whole!(array(buf, pos)).ok_or_else(bad)?;
+            for _ in 0..entries {
+                if whole!(array(buf, pos)) != Some(2) {
+                    return Err(bad());
+                }
+                let id = whole!(bulk(buf, pos)).ok_or_else(bad)?;
+                self.entries.push((id, self.fields.len()));
+                // A deleted entry still pending comes back with nil fields: none here, as
+                // reads are of new entries only, but an empty list is the honest reading of it.
+                let values = whole!(array(buf, pos)).unwrap_or(0);
+                if values % 2 != 0 {
+                    return Err(bad());
+                }
+                for _ in 0..values {
+                    let v = whole!(bulk(buf, pos)).ok_or_else(bad)?;
+                    self.fields.push(v);
+                }
+            }
+        }
+        Ok(true)
     }
-    Ok(StreamEntry { id, fields })
+
+    /// The entries [`Pieces::find`] found, their fields slices of `data` (the reply it read).
+    fn push_entries(&self, data: &Bytes, out: &mut Vec<StreamEntry>) -> Result<(), QueueError> {
+        out.reserve(self.entries.len());
+        for (k, (id, first)) in self.entries.iter().enumerate() {
+            let last = self.entries.get(k + 1).map_or(self.fields.len(), |e| e.1);
+            let id = std::str::from_utf8(&data[id.clone()])
+                .map_err(|_| protocol("an entry ID that is not UTF-8"))?;
+            let fields = self.fields[*first..last]
+                .chunks_exact(2)
+                .map(|kv| (data.slice(kv[0].clone()), data.slice(kv[1].clone())))
+                .collect();
+            out.push(StreamEntry {
+                id: id.to_string(),
+                fields,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The array header at `pos`: its length, `Some(None)` for nil (`*-1` or `$-1`), `None` when
+/// it has not all arrived.
+fn array(buf: &[u8], pos: &mut usize) -> Result<Option<Option<usize>>, QueueError> {
+    let Some(end) = line(buf, *pos) else {
+        return Ok(None);
+    };
+    let (kind, n) = (buf[*pos], number(&buf[*pos + 1..end])?);
+    *pos = end + 2;
+    match kind {
+        b'*' => Ok(Some(usize::try_from(n).ok())),
+        b'$' if n == -1 => Ok(Some(None)),
+        _ => Err(protocol(
+            "an XREADGROUP reply with a value where an array belongs",
+        )),
+    }
+}
+
+/// The bulk string at `pos`: its range, `Some(None)` for nil, `None` when it has not all
+/// arrived.
+fn bulk(buf: &[u8], pos: &mut usize) -> Result<Option<Option<Range<usize>>>, QueueError> {
+    match parse(buf, pos, false)? {
+        Some(Frame::Bulk(r)) => Ok(Some(r)),
+        Some(_) => Err(protocol(
+            "an XREADGROUP reply with a value where a string belongs",
+        )),
+        None => Ok(None),
+    }
 }
 
 #[cfg(test)]
@@ -377,11 +464,17 @@ mod tests {
         *2\r\n$3\r\n1-0\r\n*4\r\n$1\r\nv\r\n$1\r\n1\r\n$1\r\ne\r\n$7\r\n{\"a\":1}\r\n\
         *2\r\n$3\r\n2-0\r\n*2\r\n$1\r\nv\r\n$0\r\n\r\n";
 
+    /// What `read_entries` makes of a reply that has arrived whole.
+    fn entries_in(bytes: &[u8]) -> Result<Vec<StreamEntry>, QueueError> {
+        let (mut pieces, mut end, mut out) = (Pieces::default(), 0, Vec::new());
+        assert!(pieces.find(bytes, &mut end)?, "whole");
+        assert_eq!(end, bytes.len(), "the reply ends where it was found to");
+        pieces.push_entries(&Bytes::copy_from_slice(bytes), &mut out)?;
+        Ok(out)
+    }
+
     fn entries(bytes: &[u8]) -> Vec<StreamEntry> {
-        let mut pos = 0;
-        let frame = parse(bytes, &mut pos, true).unwrap().unwrap();
-        assert_eq!(pos, bytes.len());
-        entries_of(&Bytes::copy_from_slice(bytes), frame).unwrap()
+        entries_in(bytes).unwrap()
     }
 
     #[test]
@@ -419,6 +512,28 @@ mod tests {
     #[test]
     fn a_timed_out_block_is_no_entries() {
         assert!(entries(b"*-1\r\n").is_empty());
+        assert!(entries(b"$-1\r\n").is_empty());
+    }
+
+    /// Whole replies of another shape than XREADGROUP's are protocol errors, never entries.
+    #[test]
+    fn replies_of_another_shape_are_refused() {
+        for bad in [
+            &b":1\r\n"[..],
+            b"*1\r\n$3\r\nkey\r\n",
+            b"*1\r\n*1\r\n$3\r\nkey\r\n",
+            b"*1\r\n*2\r\n$3\r\nkey\r\n*1\r\n$3\r\n1-0\r\n",
+            b"*1\r\n*2\r\n$3\r\nkey\r\n*1\r\n*2\r\n:1\r\n*0\r\n",
+            b"*1\r\n*2\r\n$3\r\nkey\r\n*1\r\n*2\r\n$3\r\n1-0\r\n*1\r\n$1\r\nv\r\n",
+            b"*1\r\n*2\r\n$3\r\nkey\r\n*1\r\n*2\r\n$3\r\n1-0\r\n*2\r\n$1\r\nv\r\n*0\r\n",
+        ] {
+            let got = entries_in(bad);
+            assert!(
+                matches!(got, Err(QueueError::Protocol(_))),
+                "{:?}: {got:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     /// Every prefix of a reply is incomplete, never an error nor a shorter reply: the reader
@@ -436,6 +551,10 @@ mod tests {
                 parse(&REPLY[..cut], &mut 0, false).unwrap(),
                 None,
                 "scan, cut at {cut}"
+            );
+            assert!(
+                !Pieces::default().find(&REPLY[..cut], &mut 0).unwrap(),
+                "entries, cut at {cut}"
             );
         }
         let mut pos = 0;
