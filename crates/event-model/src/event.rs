@@ -1,6 +1,7 @@
 //! One event of a batch: the field rules of `docs/contract.md`, checked one event at a time so
 //! that a bad event is reported by index while the good ones of the same batch are accepted.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -65,12 +66,13 @@ impl fmt::Display for EventError {
 pub struct ValidEvent<'a> {
     /// `None` when the client sent none: ingest-api assigns a UUIDv7.
     pub event_id: Option<Uuid>,
-    pub name: String,
+    /// The strings borrow the client's text too, unless it spelled them with escapes.
+    pub name: Cow<'a, str>,
     /// In UTC, truncated to the microsecond.
     pub time: OffsetDateTime,
-    pub device_id: Option<String>,
-    pub session_id: Option<String>,
-    pub user_id: Option<String>,
+    pub device_id: Option<Cow<'a, str>>,
+    pub session_id: Option<Cow<'a, str>>,
+    pub user_id: Option<Cow<'a, str>>,
     /// `None` means the default `{}`.
     pub properties: Option<&'a RawValue>,
 }
@@ -159,7 +161,7 @@ pub fn validate_event<'a>(
         None => return Err(EventError::new("timestamp", "is required")),
         Some(v) => check_time(&string_field("timestamp", v)?, limits, now)?,
     };
-    let optional_text = |field: &str| -> Result<Option<String>, EventError> {
+    let optional_text = |field: &str| -> Result<Option<Cow<'a, str>>, EventError> {
         get(field).map(|v| text_field(field, v, limits)).transpose()
     };
     let device_id = optional_text("device_id")?;
@@ -266,11 +268,27 @@ fn printable(key: &str) -> String {
     s
 }
 
-fn string_field(field: &str, v: &RawValue) -> Result<String, EventError> {
-    serde_json::from_str::<String>(v.get()).map_err(|_| EventError::new(field, "must be a string"))
+/// A JSON string's value, borrowed from the text when it has no escapes (the common case: no
+/// allocation), decoded otherwise.
+fn string_field<'a>(field: &str, v: &'a RawValue) -> Result<Cow<'a, str>, EventError> {
+    let text = v.get();
+    // `v` is one well-formed JSON value: quoted and free of backslashes, its inside is the
+    // string itself (JSON forbids raw control characters, so nothing else needs decoding).
+    if let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"'))
+        && !inner.contains('\\')
+    {
+        return Ok(Cow::Borrowed(inner));
+    }
+    serde_json::from_str::<String>(text)
+        .map(Cow::Owned)
+        .map_err(|_| EventError::new(field, "must be a string"))
 }
 
-fn text_field(field: &str, v: &RawValue, limits: &Limits) -> Result<String, EventError> {
+fn text_field<'a>(
+    field: &str,
+    v: &'a RawValue,
+    limits: &Limits,
+) -> Result<Cow<'a, str>, EventError> {
     let s = string_field(field, v)?;
     if s.contains('\0') {
         return Err(EventError::new(field, "must not contain NUL (U+0000)"));
@@ -313,6 +331,9 @@ fn check_properties(v: &RawValue, limits: &Limits) -> Result<(), EventError> {
             format!("larger than {} bytes", limits.max_properties_bytes),
         ));
     }
+    if surely_fine(text, limits.max_properties_depth) {
+        return Ok(());
+    }
     let mut de = serde_json::Deserializer::from_str(text);
     let check = PropertiesCheck {
         depth: 1,
@@ -327,6 +348,48 @@ fn check_properties(v: &RawValue, limits: &Limits) -> Result<(), EventError> {
             Err(EventError::new("properties", msg))
         }
     }
+}
+
+/// Whether valid JSON `text` certainly passes the checks below, found in one pass over its
+/// bytes (what most properties are): no escape anywhere, so no key or string can hold NUL;
+/// containers nested at most `max_depth` deep; every number short and without an exponent, so
+/// serde_json reads it as a finite number and PostgreSQL's numeric holds it. Anything else
+/// takes the full walk, which says what is wrong.
+fn surely_fine(text: &str, max_depth: usize) -> bool {
+    let (mut depth, mut in_string, mut number) = (0usize, false, 0usize);
+    for &c in text.as_bytes() {
+        if in_string {
+            match c {
+                b'"' => in_string = false,
+                b'\\' => return false,
+                _ => {}
+            }
+            continue;
+        }
+        if number > 0 {
+            match c {
+                b'0'..=b'9' | b'-' | b'+' | b'.' if number < 300 => {
+                    number += 1;
+                    continue;
+                }
+                b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E' => return false,
+                _ => number = 0,
+            }
+        }
+        match c {
+            b'"' => in_string = true,
+            b'-' | b'0'..=b'9' => number = 1,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max_depth {
+                    return false;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
 }
 
 /// Largest display scale (digits after the decimal point, as written) of PostgreSQL's numeric,
@@ -514,6 +577,46 @@ mod tests {
 
     /// The server's clock in every test (not on a whole second, so the window edges are exact).
     const NOW: OffsetDateTime = datetime!(2026-03-04 05:06:07.123456 UTC);
+
+    /// The one-pass shortcut only ever passes what the full walk passes, and passes the
+    /// common case (plain strings, literals, short numbers).
+    #[test]
+    fn the_properties_shortcut_passes_only_what_the_walk_passes() {
+        let long = format!("{{\"n\":{}}}", "9".repeat(400));
+        let cases = [
+            (
+                r#"{"a":1,"b":-2.5,"c":"x","t":true,"f":false,"n":null}"#,
+                true,
+            ),
+            (r#"{"a":[{"b":{}}],"e":"e1E9"}"#, true),
+            (r#"{"a":1e5}"#, false),
+            (r#"{"a":1E400}"#, false),
+            (r#"{"a":"\u0000"}"#, false),
+            (r#"{"a\"b":1}"#, false),
+            (r#"{"a":[[[[1]]]]}"#, false),
+            (long.as_str(), false),
+        ];
+        for (text, fast) in cases {
+            assert_eq!(surely_fine(text, 4), fast, "{text}");
+        }
+        let limits = Limits {
+            max_properties_depth: 4,
+            ..Limits::default()
+        };
+        for (text, _) in cases.iter().filter(|(t, _)| surely_fine(t, 4)) {
+            let raw: Box<RawValue> = serde_json::from_str(text).unwrap();
+            let mut de = serde_json::Deserializer::from_str(raw.get());
+            let walk = PropertiesCheck {
+                depth: 1,
+                max_depth: limits.max_properties_depth,
+            };
+            assert!(
+                de::DeserializeSeed::deserialize(walk, &mut de).is_ok(),
+                "{text}"
+            );
+            assert!(check_numbers(text).is_ok(), "{text}");
+        }
+    }
     const TS: &str = r#""2026-03-04T05:06:07Z""#;
 
     fn raw(json: &str) -> &RawValue {
@@ -745,7 +848,7 @@ mod tests {
         ];
         for (value, want) in accepted {
             let json = event_with("name", &value);
-            assert_eq!(check(&json).map(|e| e.name), Ok(want));
+            assert_eq!(check(&json).map(|e| e.name.into_owned()), Ok(want));
         }
         let rejected = [
             (string_of("n", 201), "longer than 200 characters"),
@@ -988,9 +1091,11 @@ mod tests {
     fn optional_strings_rules() {
         type Get = fn(&ValidEvent<'_>) -> Option<String>;
         let fields: [(&str, Get); 3] = [
-            ("device_id", |e| e.device_id.clone()),
-            ("session_id", |e| e.session_id.clone()),
-            ("user_id", |e| e.user_id.clone()),
+            ("device_id", |e| e.device_id.as_deref().map(str::to_string)),
+            ("session_id", |e| {
+                e.session_id.as_deref().map(str::to_string)
+            }),
+            ("user_id", |e| e.user_id.as_deref().map(str::to_string)),
         ];
         for (field, get) in fields {
             let accepted = [

@@ -736,13 +736,13 @@ fn check_against_oracle(
     match (&ev.expect, result) {
         (Expect::Valid(m), Ok(v)) => {
             prop_assert_eq!(v.event_id, m.event_id);
-            prop_assert_eq!(&v.name, &m.name);
+            prop_assert_eq!(&*v.name, m.name.as_str());
             prop_assert_eq!(Some(v.time), m.time);
             prop_assert_eq!(v.time.offset(), UtcOffset::UTC);
             prop_assert_eq!(v.time.nanosecond() % 1000, 0);
-            prop_assert_eq!(&v.device_id, &m.device_id);
-            prop_assert_eq!(&v.session_id, &m.session_id);
-            prop_assert_eq!(&v.user_id, &m.user_id);
+            prop_assert_eq!(v.device_id.as_deref(), m.device_id.as_deref());
+            prop_assert_eq!(v.session_id.as_deref(), m.session_id.as_deref());
+            prop_assert_eq!(v.user_id.as_deref(), m.user_id.as_deref());
             prop_assert_eq!(v.properties.map(RawValue::get), m.properties.as_deref());
         }
         (Expect::Valid(_), Err(e)) => {
@@ -1112,7 +1112,7 @@ proptest! {
             let encoded = String::from_utf8(bytes).unwrap();
             let view = EventView::decode(Some(ENTRY_VERSION.as_bytes()), Some(encoded.as_bytes()))
                 .map_err(|err| TestCaseError::fail(format!("view: {err}: {encoded}")))?;
-            prop_assert_eq!(&*view.name, e.name.as_str());
+            prop_assert_eq!(&*view.name, &*e.name);
             prop_assert_eq!(view.device_id.as_deref(), e.device_id.as_deref());
             prop_assert_eq!(view.session_id.as_deref(), e.session_id.as_deref());
             prop_assert_eq!(view.user_id.as_deref(), e.user_id.as_deref());
@@ -1121,11 +1121,11 @@ proptest! {
                 .map_err(|err| TestCaseError::fail(format!("{err}: {encoded}")))?;
             prop_assert_eq!(back.time, e.time);
             prop_assert_eq!(back.event_id, e.event_id.unwrap_or(ASSIGNED_ID));
-            prop_assert_eq!(&back.name, &e.name);
+            prop_assert_eq!(back.name.as_str(), &*e.name);
             prop_assert_eq!(&back.source, "s");
-            prop_assert_eq!(&back.device_id, &e.device_id);
-            prop_assert_eq!(&back.session_id, &e.session_id);
-            prop_assert_eq!(&back.user_id, &e.user_id);
+            prop_assert_eq!(back.device_id.as_deref(), e.device_id.as_deref());
+            prop_assert_eq!(back.session_id.as_deref(), e.session_id.as_deref());
+            prop_assert_eq!(back.user_id.as_deref(), e.user_id.as_deref());
             let sent = e.properties.map_or("{}", RawValue::get);
             prop_assert_eq!(back.properties.get(), sent);
             let back_value: Value = serde_json::from_str(back.properties.get()).unwrap();
