@@ -125,8 +125,9 @@ impl<'a> Cursor<'a> {
 
     /// A JSON object's text: up to the brace that closes it, following strings (and their
     /// escapes) so that braces inside them do not count; checked to be free of control
-    /// characters other than JSON's whitespace (the entry's UTF-8 is checked in [`view`]). One pass: ordinary bytes are skipped by
-    /// a table lookup each, and only the few special ones are looked at.
+    /// characters other than JSON's whitespace (the entry's UTF-8 is checked in [`view`]).
+    /// One pass: ordinary bytes are skipped by a table lookup each, and only the few special
+    /// ones are looked at.
     fn object(&mut self) -> Option<&'a str> {
         let start = self.i;
         let b = &self.b[start..];
