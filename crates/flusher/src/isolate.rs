@@ -100,7 +100,7 @@ impl Worker {
                     self.refused_otherwise(shard, part, &mut iso, sqlstate, message)
                         .await?
                 }
-                Err(WriteError::Transient(e)) => self.unavailable(part, &mut iso, &e).await,
+                Err(WriteError::Transient(e)) => self.unavailable(shard, part, &mut iso, &e).await,
             };
             if let Step::LeftPending = step {
                 return Ok(Settled::LeftPending);
@@ -188,7 +188,7 @@ impl Worker {
                 "PostgreSQL refused a batch of {} ({sqlstate}, {count} time(s) in a row): {message}",
                 part.len()
             );
-            return Ok(self.retry_later(part, iso, &e).await);
+            return Ok(self.retry_later(shard, part, iso, &e).await);
         }
         iso.streak = None;
         iso.backoff = self.backoff_start();
@@ -218,17 +218,22 @@ impl Worker {
     /// PostgreSQL is down, restarting or silent: back off and retry the same part.
     async fn unavailable<'e>(
         &self,
+        shard: usize,
         part: Vec<Row<'e>>,
         iso: &mut Isolation<'e>,
         e: &FlusherError,
     ) -> Step {
         let what = format!("writing to PostgreSQL failed: {e}");
-        self.retry_later(part, iso, &what).await
+        self.retry_later(shard, part, iso, &what).await
     }
 
     /// Waits out the backoff (or leaves everything pending on shutdown), then puts the part back.
+    /// The claim is kept fresh while waiting: a backoff as long as `--claim-idle-ms` (or a
+    /// failed attempt plus a shorter one) would otherwise let another worker or flusher claim
+    /// entries this one still holds, and write them a second time.
     async fn retry_later<'e>(
         &self,
+        shard: usize,
         part: Vec<Row<'e>>,
         iso: &mut Isolation<'e>,
         what: &str,
@@ -243,7 +248,15 @@ impl Worker {
         log::warn!("{what}; retrying in {:?}", iso.backoff);
         telemetry::postgres_error();
         self.stats.backoff();
-        self.stop.sleep(iso.backoff).await;
+        let until = Instant::now() + iso.backoff;
+        let slice = Duration::from_millis((self.config.claim_idle_ms / 3).max(1));
+        loop {
+            self.keep_fresh(shard, &part, iso).await;
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.stop.sleep(left.min(slice)).await {
+                break;
+            }
+        }
         iso.backoff = self.next_backoff(iso.backoff);
         iso.todo.push(part);
         Step::Next
