@@ -577,6 +577,7 @@ mod tests {
 
     /// The server's clock in every test (not on a whole second, so the window edges are exact).
     const NOW: OffsetDateTime = datetime!(2026-03-04 05:06:07.123456 UTC);
+    const TS: &str = r#""2026-03-04T05:06:07Z""#;
 
     /// The one-pass shortcut only ever passes what the full walk passes, and passes the
     /// common case (plain strings, literals, short numbers).
@@ -617,7 +618,6 @@ mod tests {
             assert!(check_numbers(text).is_ok(), "{text}");
         }
     }
-    const TS: &str = r#""2026-03-04T05:06:07Z""#;
 
     fn raw(json: &str) -> &RawValue {
         serde_json::from_str(json).unwrap_or_else(|e| panic!("test input is not JSON: {e}: {json}"))

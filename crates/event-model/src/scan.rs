@@ -20,15 +20,11 @@ pub fn view(e: &[u8]) -> Option<EventView<'_>> {
     // UTF-8 is checked once for the whole entry: every piece below is cut at ASCII delimiters,
     // so each is UTF-8 too (serde_json refuses an entry that is not).
     let text = std::str::from_utf8(e).ok()?;
-    let mut c = Cursor {
-        s: text,
-        b: e,
-        i: 0,
-    };
+    let mut c = Cursor { s: text, i: 0 };
     c.lit(b"{\"t\":")?;
     let time = c.micros()?;
     c.lit(b",\"id\":\"")?;
-    let id = c.b.get(c.i..c.i + 36)?;
+    let id = c.b().get(c.i..c.i + 36)?;
     let event_id = Uuid::try_parse_ascii(id).ok()?;
     c.i += 36;
     c.lit(b"\",\"n\":")?;
@@ -64,15 +60,18 @@ pub fn view(e: &[u8]) -> Option<EventView<'_>> {
 }
 
 struct Cursor<'a> {
-    /// The entry, and the same as bytes.
+    /// The entry.
     s: &'a str,
-    b: &'a [u8],
     i: usize,
 }
 
 impl<'a> Cursor<'a> {
+    fn b(&self) -> &'a [u8] {
+        self.s.as_bytes()
+    }
+
     fn peek_lit(&self, s: &[u8]) -> bool {
-        self.b[self.i..].starts_with(s)
+        self.b()[self.i..].starts_with(s)
     }
 
     fn lit(&mut self, s: &[u8]) -> Option<()> {
@@ -81,7 +80,7 @@ impl<'a> Cursor<'a> {
 
     /// An integer as serde_json writes an i64, checked to be a time `QueuedEvent` can hold.
     fn micros(&mut self) -> Option<i64> {
-        let rest = &self.b[self.i..];
+        let rest = &self.b()[self.i..];
         let neg = rest.first() == Some(&b'-');
         let from = usize::from(neg);
         let (mut end, mut magnitude) = (from, 0i64);
@@ -105,10 +104,10 @@ impl<'a> Cursor<'a> {
     fn string(&mut self) -> Option<Text<'a>> {
         self.lit(b"\"")?;
         let start = self.i;
-        let len = self.b[start..]
+        let len = self.b()[start..]
             .iter()
             .position(|&c| SPECIAL[usize::from(c)] & ENDS_STRING != 0)?;
-        if self.b[start + len] != b'"' {
+        if self.b()[start + len] != b'"' {
             return None;
         }
         self.i += len + 1;
@@ -130,7 +129,7 @@ impl<'a> Cursor<'a> {
     /// ones are looked at.
     fn object(&mut self) -> Option<&'a str> {
         let start = self.i;
-        let b = &self.b[start..];
+        let b = &self.b()[start..];
         if b.first() != Some(&b'{') {
             return None;
         }

@@ -249,7 +249,7 @@ impl Worker {
         telemetry::postgres_error();
         self.stats.backoff();
         let until = Instant::now() + iso.backoff;
-        let slice = Duration::from_millis((self.config.claim_idle_ms / 3).max(1));
+        let slice = self.keep_every().max(Duration::from_millis(1));
         loop {
             self.keep_fresh(shard, &part, iso).await;
             let left = until.saturating_duration_since(Instant::now());
@@ -277,10 +277,15 @@ impl Worker {
         Ok(())
     }
 
+    /// How often entries in hand are re-claimed: a third of `--claim-idle-ms`.
+    fn keep_every(&self) -> Duration {
+        Duration::from_millis(self.config.claim_idle_ms / 3)
+    }
+
     /// Re-claims the entries still in hand once a third of `--claim-idle-ms` has passed since
     /// the last time, so no other flusher takes them over while this one is still at work.
     async fn keep_fresh(&self, shard: usize, part: &[Row<'_>], iso: &mut Isolation<'_>) {
-        if iso.last_keep.elapsed() < Duration::from_millis(self.config.claim_idle_ms / 3) {
+        if iso.last_keep.elapsed() < self.keep_every() {
             return;
         }
         iso.last_keep = Instant::now();

@@ -360,14 +360,13 @@ struct Pieces {
 }
 
 impl Pieces {
-    /// Reads the reply `buf` starts with: `Ok(false)` when it has not all arrived, else `end`
-    /// is set just past it. The reply is nil when the block ran out, else `[[key, [[id,
-    /// [field, value, …]], …]], …]`; another shape is a protocol error.
-    fn find(&mut self, buf: &[u8], end: &mut usize) -> Result<bool, QueueError> {
+    /// Reads the reply `buf` starts with (`pos` at 0): `Ok(false)` when it has not all
+    /// arrived, else `pos` is left just past it. The reply is nil when the block ran out, else
+    /// `[[key, [[id, [field, value, …]], …]], …]`; another shape is a protocol error.
+    fn find(&mut self, buf: &[u8], pos: &mut usize) -> Result<bool, QueueError> {
         self.entries.clear();
         self.fields.clear();
         let bad = || protocol("an XREADGROUP reply that is not [[key, [[id, [field, value, …]]]]]");
-        let pos = end;
         // `Ok(None)` from a piece: the reply has not all arrived.
         macro_rules! whole {
             ($piece:expr) => {
