@@ -73,8 +73,8 @@ pub struct ValidEvent<'a> {
     pub device_id: Option<Cow<'a, str>>,
     pub session_id: Option<Cow<'a, str>>,
     pub user_id: Option<Cow<'a, str>>,
-    /// `None` means the default `{}`.
-    pub properties: Option<&'a RawValue>,
+    /// The properties object's JSON text; `None` means the default `{}`.
+    pub properties: Option<&'a str>,
 }
 
 impl ValidEvent<'_> {
@@ -97,19 +97,11 @@ impl ValidEvent<'_> {
             device_id: self.device_id.as_deref(),
             session_id: self.session_id.as_deref(),
             user_id: self.user_id.as_deref(),
-            properties: match self.properties {
-                Some(p) => p,
-                None => empty_object_ref(),
-            },
+            properties: self.properties.unwrap_or("{}"),
             sent_at,
             received_at,
         }
     }
-}
-
-#[expect(clippy::expect_used, reason = "`{}` is JSON: this cannot fail")]
-fn empty_object_ref() -> &'static RawValue {
-    serde_json::from_str("{}").expect("{} is JSON")
 }
 
 /// The fields an event may have; any other key is rejected as unknown.
@@ -129,51 +121,47 @@ pub fn validate_event<'a>(
     limits: &Limits,
     now: OffsetDateTime,
 ) -> Result<ValidEvent<'a>, EventError> {
-    let mut de = serde_json::Deserializer::from_str(raw.get());
-    let fields = de::DeserializeSeed::deserialize(FieldsSeed, &mut de)
-        .map_err(|_| EventError::new("event", "must be a JSON object"))?;
+    let fields = Fields::read(raw)?;
     if let Some(unknown) = fields.unknown {
         return Err(EventError::new(
             printable(&unknown),
             "unknown field (expected one of event_id, name, timestamp, device_id, session_id, user_id, properties)",
         ));
     }
-    let get = |name: &str| {
-        FIELDS
-            .iter()
-            .position(|f| *f == name)
-            .and_then(|i| fields.values[i])
-            .filter(|v| v.get() != "null")
-    };
+    // In the order of FIELDS; an explicit null is the same as an absent field.
+    let [
+        event_id,
+        name,
+        timestamp,
+        device_id,
+        session_id,
+        user_id,
+        properties,
+    ] = fields.values.map(|v| v.filter(|v| *v != "null"));
 
-    let event_id = match get("event_id") {
+    let event_id = match event_id {
         None => None,
         Some(v) => Some(parse_uuid(&string_field("event_id", v)?)?),
     };
-    let name = match get("name") {
+    let name = match name {
         None => return Err(EventError::new("name", "is required")),
         Some(v) => text_field("name", v, limits)?,
     };
     if name.is_empty() {
         return Err(EventError::new("name", "must not be empty"));
     }
-    let time = match get("timestamp") {
+    let time = match timestamp {
         None => return Err(EventError::new("timestamp", "is required")),
         Some(v) => check_time(&string_field("timestamp", v)?, limits, now)?,
     };
-    let optional_text = |field: &str| -> Result<Option<Cow<'a, str>>, EventError> {
-        get(field).map(|v| text_field(field, v, limits)).transpose()
-    };
-    let device_id = optional_text("device_id")?;
-    let session_id = optional_text("session_id")?;
-    let user_id = optional_text("user_id")?;
-    let properties = match get("properties") {
-        None => None,
-        Some(v) => {
-            check_properties(v, limits)?;
-            Some(v)
-        }
-    };
+    let optional_text =
+        |field: &str, v: Option<&'a str>| v.map(|v| text_field(field, v, limits)).transpose();
+    let device_id = optional_text("device_id", device_id)?;
+    let session_id = optional_text("session_id", session_id)?;
+    let user_id = optional_text("user_id", user_id)?;
+    if let Some(v) = properties {
+        check_properties(v, limits)?;
+    }
     Ok(ValidEvent {
         event_id,
         name,
@@ -213,12 +201,41 @@ fn check_time(s: &str, limits: &Limits, now: OffsetDateTime) -> Result<OffsetDat
     Ok(t)
 }
 
-/// An event's known fields by their place in [`FIELDS`] (a repeated key: the last one), and
-/// the smallest unknown key. Read without building a map: an event of a million keys costs no
-/// more memory than one of seven.
+/// An event's known fields by their place in [`FIELDS`] (a repeated key: the last one), each as
+/// its value's JSON text, and the smallest unknown key. Read without building a map: an event of
+/// a million keys costs no more memory than one of seven.
 struct Fields<'a> {
-    values: [Option<&'a RawValue>; FIELDS.len()],
+    values: [Option<&'a str>; FIELDS.len()],
     unknown: Option<String>,
+}
+
+impl<'a> Fields<'a> {
+    /// Cut out in one pass by [`crate::members`] (the event is JSON: `parse_batch` checked
+    /// it), or read by serde_json when a key has an escape or the event is not an object.
+    fn read(raw: &'a RawValue) -> Result<Self, EventError> {
+        let mut fields = Fields {
+            values: [None; FIELDS.len()],
+            unknown: None,
+        };
+        let cut = crate::members::members(raw.get(), |key, value| fields.set(key, value));
+        if cut.is_some() {
+            return Ok(fields);
+        }
+        let mut de = serde_json::Deserializer::from_str(raw.get());
+        de::DeserializeSeed::deserialize(FieldsSeed, &mut de)
+            .map_err(|_| EventError::new("event", "must be a JSON object"))
+    }
+
+    /// A known field's value, or an unknown key (kept if it is the smallest so far).
+    fn set(&mut self, key: &str, value: &'a str) {
+        match FIELDS.iter().position(|f| *f == key) {
+            Some(i) => self.values[i] = Some(value),
+            None if self.unknown.as_deref().is_none_or(|u| key < u) => {
+                self.unknown = Some(key.to_string());
+            }
+            None => {}
+        }
+    }
 }
 
 struct FieldsSeed;
@@ -241,14 +258,12 @@ impl<'de> Visitor<'de> for FieldsSeed {
             unknown: None,
         };
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            match FIELDS.iter().position(|f| *f == key) {
-                Some(i) => fields.values[i] = Some(map.next_value()?),
-                None => {
-                    map.next_value::<de::IgnoredAny>()?;
-                    if fields.unknown.as_deref().is_none_or(|u| key.as_ref() < u) {
-                        fields.unknown = Some(key.into_owned());
-                    }
-                }
+            if FIELDS.contains(&key.as_ref()) {
+                let value: &'de RawValue = map.next_value()?;
+                fields.set(&key, value.get());
+            } else {
+                map.next_value::<de::IgnoredAny>()?;
+                fields.set(&key, "");
             }
         }
         Ok(fields)
@@ -270,8 +285,7 @@ fn printable(key: &str) -> String {
 
 /// A JSON string's value, borrowed from the text when it has no escapes (the common case: no
 /// allocation), decoded otherwise.
-fn string_field<'a>(field: &str, v: &'a RawValue) -> Result<Cow<'a, str>, EventError> {
-    let text = v.get();
+fn string_field<'a>(field: &str, text: &'a str) -> Result<Cow<'a, str>, EventError> {
     // `v` is one well-formed JSON value: quoted and free of backslashes, its inside is the
     // string itself (JSON forbids raw control characters, so nothing else needs decoding).
     if let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"'))
@@ -284,11 +298,7 @@ fn string_field<'a>(field: &str, v: &'a RawValue) -> Result<Cow<'a, str>, EventE
         .map_err(|_| EventError::new(field, "must be a string"))
 }
 
-fn text_field<'a>(
-    field: &str,
-    v: &'a RawValue,
-    limits: &Limits,
-) -> Result<Cow<'a, str>, EventError> {
+fn text_field<'a>(field: &str, v: &'a str, limits: &Limits) -> Result<Cow<'a, str>, EventError> {
     let s = string_field(field, v)?;
     if s.contains('\0') {
         return Err(EventError::new(field, "must not contain NUL (U+0000)"));
@@ -320,8 +330,7 @@ fn parse_uuid(s: &str) -> Result<Uuid, EventError> {
     Uuid::parse_str(s).map_err(|_| EventError::new("event_id", "must be a UUID"))
 }
 
-fn check_properties(v: &RawValue, limits: &Limits) -> Result<(), EventError> {
-    let text = v.get();
+fn check_properties(text: &str, limits: &Limits) -> Result<(), EventError> {
     if !text.starts_with('{') {
         return Err(EventError::new("properties", "must be a JSON object"));
     }
@@ -720,7 +729,7 @@ mod tests {
         assert_eq!(e.user_id.as_deref(), Some("ünïcödé"));
         // The text as sent, whitespace included: it is passed on, never rebuilt.
         assert_eq!(
-            e.properties.map(RawValue::get),
+            e.properties,
             Some(r#"{ "level": 3, "tags": ["a", {"b": null}] }"#)
         );
     }
@@ -1171,10 +1180,7 @@ mod tests {
             "{\n}",
         ] {
             let json = event_with("properties", value);
-            assert_eq!(
-                check(&json).unwrap().properties.map(RawValue::get),
-                Some(value)
-            );
+            assert_eq!(check(&json).unwrap().properties, Some(value));
         }
         for value in ["[]", r#"[{"a":1}]"#, r#""{}""#, "0", "1.5", "true", "false"] {
             assert_rejected(

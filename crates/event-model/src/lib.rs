@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod event;
+mod members;
 pub mod queue;
 pub mod scan;
 pub mod timestamp;

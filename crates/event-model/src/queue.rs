@@ -63,8 +63,9 @@ pub struct EntryEvent<'a> {
     pub session_id: Option<&'a str>,
     #[serde(rename = "u", skip_serializing_if = "Option::is_none")]
     pub user_id: Option<&'a str>,
-    #[serde(rename = "p")]
-    pub properties: &'a RawValue,
+    /// The properties object's JSON text, written as it is.
+    #[serde(rename = "p", serialize_with = "raw_json")]
+    pub properties: &'a str,
     #[serde(
         rename = "sa",
         with = "opt_unix_micros",
@@ -76,14 +77,64 @@ pub struct EntryEvent<'a> {
 }
 
 impl EntryEvent<'_> {
-    /// Appends the `e` field's value to `out`.
-    #[expect(
-        clippy::expect_used,
-        reason = "a Vec takes every write, and strings, a UUID, timestamps and a RawValue that \
-                  was JSON always serialise"
-    )]
+    /// Appends the `e` field's value to `out`: byte for byte what serde_json writes for this
+    /// struct's `Serialize` (a property test holds the two together), written directly, since
+    /// ingest-api does it for every event it accepts.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        serde_json::to_writer(out, self).expect("an EntryEvent always serialises");
+        let mut ints = itoa::Buffer::new();
+        let mut int = |out: &mut Vec<u8>, key: &[u8], t: OffsetDateTime| {
+            out.extend_from_slice(key);
+            out.extend_from_slice(ints.format(unix_micros::of(t)).as_bytes());
+        };
+        int(out, b"{\"t\":", self.time);
+        out.extend_from_slice(b",\"id\":\"");
+        let mut id = Uuid::encode_buffer();
+        let id = self.event_id.hyphenated().encode_lower(&mut id);
+        out.extend_from_slice(id.as_bytes());
+        out.push(b'"');
+        push_string(out, b",\"n\":", self.name);
+        push_string(out, b",\"s\":", self.source);
+        let optional = [
+            (&b",\"d\":"[..], self.device_id),
+            (b",\"ss\":", self.session_id),
+            (b",\"u\":", self.user_id),
+        ];
+        for (key, value) in optional {
+            if let Some(v) = value {
+                push_string(out, key, v);
+            }
+        }
+        out.extend_from_slice(b",\"p\":");
+        out.extend_from_slice(self.properties.as_bytes());
+        if let Some(sa) = self.sent_at {
+            int(out, b",\"sa\":", sa);
+        }
+        int(out, b",\"ra\":", self.received_at);
+        out.push(b'}');
+    }
+}
+
+/// JSON text written as it is (it was checked to be JSON where it came from).
+fn raw_json<S: serde::Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
+    RawValue::from_string(text.to_string())
+        .map_err(serde::ser::Error::custom)?
+        .serialize(s)
+}
+
+/// `key` then `s` as a JSON string, escaped as serde_json escapes (only `"`, `\\` and control
+/// characters); most strings need none and are copied as they are.
+#[expect(
+    clippy::expect_used,
+    reason = "a Vec takes every write and a str always serialises"
+)]
+fn push_string(out: &mut Vec<u8>, key: &[u8], s: &str) {
+    out.extend_from_slice(key);
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(out, s).expect("a str always serialises");
     }
 }
 
@@ -285,7 +336,7 @@ impl QueuedEvent {
             device_id: self.device_id.as_deref(),
             session_id: self.session_id.as_deref(),
             user_id: self.user_id.as_deref(),
-            properties: &self.properties,
+            properties: self.properties.get(),
             sent_at: self.sent_at,
             received_at: self.received_at,
         }
@@ -315,7 +366,12 @@ mod unix_micros {
     use time::OffsetDateTime;
 
     pub fn serialize<S: Serializer>(t: &OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_i64((t.unix_timestamp_nanos() / 1000) as i64)
+        s.serialize_i64(of(*t))
+    }
+
+    /// `t` in microseconds since the Unix epoch.
+    pub fn of(t: OffsetDateTime) -> i64 {
+        (t.unix_timestamp_nanos() / 1000) as i64
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OffsetDateTime, D::Error> {
@@ -384,6 +440,36 @@ mod tests {
         let old = r#"{"t":1795852919225226,"id":"01e482a7-d71f-4f7a-8000-000000000000","n":"level_complete","s":"bench","d":"dev-01e482a7d71f4f7a","ss":"sess-01e482a7d71f","u":"user-260218","p":{"level":89,"score":60218,"duration_ms":260218,"difficulty":"easy","platform":"windows","build":"1.4.2+8841","fps_avg":88.8},"sa":1795852919225226,"ra":1795852919302325}"#;
         let back = QueuedEvent::decode(Some(b"1"), Some(old.as_bytes())).unwrap();
         assert_eq!(back.encode(), old);
+    }
+
+    /// Strings that need escaping, and times before the epoch, are written as serde_json
+    /// writes them.
+    #[test]
+    fn the_direct_encoder_escapes_as_serde_does() {
+        let strings = [
+            "",
+            "plain",
+            "quo\"te",
+            "back\\slash",
+            "nl\nx",
+            "\u{0}",
+            "\u{1f}",
+            "\u{7f}",
+            "\u{2028}",
+            "ünïcödé",
+            "/",
+            "\t\r\u{8}\u{c}",
+        ];
+        let mut e = sample();
+        e.time = datetime!(1969-12-31 23:59:59.5 UTC);
+        e.sent_at = None;
+        for s in strings {
+            e.name = s.into();
+            e.session_id = Some(s.into());
+            let mut out = Vec::new();
+            e.as_entry().encode_into(&mut out);
+            assert_eq!(out, serde_json::to_vec(&e.as_entry()).unwrap(), "{s:?}");
+        }
     }
 
     #[test]
