@@ -166,23 +166,41 @@ pub async fn pending_by_consumer(
     key: &str,
     group: &str,
 ) -> Vec<(String, u64)> {
+    pending_once_grouped(conn, key, group)
+        .await
+        .unwrap_or_else(|| panic!("XPENDING {key} {group}: no such group"))
+}
+
+/// [`pending_by_consumer`] while waiting for a flusher that may not have created its group
+/// yet (it does so after its probes answer): `None` on NOGROUP, any other error fails the test.
+pub async fn pending_once_grouped(
+    conn: &mut (impl redis::aio::ConnectionLike + Send),
+    key: &str,
+    group: &str,
+) -> Option<Vec<(String, u64)>> {
     type Summary = (
         u64,
         redis::Value,
         redis::Value,
         Option<Vec<(String, String)>>,
     );
-    let (_, _, _, consumers): Summary = redis::cmd("XPENDING")
+    let (_, _, _, consumers): Summary = match redis::cmd("XPENDING")
         .arg(key)
         .arg(group)
         .query_async(conn)
         .await
-        .unwrap_or_else(|e| panic!("XPENDING {key} {group}: {e}"));
-    consumers
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(name, n)| (name, n.parse().expect("a pending count")))
-        .collect()
+    {
+        Ok(summary) => summary,
+        Err(e) if e.code() == Some("NOGROUP") => return None,
+        Err(e) => panic!("XPENDING {key} {group}: {e}"),
+    };
+    Some(
+        consumers
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, n)| (name, n.parse().expect("a pending count")))
+            .collect(),
+    )
 }
 
 /// The consumers of a group (`XINFO CONSUMERS`) with their pending counts; fails the test on

@@ -165,7 +165,7 @@ async fn copies_in_flight_then(stop: Stop) {
         || {
             let (mut r, key, want, watcher) = (r.clone(), p.key.clone(), want.clone(), &watcher);
             async move {
-                let mut held = pending_by_consumer(&mut r, &key, "flushers").await;
+                let mut held = pending_once_grouped(&mut r, &key, "flushers").await?;
                 held.sort();
                 (held == want && copies_waiting(watcher).await == 4).then_some(())
             }

@@ -760,7 +760,7 @@ async fn concurrent_batches_in_one_flusher() {
     wait_for("three batches in flight at once", LONG, || {
         let (mut r, key, want) = (r.clone(), p.key.clone(), want.clone());
         async move {
-            let mut held = pending_by_consumer(&mut r, &key, "flushers").await;
+            let mut held = pending_once_grouped(&mut r, &key, "flushers").await?;
             held.sort();
             (held == want).then_some(())
         }

@@ -225,7 +225,7 @@ async fn stopped_with_postgres_unavailable(pg: &PgServer, freeze: bool, flags: &
         let mut r = r.clone();
         let key = key.clone();
         async move {
-            let held = pending_by_consumer(&mut r, &key, "flushers").await;
+            let held = pending_once_grouped(&mut r, &key, "flushers").await?;
             (held == [("stopping".to_string(), 100)]).then_some(())
         }
     })
