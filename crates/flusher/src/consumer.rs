@@ -358,16 +358,20 @@ impl Consumer {
     /// Acknowledges and deletes entries whose rows are committed (atomically, also while Redis
     /// is out of memory: see [`redis_queue::settle`]). The future owns what it needs, so it can
     /// run on a task of its own while the worker goes on.
-    pub fn ack_delete(
+    pub fn ack_delete<'i>(
         &self,
         shard: usize,
-        ids: Vec<String>,
-    ) -> impl Future<Output = Result<(), FlusherError>> + Send + 'static {
-        let (redis, key, group) = (self.redis.clone(), self.key(shard), self.group.clone());
-        async move {
-            redis_queue::settle::ack_delete(&redis, &key, &group, &ids).await?;
+        ids: impl IntoIterator<Item = &'i str>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), FlusherError>> + Send>> {
+        use redis_queue::settle;
+        let cmd = settle::ack_delete(&self.key(shard), &self.group, ids);
+        let redis = self.redis.clone();
+        Box::pin(async move {
+            if let Some(cmd) = cmd {
+                settle::run(&redis, &cmd).await?;
+            }
             Ok(())
-        }
+        })
     }
 
     /// Moves entries to the dead-letter stream with the reason, each only if it is still

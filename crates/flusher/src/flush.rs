@@ -150,10 +150,10 @@ impl Worker {
     /// Starts acknowledging and deleting committed entries on a task of its own, then waits for
     /// the previous acknowledgement (whose error, if any, is returned: its entries stay pending
     /// and are claimed and de-duplicated later).
-    pub(crate) async fn ack_behind(
+    pub(crate) async fn ack_behind<'i>(
         &self,
         shard: usize,
-        ids: Vec<String>,
+        ids: impl IntoIterator<Item = &'i str>,
     ) -> Result<(), FlusherError> {
         let next = tokio::spawn(self.consumer.ack_delete(shard, ids));
         let previous = self.replace_ack(Some(next));

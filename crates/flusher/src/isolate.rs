@@ -124,8 +124,8 @@ impl Worker {
         // Counted when committed, before the entries leave the stream: whoever sees the stream
         // empty sees every row of it counted.
         self.stats.written(part.len(), path, started.elapsed());
-        let ids: Vec<String> = part.iter().map(|(e, _)| e.id.clone()).collect();
-        self.ack_behind(shard, ids).await?;
+        self.ack_behind(shard, part.iter().map(|(e, _)| e.id.as_str()))
+            .await?;
         if path == WritePath::Dedup {
             log::info!(
                 "batch of {} went through the de-duplication path",

@@ -429,11 +429,10 @@ impl Pieces {
 /// The array header at `pos`: its length, `Some(None)` for nil (`*-1` or `$-1`), `None` when
 /// it has not all arrived.
 fn array(buf: &[u8], pos: &mut usize) -> Result<Option<Option<usize>>, QueueError> {
-    let Some(end) = line(buf, *pos) else {
+    let Some((kind, n, after)) = header(buf, *pos)? else {
         return Ok(None);
     };
-    let (kind, n) = (buf[*pos], number(&buf[*pos + 1..end])?);
-    *pos = end + 2;
+    *pos = after;
     match kind {
         b'*' => Ok(Some(usize::try_from(n).ok())),
         b'$' if n == -1 => Ok(Some(None)),
@@ -446,12 +445,53 @@ fn array(buf: &[u8], pos: &mut usize) -> Result<Option<Option<usize>>, QueueErro
 /// The bulk string at `pos`: its range, `Some(None)` for nil, `None` when it has not all
 /// arrived.
 fn bulk(buf: &[u8], pos: &mut usize) -> Result<Option<Option<Range<usize>>>, QueueError> {
-    match parse(buf, pos, false)? {
-        Some(Frame::Bulk(r)) => Ok(Some(r)),
-        Some(_) => Err(protocol(
+    let Some((kind, n, after)) = header(buf, *pos)? else {
+        return Ok(None);
+    };
+    if kind != b'$' {
+        return Err(protocol(
             "an XREADGROUP reply with a value where a string belongs",
-        )),
-        None => Ok(None),
+        ));
+    }
+    let Ok(len) = usize::try_from(n) else {
+        *pos = after;
+        return Ok(Some(None));
+    };
+    let end = after
+        .checked_add(len)
+        .ok_or_else(|| protocol("bulk length"))?;
+    let Some(crlf) = buf.get(end..end + 2) else {
+        return Ok(None);
+    };
+    if crlf != b"\r\n" {
+        return Err(protocol("a bulk string not ended by CRLF"));
+    }
+    *pos = end + 2;
+    Ok(Some(Some(after..end)))
+}
+
+/// The line at `pos` as a type byte and a number (`*2`, `$-1`): both, and where the next line
+/// starts; `None` when it has not all arrived. Read digit by digit: the lines of an entries
+/// reply are a few bytes each, too short for [`line`]'s search to pay.
+fn header(buf: &[u8], pos: usize) -> Result<Option<(u8, i64, usize)>, QueueError> {
+    let Some(&kind) = buf.get(pos) else {
+        return Ok(None);
+    };
+    let not_a_number = || protocol("a length or integer that is not a number");
+    let negative = buf.get(pos + 1) == Some(&b'-');
+    let start = pos + 1 + usize::from(negative);
+    let (mut i, mut n) = (start, 0i64);
+    while let Some(&d) = buf.get(i).filter(|d| d.is_ascii_digit()) {
+        if i - start == 18 {
+            return Err(not_a_number());
+        }
+        n = n * 10 + i64::from(d - b'0');
+        i += 1;
+    }
+    match buf.get(i..i + 2) {
+        None if buf.len() <= i + 1 && buf.get(i).is_none_or(|&c| c == b'\r') => Ok(None),
+        Some(b"\r\n") if i > start => Ok(Some((kind, if negative { -n } else { n }, i + 2))),
+        _ => Err(not_a_number()),
     }
 }
 

@@ -6,6 +6,8 @@
 //! transaction was: an entry is never acknowledged while it stays in the stream (it would never
 //! be delivered again and would hold the lag up forever) nor deleted while it stays pending.
 
+use redis::Cmd;
+
 use crate::{QueueError, Shared};
 
 /// Deletes, then acknowledges, entries of KEYS[1] for group ARGV[1]: IDs ARGV[2..]. `unpack`
@@ -36,19 +38,26 @@ redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 return 1
 "#;
 
-/// Acknowledges and deletes entries whose rows are committed, atomically, also while Redis is
-/// out of memory. Returns how many were still pending.
-pub async fn ack_delete(
-    redis: &Shared,
+/// The command that acknowledges and deletes entries whose rows are committed, atomically,
+/// also while Redis is out of memory; `None` for no IDs. Built apart from [`run`] so that the
+/// IDs are copied once, into the command, and what sends it borrows none of them.
+pub fn ack_delete<'i>(
     key: &str,
     group: &str,
-    ids: &[String],
-) -> Result<u64, QueueError> {
-    if ids.is_empty() {
-        return Ok(0);
-    }
+    ids: impl IntoIterator<Item = &'i str>,
+) -> Option<Cmd> {
     let mut cmd = redis::cmd("EVAL");
-    cmd.arg(ACK_DELETE_LUA).arg(1).arg(key).arg(group).arg(ids);
+    cmd.arg(ACK_DELETE_LUA).arg(1).arg(key).arg(group);
+    let mut any = false;
+    for id in ids {
+        cmd.arg(id);
+        any = true;
+    }
+    any.then_some(cmd)
+}
+
+/// Sends an [`ack_delete`] command: returns how many of its entries were still pending.
+pub async fn run(redis: &Shared, cmd: &Cmd) -> Result<u64, QueueError> {
     redis.query(async |c| cmd.query_async(c).await).await
 }
 
