@@ -79,8 +79,19 @@ impl<'a> Cursor<'a> {
     }
 
     /// An integer as serde_json writes an i64, checked to be a time `QueuedEvent` can hold.
+    /// Sixteen digits (every time from 2001-09-09 to 2286-11-20) are read eight at a time.
     fn micros(&mut self) -> Option<i64> {
         let rest = &self.b()[self.i..];
+        if let (Some(high), Some(low)) = (word(rest, 0), word(rest, 8))
+            && all_digits(high)
+            && all_digits(low)
+            && high & 0xff != u64::from(b'0')
+            && !rest.get(16).is_some_and(u8::is_ascii_digit)
+        {
+            self.i += 16;
+            let micros = eight_digits(high) * 100_000_000 + eight_digits(low);
+            return crate::queue::micros::holdable(i64::try_from(micros).ok()?).ok();
+        }
         let neg = rest.first() == Some(&b'-');
         let from = usize::from(neg);
         let (mut end, mut magnitude) = (from, 0i64);
@@ -92,8 +103,9 @@ impl<'a> Cursor<'a> {
             magnitude = magnitude * 10 + i64::from(d - b'0');
             end += 1;
         }
-        // No leading zero (serde_json refuses "01").
-        if end == from || (rest[from] == b'0' && end - from > 1) {
+        // No leading zero (serde_json refuses "01"), and no "-0" (serde_json reads it as the
+        // float -0.0, which no i64 field takes).
+        if end == from || (rest[from] == b'0' && (end - from > 1 || neg)) {
             return None;
         }
         self.i += end;
@@ -104,9 +116,7 @@ impl<'a> Cursor<'a> {
     fn string(&mut self) -> Option<Text<'a>> {
         self.lit(b"\"")?;
         let start = self.i;
-        let len = self.b()[start..]
-            .iter()
-            .position(|&c| SPECIAL[usize::from(c)] & ENDS_STRING != 0)?;
+        let len = find(&self.b()[start..], ENDS_STRING)?;
         if self.b()[start + len] != b'"' {
             return None;
         }
@@ -136,10 +146,9 @@ impl<'a> Cursor<'a> {
         let (mut depth, mut in_string) = (0usize, false);
         let mut k = 0;
         let end = loop {
-            k += b
-                .get(k..)?
-                .iter()
-                .position(|&c| SPECIAL[usize::from(c)] & IN_OBJECT != 0)?;
+            // In a string only its end and escapes matter; outside, braces too.
+            let stops = if in_string { ENDS_STRING } else { IN_OBJECT };
+            k += find(b.get(k..)?, stops)?;
             match (b[k], in_string) {
                 (b'"', _) => in_string = !in_string,
                 (b'\\', true) => k += 1,
@@ -158,6 +167,68 @@ impl<'a> Cursor<'a> {
         self.i += end;
         self.s.get(start..start + end)
     }
+}
+
+/// Where the first byte of `b` with one of the `stops` flags of [`SPECIAL`] is. Eight bytes
+/// are tested at a time (see [`specials`]), the last few one by one.
+fn find(b: &[u8], stops: u8) -> Option<usize> {
+    let mut at = 0;
+    while let Some(w) = word(b, at) {
+        let found = specials(w, stops);
+        if found != 0 {
+            return Some(at + (found.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    let tail = b[at..]
+        .iter()
+        .position(|&c| SPECIAL[usize::from(c)] & stops != 0)?;
+    Some(at + tail)
+}
+
+/// Bytes `at..at + 8` of `b` as a word, the first in its lowest byte.
+fn word(b: &[u8], at: usize) -> Option<u64> {
+    let bytes: [u8; 8] = b.get(at..at + 8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(bytes))
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of every byte of `w` that is zero. Exact up to the first such byte (a borrow
+/// can flag a byte above it), which is all [`find`] uses.
+fn zero_bytes(w: u64) -> u64 {
+    w.wrapping_sub(ONES) & !w & HIGHS
+}
+
+/// The bytes of `w` that [`SPECIAL`] flags with one of `stops` ([`ENDS_STRING`] or
+/// [`IN_OBJECT`]): control characters, quotes, backslashes, and braces for `IN_OBJECT`. The
+/// lowest flagged byte is exact: each term's is, and a term flags a wrong byte only above its
+/// own exact one.
+fn specials(w: u64, stops: u8) -> u64 {
+    let is = |c: u8| zero_bytes(w ^ (ONES * u64::from(c)));
+    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
+    let mut found = control | is(b'"') | is(b'\\');
+    if stops & IN_OBJECT != 0 {
+        found |= is(b'{') | is(b'}');
+    }
+    found
+}
+
+/// Whether all eight bytes of `w` are ASCII digits.
+fn all_digits(w: u64) -> bool {
+    const NIBBLES: u64 = 0xf0f0_f0f0_f0f0_f0f0;
+    const THREES: u64 = 0x3030_3030_3030_3030;
+    w & NIBBLES == THREES && w.wrapping_add(6 * ONES) & NIBBLES == THREES
+}
+
+/// The number eight ASCII digits spell, the first (most significant) in the lowest byte:
+/// pairs, then fours, then all eight combined in place.
+fn eight_digits(w: u64) -> u64 {
+    let w = w - 0x30 * ONES;
+    let w = (w.wrapping_mul(10) + (w >> 8)) & 0x00ff_00ff_00ff_00ff;
+    let w = (w.wrapping_mul(100) + (w >> 16)) & 0x0000_ffff_0000_ffff;
+    (w.wrapping_mul(10_000) + (w >> 32)) & 0xffff_ffff
 }
 
 /// [`SPECIAL`]'s flag for the bytes [`Cursor::object`] stops at: quotes, backslashes, braces,
@@ -181,3 +252,70 @@ const SPECIAL: [u8; 256] = {
     t[b'}' as usize] = IN_OBJECT;
     t
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What [`find`] must answer: the table, byte by byte.
+    fn by_table(b: &[u8], stops: u8) -> Option<usize> {
+        b.iter().position(|&c| SPECIAL[usize::from(c)] & stops != 0)
+    }
+
+    proptest! {
+        /// Any bytes, with the special ones common: the word-at-a-time search finds the
+        /// same first byte as the table.
+        #[test]
+        fn find_agrees_with_the_table(
+            b in prop::collection::vec(
+                prop_oneof![
+                    Just(b'"'), Just(b'\\'), Just(b'{'), Just(b'}'), Just(0u8), Just(0x1f),
+                    Just(0x20), Just(0x7f), Just(0x80), Just(0xff), Just(0xa2), Just(0xdc),
+                    any::<u8>(), b'a'..=b'z', b'a'..=b'z', b'a'..=b'z', b'a'..=b'z',
+                ],
+                0..40,
+            ),
+        ) {
+            for stops in [ENDS_STRING, IN_OBJECT] {
+                prop_assert_eq!(find(&b, stops), by_table(&b, stops));
+            }
+        }
+
+        /// Every number of up to 19 digits (sign, leading zeros and what follows included)
+        /// reads as serde_json reads it, or not at all.
+        #[test]
+        fn micros_agrees_with_serde(text in "-?[0-9]{1,19}[,}0-9a]?") {
+            let mut c = Cursor { s: &text, i: 0 };
+            let got = c.micros();
+            let number: String = text.chars().take_while(|c| *c == '-' || c.is_ascii_digit()).collect();
+            let want = serde_json::from_str::<i64>(&number)
+                .ok()
+                .and_then(|n| crate::queue::micros::holdable(n).ok());
+            prop_assert_eq!(got, want);
+            if got.is_some() {
+                prop_assert_eq!(c.i, number.len());
+            }
+        }
+    }
+
+    #[test]
+    fn eight_digits_at_a_time() {
+        for n in [
+            0u64, 1, 9, 10, 12_345_678, 99_999_999, 10_000_000, 90_000_009,
+        ] {
+            let w = u64::from_le_bytes(format!("{n:08}").as_bytes().try_into().unwrap());
+            assert!(all_digits(w));
+            assert_eq!(eight_digits(w), n);
+        }
+        for bad in [
+            *b"1234567/",
+            *b"1234567:",
+            *b"a2345678",
+            *b"12345 78",
+            [0xb5; 8],
+        ] {
+            assert!(!all_digits(u64::from_le_bytes(bad)), "{bad:?}");
+        }
+    }
+}
