@@ -561,7 +561,13 @@ mod tests {
         .unwrap();
         let mut early = sample();
         early.time = datetime!(1969-12-31 23:59:59.5 UTC);
-        for e in [sample(), bare, early] {
+        // The fields read back from the end, spelled inside the properties.
+        let mut mimic = sample();
+        mimic.properties = RawValue::from_string(
+            r#"{"x":"},\"sa\":1,\"ra\":2}","sa":3,"ra":{"}":"{"},"y":[4]}"#.into(),
+        )
+        .unwrap();
+        for e in [sample(), bare, early, mimic] {
             let text = e.encode();
             let fast = crate::scan::view(text.as_bytes()).expect("the scanner reads it");
             assert_eq!(

@@ -12,10 +12,13 @@ use crate::queue::{EventView, Text};
 
 /// Reads `e` as `encode` writes it, or `None` when it is not exactly that form.
 ///
-/// One difference from serde_json: the properties object is delimited (strings and nesting
-/// followed, UTF-8 checked) but its JSON is not validated here. PostgreSQL parses it into
-/// `jsonb` and refuses a bad one, and the flusher then isolates that row and dead-letters it,
-/// as it does any row PostgreSQL refuses. ingest-api only ever queues validated properties.
+/// One difference from serde_json: the properties object is delimited, not validated. The
+/// fields after it (`sa`, `ra` and the closing brace) are read from the entry's end, and what
+/// lies between them and `"p":` is the properties' text, checked only to be braced, UTF-8 and
+/// free of control characters other than JSON's whitespace. PostgreSQL parses it into
+/// `jsonb` and refuses anything but one JSON object, and the flusher then isolates that row and
+/// dead-letters it, as it does any row PostgreSQL refuses. ingest-api only ever queues
+/// validated properties.
 pub fn view(e: &[u8]) -> Option<EventView<'_>> {
     // UTF-8 is checked once for the whole entry: every piece below is cut at ASCII delimiters,
     // so each is UTF-8 too (serde_json refuses an entry that is not).
@@ -35,17 +38,9 @@ pub fn view(e: &[u8]) -> Option<EventView<'_>> {
     let session_id = c.optional(b",\"ss\":")?;
     let user_id = c.optional(b",\"u\":")?;
     c.lit(b",\"p\":")?;
-    let properties = c.object()?;
-    let sent_at = if c.peek_lit(b",\"sa\":") {
-        c.i += 6;
-        Some(c.micros()?)
-    } else {
-        None
-    };
-    c.lit(b",\"ra\":")?;
-    let received_at = c.micros()?;
-    c.lit(b"}")?;
-    (c.i == e.len()).then_some(EventView {
+    let (end, sent_at, received_at) = tail(text)?;
+    let properties = c.object_until(end)?;
+    Some(EventView {
         time,
         event_id,
         name,
@@ -132,41 +127,62 @@ impl<'a> Cursor<'a> {
         self.string().map(Some)
     }
 
-    /// A JSON object's text: up to the brace that closes it, following strings (and their
-    /// escapes) so that braces inside them do not count; checked to be free of control
-    /// characters other than JSON's whitespace (the entry's UTF-8 is checked in [`view`]).
-    /// One pass: ordinary bytes are skipped by a table lookup each, and only the few special
-    /// ones are looked at.
-    fn object(&mut self) -> Option<&'a str> {
-        let start = self.i;
-        let b = &self.b()[start..];
-        if b.first() != Some(&b'{') {
+    /// The properties' text, from here to `end`: braced, and free of control characters
+    /// other than JSON's whitespace (the entry's UTF-8 is checked in [`view`]).
+    fn object_until(&mut self, end: usize) -> Option<&'a str> {
+        let text = self.s.get(self.i..end)?;
+        let b = text.as_bytes();
+        if b.first() != Some(&b'{') || b.last() != Some(&b'}') {
             return None;
         }
-        let (mut depth, mut in_string) = (0usize, false);
-        let mut k = 0;
-        let end = loop {
-            // In a string only its end and escapes matter; outside, braces too.
-            let stops = if in_string { ENDS_STRING } else { IN_OBJECT };
-            k += find(b.get(k..)?, stops)?;
-            match (b[k], in_string) {
-                (b'"', _) => in_string = !in_string,
-                (b'\\', true) => k += 1,
-                (b'{', false) => depth += 1,
-                (b'}', false) => {
-                    depth -= 1;
-                    if depth == 0 {
-                        break k + 1;
-                    }
-                }
-                (b'\t' | b'\n' | b'\r', _) | (b'{' | b'}', true) => {}
-                _ => return None,
+        let mut at = 0;
+        while let Some(k) = b.get(at..).and_then(|rest| find(rest, CONTROL)) {
+            if !matches!(b[at + k], b'\t' | b'\n' | b'\r') {
+                return None;
             }
-            k += 1;
-        };
-        self.i += end;
-        self.s.get(start..start + end)
+            at += k + 1;
+        }
+        self.i = end;
+        Some(text)
     }
+}
+
+/// The entry's last fields, read back from its end: `,"sa":<micros>` if present, then
+/// `,"ra":<micros>}`. Returns where they start (the properties' end), `sa` and `ra`.
+fn tail(s: &str) -> Option<(usize, Option<i64>, i64)> {
+    let close = s
+        .len()
+        .checked_sub(1)
+        .filter(|&i| s.as_bytes()[i] == b'}')?;
+    let (ra_at, received_at) = micros_before(s, close, b",\"ra\":")?;
+    Some(match micros_before(s, ra_at, b",\"sa\":") {
+        Some((sa_at, sent_at)) => (sa_at, Some(sent_at), received_at),
+        None => (ra_at, None, received_at),
+    })
+}
+
+/// `key` and a time in microseconds ending just before `end`: where the key starts, and the
+/// time (read forwards, by [`Cursor::micros`]'s rules).
+fn micros_before(s: &str, end: usize, key: &[u8]) -> Option<(usize, i64)> {
+    let b = s.as_bytes();
+    let read = |start: usize| {
+        let at = start.checked_sub(key.len())?;
+        if &b[at..start] != key {
+            return None;
+        }
+        let mut c = Cursor { s, i: start };
+        let micros = c.micros()?;
+        (c.i == end).then_some((at, micros))
+    };
+    // Sixteen digits (see `Cursor::micros`) first, else counted back.
+    end.checked_sub(16).and_then(read).or_else(|| {
+        let len = b[..end]
+            .iter()
+            .rev()
+            .take_while(|&&c| c.is_ascii_digit() || c == b'-')
+            .count();
+        read(end - len)
+    })
 }
 
 /// Where the first byte of `b` with one of the `stops` flags of [`SPECIAL`] is. Eight bytes
@@ -201,18 +217,17 @@ fn zero_bytes(w: u64) -> u64 {
     w.wrapping_sub(ONES) & !w & HIGHS
 }
 
-/// The bytes of `w` that [`SPECIAL`] flags with one of `stops` ([`ENDS_STRING`] or
-/// [`IN_OBJECT`]): control characters, quotes, backslashes, and braces for `IN_OBJECT`. The
-/// lowest flagged byte is exact: each term's is, and a term flags a wrong byte only above its
-/// own exact one.
+/// The bytes of `w` that [`SPECIAL`] flags with `stops` ([`ENDS_STRING`] or [`CONTROL`]):
+/// control characters, and quotes and backslashes for `ENDS_STRING`. The lowest flagged byte
+/// is exact: each term's is, and a term flags a wrong byte only above its own exact one.
 fn specials(w: u64, stops: u8) -> u64 {
     let is = |c: u8| zero_bytes(w ^ (ONES * u64::from(c)));
     let control = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
-    let mut found = control | is(b'"') | is(b'\\');
-    if stops & IN_OBJECT != 0 {
-        found |= is(b'{') | is(b'}');
+    if stops & ENDS_STRING != 0 {
+        control | is(b'"') | is(b'\\')
+    } else {
+        control
     }
-    found
 }
 
 /// Whether all eight bytes of `w` are ASCII digits.
@@ -231,25 +246,23 @@ fn eight_digits(w: u64) -> u64 {
     (w.wrapping_mul(10_000) + (w >> 32)) & 0xffff_ffff
 }
 
-/// [`SPECIAL`]'s flag for the bytes [`Cursor::object`] stops at: quotes, backslashes, braces,
-/// control characters.
-const IN_OBJECT: u8 = 1;
+/// [`SPECIAL`]'s flag for control characters (what the properties' text is checked for).
+const CONTROL: u8 = 1;
 /// [`SPECIAL`]'s flag for the bytes [`Cursor::string`] stops at: quotes, backslashes, control
 /// characters.
 const ENDS_STRING: u8 = 2;
 
-/// Which bytes the scanner's loops stop at: ordinary ones cost a table lookup each.
+/// Which bytes the scanner's searches stop at (eight at a time in [`specials`]; this table for
+/// the last few bytes).
 const SPECIAL: [u8; 256] = {
     let mut t = [0u8; 256];
     let mut c = 0;
     while c < 0x20 {
-        t[c] = IN_OBJECT | ENDS_STRING;
+        t[c] = CONTROL | ENDS_STRING;
         c += 1;
     }
-    t[b'"' as usize] = IN_OBJECT | ENDS_STRING;
-    t[b'\\' as usize] = IN_OBJECT | ENDS_STRING;
-    t[b'{' as usize] = IN_OBJECT;
-    t[b'}' as usize] = IN_OBJECT;
+    t[b'"' as usize] = ENDS_STRING;
+    t[b'\\' as usize] = ENDS_STRING;
     t
 };
 
@@ -277,7 +290,7 @@ mod tests {
                 0..40,
             ),
         ) {
-            for stops in [ENDS_STRING, IN_OBJECT] {
+            for stops in [ENDS_STRING, CONTROL] {
                 prop_assert_eq!(find(&b, stops), by_table(&b, stops));
             }
         }
