@@ -104,7 +104,7 @@ fn nests_deeper_than(text: &str, max: usize) -> bool {
     while let Some(&b) = bytes.get(i) {
         i += 1;
         match b {
-            b'"' => i = past_string(bytes, i),
+            b'"' => i = past_string(bytes, i).unwrap_or(bytes.len()),
             b'[' | b'{' => {
                 depth += 1;
                 if depth > max {
@@ -119,16 +119,15 @@ fn nests_deeper_than(text: &str, max: usize) -> bool {
 }
 
 /// Where the string whose text starts at `i` (just past its opening quote) ends: just past its
-/// closing quote, or the end of `bytes` if it has none. A backslash escapes the byte after it.
-pub(crate) fn past_string(bytes: &[u8], mut i: usize) -> usize {
-    while let Some(rest) = bytes.get(i..) {
-        match memchr::memchr2(b'"', b'\\', rest) {
-            None => break,
-            Some(k) if rest[k] == b'"' => return i + k + 1,
-            Some(k) => i += k + 2,
+/// closing quote, or `None` if it has none. A backslash escapes the byte after it.
+pub(crate) fn past_string(bytes: &[u8], mut i: usize) -> Option<usize> {
+    loop {
+        i += memchr::memchr2(b'"', b'\\', bytes.get(i..)?)?;
+        if bytes[i] == b'"' {
+            return Some(i + 1);
         }
+        i += 2;
     }
-    bytes.len()
 }
 
 fn parse_sent_at(raw: &RawValue) -> Result<OffsetDateTime, BatchError> {

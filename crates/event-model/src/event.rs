@@ -414,7 +414,7 @@ fn check_numbers(text: &str) -> Result<(), EventError> {
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         if b == b'"' {
-            i = crate::batch::past_string(bytes, i + 1);
+            i = crate::batch::past_string(bytes, i + 1).unwrap_or(bytes.len());
         } else if b == b'-' || b.is_ascii_digit() {
             let start = i;
             while i < bytes.len()

@@ -4,6 +4,8 @@
 //! reads the event with serde_json, whose answer is the same for every event this one reads
 //! (a unit test and the property tests hold the two together).
 
+use crate::batch::past_string;
+
 /// `(key, value text)` of each member of the object `text`, in order, handed to `each`.
 /// `text` must be valid JSON: on anything else the answer is unspecified (but never a panic).
 pub(crate) fn members<'a>(text: &'a str, mut each: impl FnMut(&'a str, &'a str)) -> Option<()> {
@@ -81,17 +83,6 @@ fn past_value(b: &[u8], i: usize) -> Option<usize> {
                 .position(|c| matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'));
             Some(i + len.unwrap_or(rest.len()))
         }
-    }
-}
-
-/// Just past the closing quote of the string whose text starts at `i`; `None` if it has none.
-fn past_string(b: &[u8], mut i: usize) -> Option<usize> {
-    loop {
-        i += memchr::memchr2(b'"', b'\\', b.get(i..)?)?;
-        if b[i] == b'"' {
-            return Some(i + 1);
-        }
-        i += 2;
     }
 }
 

@@ -129,7 +129,7 @@ fn raw_json<S: serde::Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
 )]
 fn push_string(out: &mut Vec<u8>, key: &[u8], s: &str) {
     out.extend_from_slice(key);
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if !crate::scan::needs_escape(s) {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');

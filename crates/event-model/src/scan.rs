@@ -185,6 +185,12 @@ fn micros_before(s: &str, end: usize, key: &[u8]) -> Option<(usize, i64)> {
     })
 }
 
+/// Whether JSON needs `s` escaped: it holds a quote, a backslash or a control character (the
+/// bytes serde_json escapes, and the ones [`Cursor::string`] stops at).
+pub(crate) fn needs_escape(s: &str) -> bool {
+    find(s.as_bytes(), ENDS_STRING).is_some()
+}
+
 /// Where the first byte of `b` with one of the `stops` flags of [`SPECIAL`] is. Eight bytes
 /// are tested at a time (see [`specials`]), the last few one by one.
 fn find(b: &[u8], stops: u8) -> Option<usize> {
@@ -211,18 +217,18 @@ fn word(b: &[u8], at: usize) -> Option<u64> {
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
-/// The high bit of every byte of `w` that is zero. Exact up to the first such byte (a borrow
-/// can flag a byte above it), which is all [`find`] uses.
-fn zero_bytes(w: u64) -> u64 {
-    w.wrapping_sub(ONES) & !w & HIGHS
+/// The high bit of every byte of `w` below `n` (at most 0x80). Exact up to the first such byte
+/// (a borrow can flag a byte above it), which is all [`find`] uses.
+fn bytes_below(w: u64, n: u8) -> u64 {
+    w.wrapping_sub(ONES * u64::from(n)) & !w & HIGHS
 }
 
 /// The bytes of `w` that [`SPECIAL`] flags with `stops` ([`ENDS_STRING`] or [`CONTROL`]):
 /// control characters, and quotes and backslashes for `ENDS_STRING`. The lowest flagged byte
 /// is exact: each term's is, and a term flags a wrong byte only above its own exact one.
 fn specials(w: u64, stops: u8) -> u64 {
-    let is = |c: u8| zero_bytes(w ^ (ONES * u64::from(c)));
-    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
+    let is = |c: u8| bytes_below(w ^ (ONES * u64::from(c)), 1);
+    let control = bytes_below(w, 0x20);
     if stops & ENDS_STRING != 0 {
         control | is(b'"') | is(b'\\')
     } else {
