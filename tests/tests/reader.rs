@@ -2,13 +2,20 @@
 //! exactly what redis-rs reads — binary values, CRLF inside values, empty values, replies larger
 //! than one socket read — through a password and a database index, and report Redis's error
 //! codes as redis-rs does (the flusher re-creates its group on `NOGROUP`).
+//!
+//! And ingest-api's lean appender (`redis_queue::writer`): it must store what redis-rs stores,
+//! all of a transaction or none of it, keep Redis's error codes, and never reuse a connection
+//! that is out of step.
 
 use std::time::Duration;
 
 use et_tests::RedisServer;
+use et_tests::{redis_cli_out, redis_memory};
+use event_model::queue::EntryEvent;
 use redis::AsyncCommands;
 use redis_queue::Connector;
 use redis_queue::reader::{ReadGroup, StreamReader};
+use redis_queue::writer::Writers;
 
 async fn reader(url: &str) -> StreamReader {
     Connector::new(url, false)
@@ -84,12 +91,7 @@ async fn reads_what_redis_rs_reads_through_a_password_and_a_database() {
     assert_eq!(got.len(), expected.ids.len());
     for (g, e) in got.iter().zip(&expected.ids) {
         assert_eq!(g.id, e.id);
-        let mut want: Vec<(String, Vec<u8>)> = e
-            .map
-            .iter()
-            .map(|(k, v)| (k.clone(), redis::from_redis_value(v.clone()).unwrap()))
-            .collect();
-        want.sort();
+        let want = sorted_fields(e);
         let mut have: Vec<(String, Vec<u8>)> = g
             .fields
             .iter()
@@ -164,4 +166,246 @@ async fn pipelined_reads_return_the_entries_in_order() {
             .unwrap()
             .is_empty()
     );
+}
+
+fn writers(url: &str) -> Writers {
+    Connector::new(url, false)
+        .unwrap()
+        .writers(Duration::from_secs(2))
+        .expect("a TCP URL gets the lean writer")
+}
+
+/// Events `0..n` whose names and properties need escaping, one of them 100 KiB.
+fn events(n: usize) -> Vec<EntryEvent<'static>> {
+    let at = time::OffsetDateTime::now_utc();
+    (0..n)
+        .map(|k| EntryEvent {
+            time: at,
+            event_id: uuid::Uuid::now_v7(),
+            name: Box::leak(format!("ev\"{k}\n").into_boxed_str()),
+            source: "src",
+            device_id: Some("dev"),
+            session_id: None,
+            user_id: None,
+            properties: if k == 1 {
+                Box::leak(format!("{{\"big\":\"{}\"}}", "x".repeat(100 * 1024)).into_boxed_str())
+            } else {
+                "{\"k\":[1,\"\\r\\n\"]}"
+            },
+            sent_at: None,
+            received_at: at,
+        })
+        .collect()
+}
+
+/// Each event's entry as redis-rs reads it back: `v` and `e`, in order.
+async fn stored(
+    c: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+) -> Vec<Vec<(String, Vec<u8>)>> {
+    let reply: redis::streams::StreamRangeReply = c.xrange_all(key).await.unwrap();
+    reply.ids.iter().map(sorted_fields).collect()
+}
+
+/// An entry's fields and values as redis-rs read them, sorted by name.
+fn sorted_fields(entry: &redis::streams::StreamId) -> Vec<(String, Vec<u8>)> {
+    let mut fields: Vec<(String, Vec<u8>)> = entry
+        .map
+        .iter()
+        .map(|(k, v)| (k.clone(), redis::from_redis_value(v.clone()).unwrap()))
+        .collect();
+    fields.sort();
+    fields
+}
+
+fn expected(events: &[EntryEvent<'_>]) -> Vec<Vec<(String, Vec<u8>)>> {
+    events
+        .iter()
+        .map(|e| {
+            let mut encoded = Vec::new();
+            e.encode_into(&mut encoded);
+            vec![
+                ("e".to_string(), encoded),
+                (
+                    "v".to_string(),
+                    event_model::queue::ENTRY_VERSION.as_bytes().to_vec(),
+                ),
+            ]
+        })
+        .collect()
+}
+
+/// Through a password and a database index, concurrent appends each store all their events,
+/// exactly as encoded, on connections that are reused.
+#[tokio::test]
+async fn the_writer_stores_what_it_was_given_through_a_password_and_a_database() {
+    let server = RedisServer::start();
+    assert_eq!(
+        redis_cli_out(server.port, &["CONFIG", "SET", "requirepass", "s3cret"]),
+        "OK"
+    );
+    let url = format!("redis://:s3cret@127.0.0.1:{}/3", server.port);
+    let mut db3 = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let w = writers(&url);
+    let opened_before = connections_opened(server.port);
+    let batches: Vec<Vec<EntryEvent<'static>>> = (0..8).map(|_| events(3)).collect();
+    for _ in 0..3 {
+        let _: () = db3.del(&["k0", "k1"]).await.unwrap();
+        let appends = batches
+            .iter()
+            .enumerate()
+            .map(|(i, b)| w.append(if i % 2 == 0 { "k0" } else { "k1" }, b));
+        for r in futures_util::future::join_all(appends).await {
+            r.unwrap();
+        }
+        let mut got = stored(&mut db3, "k0").await;
+        got.extend(stored(&mut db3, "k1").await);
+        let mut want = Vec::new();
+        for b in batches
+            .iter()
+            .step_by(2)
+            .chain(batches.iter().skip(1).step_by(2))
+        {
+            want.extend(expected(b));
+        }
+        got.sort();
+        want.sort();
+        assert_eq!(got.len(), 24);
+        assert_eq!(got, want);
+    }
+    // Reused: the 24 appends opened at most one connection each of the 8 at once (and
+    // redis-cli one to ask).
+    let opened = connections_opened(server.port) - opened_before;
+    assert!(
+        opened <= 8 + 1,
+        "connections were not reused: {opened} opened"
+    );
+}
+
+fn connections_opened(port: u16) -> u64 {
+    redis_cli_out(
+        port,
+        &["-a", "s3cret", "--no-auth-warning", "INFO", "stats"],
+    )
+    .lines()
+    .find_map(|l| l.strip_prefix("total_connections_received:"))
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+/// A refused XADD (OOM) aborts the whole transaction: nothing stored, the refusal's code
+/// returned, and the connection still in step for the next append. A command that fails as it
+/// runs (WRONGTYPE) keeps its code too.
+#[tokio::test]
+async fn refusals_keep_their_codes_and_store_nothing() {
+    let server = RedisServer::start();
+    let mut c = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let w = writers(&server.url());
+    let batch = events(5);
+    w.append("k", &batch[..1]).await.unwrap();
+    let used = redis_memory(server.port, "used_memory");
+    let max = (used * 95 / 100).to_string();
+    assert_eq!(
+        redis_cli_out(server.port, &["CONFIG", "SET", "maxmemory", &max]),
+        "OK"
+    );
+    let e = w.append("k", &batch).await.unwrap_err();
+    assert_eq!(e.code(), Some("OOM"), "{e}");
+    assert_eq!(
+        stored(&mut c, "k").await.len(),
+        1,
+        "none of the refused transaction"
+    );
+    assert_eq!(
+        redis_cli_out(server.port, &["CONFIG", "SET", "maxmemory", "0"]),
+        "OK"
+    );
+    w.append("k", &batch).await.unwrap();
+    let mut want = expected(&batch[..1]);
+    want.extend(expected(&batch));
+    assert_eq!(stored(&mut c, "k").await, want);
+
+    let _: () = c.set("s", "a string").await.unwrap();
+    let e = w.append("s", &batch).await.unwrap_err();
+    assert_eq!(e.code(), Some("WRONGTYPE"), "{e}");
+    w.append("k", &batch[..1]).await.unwrap();
+    assert_eq!(
+        stored(&mut c, "k").await.len(),
+        7,
+        "in step after WRONGTYPE"
+    );
+}
+
+/// A connection Redis closed while it was idle (Redis restarted, or dropped the client) is not
+/// used again: the next append opens a new one and succeeds, so a restart costs no request its
+/// write. The check needs no help from the runtime (no await between the kill and the append).
+#[tokio::test]
+async fn an_idle_connection_redis_closed_is_not_used() {
+    let server = RedisServer::start();
+    let w = writers(&server.url());
+    let batch = events(2);
+    w.append("k", &batch).await.unwrap();
+    let killed = redis_cli_out(server.port, &["CLIENT", "KILL", "TYPE", "normal"]);
+    assert_eq!(killed, "1", "the writer's connection was closed");
+    std::thread::sleep(Duration::from_millis(50)); // the FIN arrives
+    w.append("k", &batch).await.unwrap();
+    assert_eq!(redis_cli_out(server.port, &["XLEN", "k"]), "4");
+}
+
+/// A connection that fails mid-append (Redis frozen past the timeout) is dropped, never put
+/// back out of step: after Redis answers again, appends succeed and store each batch once.
+#[tokio::test]
+async fn a_connection_that_timed_out_is_dropped() {
+    let server = RedisServer::start();
+    let w = Connector::new(&server.url(), false)
+        .unwrap()
+        .writers(Duration::from_millis(300))
+        .unwrap();
+    let batch = events(2);
+    w.append("k", &batch).await.unwrap();
+    server.freeze();
+    let e = w.append("k", &batch).await.unwrap_err();
+    assert!(matches!(e, redis_queue::QueueError::Timeout(_)), "{e}");
+    server.thaw();
+    // On the timed-out connection this would read that append's replies and fail.
+    w.append("k", &batch[..1]).await.unwrap();
+    // The timed-out transaction was sent whole, so it ran when Redis woke: 2 + 2 + 1.
+    for _ in 0..50 {
+        if redis_cli_out(server.port, &["XLEN", "k"]) == "5" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(redis_cli_out(server.port, &["XLEN", "k"]), "5");
+}
+
+/// ingest-api runs one runtime per worker thread, and a connection works only on the runtime
+/// that opened it (its socket is registered with that runtime's I/O driver). Here the first
+/// runtime stops, as a worker does at shutdown, and the second must not get its connection.
+#[test]
+fn a_connection_is_used_only_on_the_runtime_that_opened_it() {
+    let server = RedisServer::start();
+    let w = writers(&server.url());
+    let batch = events(2);
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let first = runtime();
+    first.block_on(w.append("k", &batch)).unwrap();
+    drop(first);
+    runtime().block_on(w.append("k", &batch)).unwrap();
+    assert_eq!(redis_cli_out(server.port, &["XLEN", "k"]), "4");
 }

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use event_model::queue::EntryEvent;
+use redis_queue::writer::Writers;
 use redis_queue::{Connector, Layout, LayoutCheck, Shared};
 
 pub use redis_queue::QueueError;
@@ -16,6 +17,9 @@ pub use redis_queue::QueueError;
 #[derive(Clone)]
 pub struct EventQueue {
     redis: Shared,
+    /// Appends over plain RESP on one node over TCP (see `redis_queue::writer`); `None`: a
+    /// cluster or a Unix socket, whose appends go through `redis`.
+    writers: Option<Arc<Writers>>,
     check: Arc<LayoutCheck>,
     next: Arc<AtomicUsize>,
     shards: Arc<Vec<ShardHealth>>,
@@ -62,9 +66,12 @@ impl EventQueue {
         max_memory_ratio: f64,
     ) -> Result<Self, QueueError> {
         let layout = Layout::new(stream_key, shards, cluster)?;
-        let redis = Shared::new(Connector::new(redis_url, cluster)?, timeout);
+        let connector = Connector::new(redis_url, cluster)?;
+        let writers = connector.writers(timeout).map(Arc::new);
+        let redis = Shared::new(connector, timeout);
         Ok(EventQueue {
             redis,
+            writers,
             shards: Arc::new((0..shards).map(|_| ShardHealth::default()).collect()),
             check: Arc::new(LayoutCheck::new(layout, true)),
             next: Arc::default(),
@@ -141,10 +148,14 @@ impl EventQueue {
     async fn push_to(&self, shard: usize, events: &[EntryEvent<'_>]) -> Result<(), QueueError> {
         self.check.check_shard(&self.redis, shard).await?;
         let key = self.layout().key(shard);
-        let pipe = redis_queue::append::entries(&key, events.iter().copied());
-        self.redis
-            .query(async |c| pipe.query_async::<()>(c).await)
-            .await?;
+        if let Some(writers) = &self.writers {
+            writers.append(&key, events).await?;
+        } else {
+            let pipe = redis_queue::append::entries(&key, events.iter().copied());
+            self.redis
+                .query(async |c| pipe.query_async::<()>(c).await)
+                .await?;
+        }
         crate::telemetry::shard_write(shard, events.len());
         Ok(())
     }

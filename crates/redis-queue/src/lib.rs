@@ -17,7 +17,9 @@ use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFutur
 pub mod append;
 mod layout;
 pub mod reader;
+mod resp;
 pub mod settle;
+pub mod writer;
 pub use layout::{Layout, LayoutCheck, MEMORY_RATIO_GAUGE, MEMORY_RATIO_HELP, ShardStats};
 
 /// What can go wrong talking to the queue.
@@ -131,6 +133,17 @@ impl Connector {
                 reader::StreamReader::connect(client.get_connection_info()).await
             }
             Connector::Cluster(_) => Ok(None),
+        }
+    }
+
+    /// A pool of lean appenders ([`writer::Writers`]) for one node over TCP; `None` for a
+    /// cluster or another kind of address.
+    pub fn writers(&self, timeout: Duration) -> Option<writer::Writers> {
+        match self {
+            Connector::Single(client) => {
+                writer::Writers::new(client.get_connection_info().clone(), timeout)
+            }
+            Connector::Cluster(_) => None,
         }
     }
 

@@ -11,12 +11,11 @@
 use std::ops::Range;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use redis::{ConnectionAddr, ConnectionInfo};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use bytes::Bytes;
+use redis::ConnectionInfo;
 
 use crate::QueueError;
+use crate::resp::{self, encode, protocol};
 
 /// One stream entry: its ID and its field/value pairs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,8 +46,7 @@ pub struct ReadGroup<'a> {
 
 /// A RESP2 connection to one Redis node, used for `XREADGROUP` only.
 pub struct StreamReader {
-    socket: TcpStream,
-    buf: BytesMut,
+    conn: resp::Conn,
     pieces: Pieces,
 }
 
@@ -56,30 +54,10 @@ impl StreamReader {
     /// Connects and authenticates as the URL says. `Ok(None)`: the address is not plain TCP
     /// (a Unix socket, TLS): use a redis-rs connection instead.
     pub async fn connect(info: &ConnectionInfo) -> Result<Option<StreamReader>, QueueError> {
-        let ConnectionAddr::Tcp(host, port) = info.addr() else {
-            return Ok(None);
-        };
-        let socket = TcpStream::connect((host.as_str(), *port))
-            .await
-            .map_err(io_error)?;
-        socket.set_nodelay(true).map_err(io_error)?;
-        let mut reader = StreamReader {
-            socket,
-            buf: BytesMut::with_capacity(64 * 1024),
+        Ok(resp::Conn::connect(info).await?.map(|conn| StreamReader {
+            conn,
             pieces: Pieces::default(),
-        };
-        let settings = info.redis_settings();
-        if let Some(password) = settings.password() {
-            let mut auth: Vec<&[u8]> = vec![b"AUTH"];
-            auth.extend(settings.username().map(str::as_bytes));
-            auth.push(password.as_bytes());
-            reader.command(&auth).await?;
-        }
-        if settings.db() != 0 {
-            let db = settings.db().to_string();
-            reader.command(&[b"SELECT", db.as_bytes()]).await?;
-        }
-        Ok(Some(reader))
+        }))
     }
 
     /// `XREADGROUP GROUP g c COUNT n [BLOCK ms] STREAMS key >`: the new entries, none when the
@@ -116,7 +94,7 @@ impl StreamReader {
         for _ in 0..times {
             encode(&mut out, &args);
         }
-        self.socket.write_all(&out).await.map_err(io_error)?;
+        self.conn.send(&out).await?;
         let mut entries = Vec::new();
         let mut first_error = None;
         // Every reply is read, errors too, so the connection stays in step.
@@ -135,215 +113,21 @@ impl StreamReader {
         }
     }
 
-    /// Sends one command and reads its whole reply: the reply's bytes and its frame, whose
-    /// ranges index those bytes. An error reply becomes [`QueueError::Reply`].
-    async fn command(&mut self, args: &[&[u8]]) -> Result<(Bytes, Frame), QueueError> {
-        let mut out = Vec::new();
-        encode(&mut out, args);
-        self.socket.write_all(&out).await.map_err(io_error)?;
-        self.reply().await
-    }
-
-    /// Reads one whole reply and parses it: the reply's bytes and its frame, whose ranges
-    /// index those bytes. An error reply becomes [`QueueError::Reply`].
-    async fn reply(&mut self) -> Result<(Bytes, Frame), QueueError> {
-        let data = self.whole_reply().await?;
-        let frame =
-            parse(&data, &mut 0, true)?.ok_or_else(|| protocol("a reply that was whole is not"))?;
-        if let Frame::Error(r) = &frame {
-            return Err(reply_error(&data[r.clone()]));
-        }
-        Ok((data, frame))
-    }
-
-    /// The bytes of one whole reply.
-    async fn whole_reply(&mut self) -> Result<Bytes, QueueError> {
-        let end = self.wait_whole().await?;
-        Ok(self.buf.split_to(end).freeze())
-    }
-
-    /// Reads until the buffer starts with a whole reply; returns where it ends. A large reply
-    /// arrives in pieces: until it is whole, each attempt only checks where it would end (no
-    /// frame built, no allocation), after taking in all that has arrived.
-    async fn wait_whole(&mut self) -> Result<usize, QueueError> {
-        loop {
-            let mut end = 0;
-            if parse(&self.buf, &mut end, false)?.is_some() {
-                return Ok(end);
-            }
-            self.make_room();
-            let n = self
-                .socket
-                .read_buf(&mut self.buf)
-                .await
-                .map_err(io_error)?;
-            if n == 0 {
-                return Err(io_error(std::io::ErrorKind::UnexpectedEof.into()));
-            }
-            self.take_what_arrived()?;
-        }
-    }
-
     /// Reads one `XREADGROUP` reply into `out`. Usually it has arrived already (pipelined
     /// replies come together) and one pass over it finds its pieces; otherwise it is waited
     /// for first. An error reply becomes [`QueueError::Reply`].
     async fn read_entries(&mut self, out: &mut Vec<StreamEntry>) -> Result<(), QueueError> {
         loop {
-            if self.buf.first() == Some(&b'-') {
-                return self.reply().await.map(|_| ());
+            if self.conn.buf.first() == Some(&b'-') {
+                return self.conn.reply().await.map(|_| ());
             }
             let mut end = 0;
-            if self.pieces.find(&self.buf, &mut end)? {
-                let data = self.buf.split_to(end).freeze();
+            if self.pieces.find(&self.conn.buf, &mut end)? {
+                let data = self.conn.buf.split_to(end).freeze();
                 self.pieces.push_entries(&data, out)?;
                 return Ok(());
             }
-            self.wait_whole().await?;
-        }
-    }
-
-    /// At least 16 KiB free to read into; grown by 64 KiB at a time, so a partial reply is
-    /// moved to a larger buffer rarely.
-    fn make_room(&mut self) {
-        if self.buf.capacity() - self.buf.len() < 16 * 1024 {
-            self.buf.reserve(64 * 1024);
-        }
-    }
-
-    /// Reads without waiting until nothing more is there.
-    fn take_what_arrived(&mut self) -> Result<(), QueueError> {
-        loop {
-            self.make_room();
-            match self.socket.try_read_buf(&mut self.buf) {
-                Ok(0) => return Ok(()),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) => return Err(io_error(e)),
-            }
-        }
-    }
-}
-
-/// One command in RESP2: an array of bulk strings.
-fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
-    out.reserve(16 + args.iter().map(|a| a.len() + 16).sum::<usize>());
-    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-}
-
-fn io_error(e: std::io::Error) -> QueueError {
-    QueueError::Redis(e.into())
-}
-
-/// `-NOGROUP No such key…` → code `NOGROUP`, as redis-rs reports error replies.
-fn reply_error(text: &[u8]) -> QueueError {
-    let text = String::from_utf8_lossy(text);
-    let (code, message) = text.split_once(' ').unwrap_or((&text, ""));
-    QueueError::Reply {
-        code: code.to_string(),
-        message: message.to_string(),
-    }
-}
-
-/// A RESP2 value whose strings are ranges of the bytes it was parsed from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Frame {
-    Simple(Range<usize>),
-    Error(Range<usize>),
-    Integer(i64),
-    Bulk(Option<Range<usize>>),
-    Array(Option<Vec<Frame>>),
-}
-
-fn protocol(what: &str) -> QueueError {
-    QueueError::Protocol(what.to_string())
-}
-
-/// Parses one frame starting at `pos`; `Ok(None)` when the bytes end before it does. On
-/// success `pos` is just past it. Without `build`, arrays come back empty: only where the
-/// frame ends is learnt, with no allocation.
-fn parse(buf: &[u8], pos: &mut usize, build: bool) -> Result<Option<Frame>, QueueError> {
-    let Some(line) = line(buf, *pos) else {
-        return Ok(None);
-    };
-    let (kind, text) = (buf[*pos], (*pos + 1)..line);
-    let after = line + 2;
-    let number = || number(&buf[text.clone()]);
-    let frame = match kind {
-        b'+' => Frame::Simple(text.clone()),
-        b'-' => Frame::Error(text.clone()),
-        b':' => Frame::Integer(number()?),
-        b'$' => match usize::try_from(number()?) {
-            Err(_) => Frame::Bulk(None),
-            Ok(len) => {
-                let end = after
-                    .checked_add(len)
-                    .ok_or_else(|| protocol("bulk length"))?;
-                if buf.len() < end + 2 {
-                    return Ok(None);
-                }
-                if &buf[end..end + 2] != b"\r\n" {
-                    return Err(protocol("a bulk string not ended by CRLF"));
-                }
-                *pos = end + 2;
-                return Ok(Some(Frame::Bulk(Some(after..end))));
-            }
-        },
-        b'*' => match usize::try_from(number()?) {
-            Err(_) => Frame::Array(None),
-            Ok(len) => {
-                *pos = after;
-                let mut items = Vec::with_capacity(if build { len.min(1024) } else { 0 });
-                for _ in 0..len {
-                    match parse(buf, pos, build)? {
-                        Some(item) if build => items.push(item),
-                        Some(_) => {}
-                        None => return Ok(None),
-                    }
-                }
-                return Ok(Some(Frame::Array(Some(items))));
-            }
-        },
-        _ => return Err(protocol("an unknown RESP2 type byte")),
-    };
-    *pos = after;
-    Ok(Some(frame))
-}
-
-/// A RESP2 length or integer.
-fn number(digits: &[u8]) -> Result<i64, QueueError> {
-    let (negative, digits) = match digits.split_first() {
-        Some((b'-', rest)) => (true, rest),
-        _ => (false, digits),
-    };
-    let not_a_number = || protocol("a length or integer that is not a number");
-    if digits.is_empty() || digits.len() > 18 {
-        return Err(not_a_number());
-    }
-    let mut n: i64 = 0;
-    for &d in digits {
-        if !d.is_ascii_digit() {
-            return Err(not_a_number());
-        }
-        n = n * 10 + i64::from(d - b'0');
-    }
-    Ok(if negative { -n } else { n })
-}
-
-/// Where the line starting at `from` ends (the index of its CR), if the CRLF was read yet.
-fn line(buf: &[u8], from: usize) -> Option<usize> {
-    let rest = buf.get(from..)?;
-    let mut at = 0;
-    loop {
-        let cr = at + memchr::memchr(b'\r', rest.get(at..)?)?;
-        match rest.get(cr + 1) {
-            Some(b'\n') => return Some(from + cr),
-            Some(_) => at = cr + 1,
-            None => return None,
+            self.conn.wait_whole().await?;
         }
     }
 }
@@ -498,6 +282,7 @@ fn header(buf: &[u8], pos: usize) -> Result<Option<(u8, i64, usize)>, QueueError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resp::parse;
 
     const REPLY: &[u8] = b"*1\r\n*2\r\n$3\r\nkey\r\n*2\r\n\
         *2\r\n$3\r\n1-0\r\n*4\r\n$1\r\nv\r\n$1\r\n1\r\n$1\r\ne\r\n$7\r\n{\"a\":1}\r\n\
@@ -526,26 +311,6 @@ mod tests {
         assert_eq!(got[1].id, "2-0");
         assert_eq!(got[1].field("v"), Some(&b""[..]));
         assert_eq!(got[1].field("e"), None);
-    }
-
-    #[test]
-    fn integers_and_lengths() {
-        for (text, want) in [
-            (&b":0\r\n"[..], 0),
-            (b":-12\r\n", -12),
-            (b":987654321\r\n", 987_654_321),
-        ] {
-            let mut pos = 0;
-            assert_eq!(
-                parse(text, &mut pos, true).unwrap(),
-                Some(Frame::Integer(want))
-            );
-        }
-        let mut pos = 0;
-        assert_eq!(
-            parse(b"$-1\r\n", &mut pos, true).unwrap(),
-            Some(Frame::Bulk(None))
-        );
     }
 
     #[test]
@@ -599,37 +364,5 @@ mod tests {
         let mut pos = 0;
         assert!(parse(REPLY, &mut pos, false).unwrap().is_some());
         assert_eq!(pos, REPLY.len(), "the scan ends where the reply does");
-    }
-
-    #[test]
-    fn error_replies_keep_their_code() {
-        let mut pos = 0;
-        let frame = parse(b"-NOGROUP No such key\r\n", &mut pos, true)
-            .unwrap()
-            .unwrap();
-        let Frame::Error(r) = frame else {
-            panic!("{frame:?}")
-        };
-        let e = reply_error(&b"-NOGROUP No such key\r\n"[r]);
-        assert_eq!(e.code(), Some("NOGROUP"));
-    }
-
-    #[test]
-    fn malformed_replies_are_errors() {
-        for bad in [
-            &b"?x\r\n"[..],
-            b"$3\r\nabcd\r\n",
-            b":x1\r\n",
-            b":\r\n",
-            b"*-\r\n",
-            b":1234567890123456789\r\n",
-        ] {
-            let mut pos = 0;
-            assert!(
-                parse(bad, &mut pos, true).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
     }
 }
