@@ -15,7 +15,7 @@ use event_model::queue::EntryEvent;
 use redis::AsyncCommands;
 use redis_queue::Connector;
 use redis_queue::reader::{ReadGroup, StreamReader};
-use redis_queue::writer::Writers;
+use redis_queue::writer::{MAX_WRITERS, Writers};
 
 async fn reader(url: &str) -> StreamReader {
     Connector::new(url, false)
@@ -251,7 +251,7 @@ async fn the_writer_stores_what_it_was_given_through_a_password_and_a_database()
         .await
         .unwrap();
     let w = writers(&url);
-    let opened_before = connections_opened(server.port);
+    let opened_before = connections_opened(server.port, Some("s3cret"));
     let batches: Vec<Vec<EntryEvent<'static>>> = (0..8).map(|_| events(3)).collect();
     for _ in 0..3 {
         let _: () = db3.del(&["k0", "k1"]).await.unwrap();
@@ -279,24 +279,31 @@ async fn the_writer_stores_what_it_was_given_through_a_password_and_a_database()
     }
     // Reused: the 24 appends opened at most one connection each of the 8 at once (and
     // redis-cli one to ask).
-    let opened = connections_opened(server.port) - opened_before;
+    let opened = connections_opened(server.port, Some("s3cret")) - opened_before;
     assert!(
         opened <= 8 + 1,
         "connections were not reused: {opened} opened"
     );
 }
 
-fn connections_opened(port: u16) -> u64 {
-    redis_cli_out(
-        port,
-        &["-a", "s3cret", "--no-auth-warning", "INFO", "stats"],
-    )
-    .lines()
-    .find_map(|l| l.strip_prefix("total_connections_received:"))
-    .unwrap()
-    .trim()
-    .parse()
-    .unwrap()
+/// Connections Redis accepted so far (this query's own included), with the password if any.
+fn connections_opened(port: u16, password: Option<&str>) -> u64 {
+    info_field(port, password, "stats", "total_connections_received")
+}
+
+fn info_field(port: u16, password: Option<&str>, section: &str, field: &str) -> u64 {
+    let mut args = vec![];
+    if let Some(p) = password {
+        args.extend(["-a", p, "--no-auth-warning"]);
+    }
+    args.extend(["INFO", section]);
+    redis_cli_out(port, &args)
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 /// A refused XADD (OOM) aborts the whole transaction: nothing stored, the refusal's code
@@ -371,7 +378,9 @@ async fn a_connection_that_timed_out_is_dropped() {
         .unwrap()
         .writers(Duration::from_millis(300))
         .unwrap();
-    let batch = events(2);
+    // Small events: the whole transaction fits in the socket buffers while Redis is frozen.
+    let three = events(3);
+    let batch = [three[0], three[2]];
     w.append("k", &batch).await.unwrap();
     server.freeze();
     let e = w.append("k", &batch).await.unwrap_err();
@@ -397,15 +406,81 @@ fn a_connection_is_used_only_on_the_runtime_that_opened_it() {
     let server = RedisServer::start();
     let w = writers(&server.url());
     let batch = events(2);
-    let runtime = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    };
     let first = runtime();
     first.block_on(w.append("k", &batch)).unwrap();
     drop(first);
     runtime().block_on(w.append("k", &batch)).unwrap();
     assert_eq!(redis_cli_out(server.port, &["XLEN", "k"]), "4");
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// At most `MAX_WRITERS` connections are open in all, whatever the runtimes: a burst on a
+/// second runtime closes the first one's idle connections rather than adding its own. Counted
+/// mid-burst, with Redis frozen so that every append of the burst holds its connection.
+#[test]
+fn connections_stay_within_the_cap_across_runtimes() {
+    let server = RedisServer::start();
+    let w = writers(&server.url());
+    let batch = events(1);
+    let burst = |rt: &tokio::runtime::Runtime| {
+        let appends = (0..MAX_WRITERS).map(|_| w.append("k", &batch));
+        let during = async {
+            server.freeze();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let open = w.open_connections();
+            server.thaw();
+            open
+        };
+        let (results, open) =
+            rt.block_on(async { tokio::join!(futures_util::future::join_all(appends), during) });
+        for r in results {
+            r.unwrap();
+        }
+        open
+    };
+    let (a, b) = (runtime(), runtime());
+    assert_eq!(burst(&a), MAX_WRITERS, "the burst used them all");
+    assert_eq!(burst(&b), MAX_WRITERS, "not one more on the second runtime");
+    assert_eq!(burst(&a), MAX_WRITERS);
+    let stored = 3 * MAX_WRITERS;
+    assert_eq!(
+        redis_cli_out(server.port, &["XLEN", "k"]),
+        stored.to_string()
+    );
+}
+
+/// A failure without an error reply (here a timeout while Redis is frozen) retires every idle
+/// connection, not only the one that failed: the next append opens a new connection instead
+/// of trying one that whatever broke the first may have broken too.
+#[tokio::test]
+async fn a_failure_retires_every_idle_connection() {
+    let server = RedisServer::start();
+    let w = Connector::new(&server.url(), false)
+        .unwrap()
+        .writers(Duration::from_millis(300))
+        .unwrap();
+    let batch = events(2);
+    let two = [w.append("k", &batch), w.append("k", &batch)];
+    for r in futures_util::future::join_all(two).await {
+        r.unwrap();
+    }
+    assert_eq!(w.open_connections(), 2);
+    server.freeze();
+    let e = w.append("k", &batch).await.unwrap_err();
+    assert!(matches!(e, redis_queue::QueueError::Timeout(_)), "{e}");
+    server.thaw();
+    let before = connections_opened(server.port, None);
+    w.append("k", &batch).await.unwrap();
+    let opened = connections_opened(server.port, None) - before - 1; // less the query's own
+    assert_eq!(
+        opened, 1,
+        "the idle connection left from before the failure was not used"
+    );
+    assert_eq!(w.open_connections(), 1);
 }

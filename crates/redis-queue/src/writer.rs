@@ -5,13 +5,15 @@
 //! Through redis-rs, packing a command per event and parsing 202 replies into values cost
 //! ingest-api about a fifth of its CPU an event. Each transaction holds a connection of a small
 //! pool ([`Writers`]) for its round trip; connections are opened as concurrent requests need
-//! them, kept when they come back in step, and dropped after an I/O error or a timeout. A
+//! them (at most [`MAX_WRITERS`] open in all), kept when they come back in step, and dropped
+//! after an I/O error or a timeout, together with every connection that was idle then. A
 //! connection is only ever used on the runtime that opened it: actix-web runs a runtime per
 //! worker thread, and a socket is registered with its runtime's I/O driver (on another runtime
 //! it waits on a driver that may be busy or, once that worker stops, gone). Like
 //! [`crate::reader`], it speaks to one node over TCP; a Redis Cluster or a Unix socket keeps
 //! redis-rs.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -23,15 +25,21 @@ use tokio::sync::Semaphore;
 use crate::QueueError;
 use crate::resp::{self, Frame, protocol, reply_error};
 
-/// Connections writing at once, at most; a request past them waits for one (within its
-/// timeout). Far above what a node needs to be kept busy, far below its `maxclients`.
-const MAX_WRITERS: usize = 64;
+/// Connections open at once (writing or idle), at most; a request past them waits for one
+/// (within its timeout). Far above what a node needs to be kept busy, far below its
+/// `maxclients`.
+pub const MAX_WRITERS: usize = 64;
+
+/// A buffer grown past this by one large request is given back after it.
+const KEEP_BUFFER: usize = 256 * 1024;
 
 /// A connection that appends event entries.
 pub struct StreamWriter {
     conn: resp::Conn,
     /// The runtime it was opened on.
     runtime: Option<tokio::runtime::Id>,
+    /// The pool's failure count when it was opened (see [`Writers`]).
+    generation: u64,
     /// The transaction being sent, and one event's entry while it is encoded.
     out: Vec<u8>,
     scratch: Vec<u8>,
@@ -44,6 +52,7 @@ impl StreamWriter {
         Ok(resp::Conn::connect(info).await?.map(|conn| StreamWriter {
             conn,
             runtime: current_runtime(),
+            generation: 0,
             out: Vec::with_capacity(64 * 1024),
             scratch: Vec::with_capacity(1024),
         }))
@@ -62,8 +71,12 @@ impl StreamWriter {
             events.iter().copied(),
         );
         self.conn.send(&self.out).await?;
-        if self.out.capacity() > 4 << 20 {
-            self.out = Vec::with_capacity(64 * 1024); // one huge request does not pin its buffer
+        // One large request does not pin its buffers for the connection's life.
+        if self.out.capacity() > KEEP_BUFFER {
+            self.out = Vec::with_capacity(64 * 1024);
+        }
+        if self.scratch.capacity() > KEEP_BUFFER {
+            self.scratch = Vec::with_capacity(1024);
         }
         // MULTI's `+OK`, then each XADD's `+QUEUED` or its refusal.
         let mut refused = None;
@@ -75,12 +88,12 @@ impl StreamWriter {
             self.conn.buf.advance(end);
         }
         // EXEC: an array of IDs, or `-EXECABORT` after a refusal (which says less than the
-        // refusal itself).
-        let exec = self.conn.reply().await;
-        if let Some(e) = refused {
-            return Err(e);
-        }
-        let (data, frame) = exec?;
+        // refusal itself). A connection that failed reading it is out of step, refusal or not.
+        let (data, frame) = match (self.conn.reply().await, refused) {
+            (Err(e), _) if e.code().is_none() => return Err(e),
+            (_, Some(refusal)) => return Err(refusal),
+            (exec, None) => exec?,
+        };
         let Frame::Array(Some(items)) = frame else {
             return Err(protocol("an EXEC reply that is not an array"));
         };
@@ -99,10 +112,19 @@ impl StreamWriter {
 }
 
 /// The pool of [`StreamWriter`]s of one node; every append bounded by the timeout.
+///
+/// Every append that fails without an error reply (I/O error, timeout) counts a failure, and an
+/// idle connection opened before the last failure is not used again: whatever broke one
+/// connection (Redis restarted, the network path changed) has likely broken all of them, and
+/// each would otherwise cost a request its write. An idle connection Redis closed is found
+/// before use too.
 pub struct Writers {
     info: ConnectionInfo,
+    /// Least recently used first.
     idle: Mutex<Vec<StreamWriter>>,
+    /// One per connection writing; with the idle ones they stay within [`MAX_WRITERS`].
     permits: Semaphore,
+    failures: AtomicU64,
     timeout: Duration,
 }
 
@@ -113,6 +135,7 @@ impl Writers {
             info,
             idle: Mutex::default(),
             permits: Semaphore::new(MAX_WRITERS),
+            failures: AtomicU64::new(0),
             timeout,
         })
     }
@@ -124,42 +147,67 @@ impl Writers {
             let Ok(_permit) = self.permits.acquire().await else {
                 return Err(protocol("the writer pool was closed"));
             };
-            let idle = self.take_idle();
-            let mut writer = match idle {
+            let mut writer = match self.take_idle() {
                 Some(w) => w,
-                None => StreamWriter::connect(&self.info)
-                    .await?
-                    .ok_or_else(|| protocol("not a TCP address"))?,
+                None => self.open().await?,
             };
             let result = writer.append(key, events).await;
             // In step after success or an error reply; dropped (closed) otherwise.
-            if result.as_ref().err().is_none_or(|e| e.code().is_some()) {
-                let mut idle = self.idle();
-                if idle.len() == MAX_WRITERS {
-                    idle.remove(0); // of a runtime that stopped
-                }
-                idle.push(writer);
+            match &result {
+                Err(e) if e.code().is_none() => self.failed(),
+                _ => self.idle().push(writer),
             }
             result
         };
         tokio::time::timeout(self.timeout, attempt)
             .await
-            .unwrap_or(Err(QueueError::Timeout(self.timeout)))
+            .unwrap_or_else(|_| {
+                self.failed();
+                Err(QueueError::Timeout(self.timeout))
+            })
     }
 
-    /// The idle connection last used on this runtime that is still open, if any. One the
-    /// server closed is dropped: after a Redis restart, every idle connection is closed, and
-    /// none of them may cost a request its write.
+    /// How many connections are open: writing (a permit each) or idle.
+    pub fn open_connections(&self) -> usize {
+        let writing = MAX_WRITERS - self.permits.available_permits();
+        writing + self.idle().len()
+    }
+
+    /// The idle connection last used on this runtime, if one is still good. Idle connections
+    /// opened before the last failure, or that Redis closed, are dropped on the way.
     fn take_idle(&self) -> Option<StreamWriter> {
-        let here = current_runtime();
+        let (here, now) = (current_runtime(), self.failures.load(Ordering::Relaxed));
         let mut idle = self.idle();
+        idle.retain(|w| w.generation == now);
         while let Some(at) = idle.iter().rposition(|w| w.runtime == here) {
-            let writer = idle.swap_remove(at);
+            let writer = idle.remove(at);
             if !writer.conn.is_closed() {
                 return Some(writer);
             }
         }
         None
+    }
+
+    /// A new connection. With [`MAX_WRITERS`] open already (this append's permit counted),
+    /// another runtime's least recently used idle connection is closed first.
+    async fn open(&self) -> Result<StreamWriter, QueueError> {
+        {
+            let mut idle = self.idle();
+            let writing = MAX_WRITERS - self.permits.available_permits();
+            if writing + idle.len() > MAX_WRITERS && !idle.is_empty() {
+                idle.remove(0);
+            }
+        }
+        let generation = self.failures.load(Ordering::Relaxed);
+        let mut writer = StreamWriter::connect(&self.info)
+            .await?
+            .ok_or_else(|| protocol("not a TCP address"))?;
+        writer.generation = generation;
+        Ok(writer)
+    }
+
+    fn failed(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
     }
 
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<StreamWriter>> {
