@@ -48,24 +48,26 @@ fn odd_values() -> Vec<Vec<u8>> {
     ]
 }
 
-/// Sets a password, fills stream `k` of database 3 with odd values and creates group `g`;
-/// returns the URL and what XRANGE (redis-rs) reads back.
-async fn odd_stream(server: &RedisServer) -> (String, redis::streams::StreamRangeReply) {
-    let admin = redis::Client::open(server.url()).unwrap();
-    let mut c = admin.get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("requirepass")
-        .arg("s3cret")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+/// Sets password `s3cret`; returns the URL of database 3 with it, and a redis-rs connection
+/// to that database.
+async fn password_and_db3(server: &RedisServer) -> (String, redis::aio::MultiplexedConnection) {
+    assert_eq!(
+        redis_cli_out(server.port, &["CONFIG", "SET", "requirepass", "s3cret"]),
+        "OK"
+    );
     let url = format!("redis://:s3cret@127.0.0.1:{}/3", server.port);
-    let mut db3 = redis::Client::open(url.as_str())
+    let db3 = redis::Client::open(url.as_str())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
         .unwrap();
+    (url, db3)
+}
+
+/// Sets a password, fills stream `k` of database 3 with odd values and creates group `g`;
+/// returns the URL and what XRANGE (redis-rs) reads back.
+async fn odd_stream(server: &RedisServer) -> (String, redis::streams::StreamRangeReply) {
+    let (url, mut db3) = password_and_db3(server).await;
     let _: () = db3.xgroup_create_mkstream("k", "g", "0").await.unwrap();
     for (i, v) in odd_values().iter().enumerate() {
         let _: String = db3
@@ -169,10 +171,22 @@ async fn pipelined_reads_return_the_entries_in_order() {
 }
 
 fn writers(url: &str) -> Writers {
+    writers_within(url, Duration::from_secs(2))
+}
+
+fn writers_within(url: &str, timeout: Duration) -> Writers {
     Connector::new(url, false)
         .unwrap()
-        .writers(Duration::from_secs(2))
+        .writers(timeout)
         .expect("a TCP URL gets the lean writer")
+}
+
+/// An append that times out because Redis is frozen; Redis answers again after it.
+async fn append_times_out(server: &RedisServer, w: &Writers, batch: &[EntryEvent<'_>]) {
+    server.freeze();
+    let e = w.append("k", batch).await.unwrap_err();
+    assert!(matches!(e, redis_queue::QueueError::Timeout(_)), "{e}");
+    server.thaw();
 }
 
 /// Events `0..n` whose names and properties need escaping, one of them 100 KiB.
@@ -240,16 +254,7 @@ fn expected(events: &[EntryEvent<'_>]) -> Vec<Vec<(String, Vec<u8>)>> {
 #[tokio::test]
 async fn the_writer_stores_what_it_was_given_through_a_password_and_a_database() {
     let server = RedisServer::start();
-    assert_eq!(
-        redis_cli_out(server.port, &["CONFIG", "SET", "requirepass", "s3cret"]),
-        "OK"
-    );
-    let url = format!("redis://:s3cret@127.0.0.1:{}/3", server.port);
-    let mut db3 = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let (url, mut db3) = password_and_db3(&server).await;
     let w = writers(&url);
     let opened_before = connections_opened(server.port, Some("s3cret"));
     let batches: Vec<Vec<EntryEvent<'static>>> = (0..8).map(|_| events(3)).collect();
@@ -374,18 +379,12 @@ async fn an_idle_connection_redis_closed_is_not_used() {
 #[tokio::test]
 async fn a_connection_that_timed_out_is_dropped() {
     let server = RedisServer::start();
-    let w = Connector::new(&server.url(), false)
-        .unwrap()
-        .writers(Duration::from_millis(300))
-        .unwrap();
+    let w = writers_within(&server.url(), Duration::from_millis(300));
     // Small events: the whole transaction fits in the socket buffers while Redis is frozen.
     let three = events(3);
     let batch = [three[0], three[2]];
     w.append("k", &batch).await.unwrap();
-    server.freeze();
-    let e = w.append("k", &batch).await.unwrap_err();
-    assert!(matches!(e, redis_queue::QueueError::Timeout(_)), "{e}");
-    server.thaw();
+    append_times_out(&server, &w, &batch).await;
     // On the timed-out connection this would read that append's replies and fail.
     w.append("k", &batch[..1]).await.unwrap();
     // The timed-out transaction was sent whole, so it ran when Redis woke: 2 + 2 + 1.
@@ -461,20 +460,14 @@ fn connections_stay_within_the_cap_across_runtimes() {
 #[tokio::test]
 async fn a_failure_retires_every_idle_connection() {
     let server = RedisServer::start();
-    let w = Connector::new(&server.url(), false)
-        .unwrap()
-        .writers(Duration::from_millis(300))
-        .unwrap();
+    let w = writers_within(&server.url(), Duration::from_millis(300));
     let batch = events(2);
     let two = [w.append("k", &batch), w.append("k", &batch)];
     for r in futures_util::future::join_all(two).await {
         r.unwrap();
     }
     assert_eq!(w.open_connections(), 2);
-    server.freeze();
-    let e = w.append("k", &batch).await.unwrap_err();
-    assert!(matches!(e, redis_queue::QueueError::Timeout(_)), "{e}");
-    server.thaw();
+    append_times_out(&server, &w, &batch).await;
     let before = connections_opened(server.port, None);
     w.append("k", &batch).await.unwrap();
     let opened = connections_opened(server.port, None) - before - 1; // less the query's own

@@ -5,11 +5,16 @@
 use event_model::queue::{ENTRY_VERSION, EVENT_FIELD, EntryEvent, VERSION_FIELD};
 use redis::{Cmd, Pipeline};
 
+/// The arguments of an event entry's XADD to `key`, all but the encoded event that ends it.
+fn event_xadd(key: &str) -> [&str; 6] {
+    ["XADD", key, "*", VERSION_FIELD, ENTRY_VERSION, EVENT_FIELD]
+}
+
 /// Adds the XADD of one event entry to `pipe`. Its buffers are sized once, for these seven
 /// arguments; its reply (the entry ID) is left in the pipeline's reply, which the callers do
 /// not read (marking it ignored costs a hash-set entry per event).
 pub fn add_event(pipe: &mut Pipeline, key: &str, encoded: &[u8]) {
-    let fixed = ["XADD", key, "*", VERSION_FIELD, ENTRY_VERSION, EVENT_FIELD];
+    let fixed = event_xadd(key);
     let size = fixed.iter().map(|a| a.len()).sum::<usize>() + encoded.len();
     let mut cmd = Cmd::with_capacity(fixed.len() + 1, size);
     for arg in fixed {
@@ -72,7 +77,7 @@ pub(crate) fn entries_resp<'e>(
     out.extend_from_slice(b"*1\r\n$5\r\nMULTI\r\n");
     let mut head = Vec::with_capacity(64 + key.len());
     head.extend_from_slice(b"*7\r\n");
-    for arg in ["XADD", key, "*", VERSION_FIELD, ENTRY_VERSION, EVENT_FIELD] {
+    for arg in event_xadd(key) {
         crate::resp::bulk_string(&mut head, arg.as_bytes());
     }
     let mut n = 0;

@@ -69,7 +69,7 @@ impl Conn {
     pub(crate) async fn command(&mut self, args: &[&[u8]]) -> Result<(Bytes, Frame), QueueError> {
         let mut out = Vec::new();
         encode(&mut out, args);
-        self.socket.write_all(&out).await.map_err(io_error)?;
+        self.send(&out).await?;
         self.reply().await
     }
 

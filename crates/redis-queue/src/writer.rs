@@ -47,12 +47,15 @@ pub struct StreamWriter {
 
 impl StreamWriter {
     /// Connects and authenticates as the URL says; `Ok(None)` for an address that is not
-    /// plain TCP.
-    pub async fn connect(info: &ConnectionInfo) -> Result<Option<StreamWriter>, QueueError> {
+    /// plain TCP. `generation`: the pool's failure count now.
+    async fn connect(
+        info: &ConnectionInfo,
+        generation: u64,
+    ) -> Result<Option<StreamWriter>, QueueError> {
         Ok(resp::Conn::connect(info).await?.map(|conn| StreamWriter {
             conn,
             runtime: current_runtime(),
-            generation: 0,
+            generation,
             out: Vec::with_capacity(64 * 1024),
             scratch: Vec::with_capacity(1024),
         }))
@@ -169,8 +172,12 @@ impl Writers {
 
     /// How many connections are open: writing (a permit each) or idle.
     pub fn open_connections(&self) -> usize {
-        let writing = MAX_WRITERS - self.permits.available_permits();
-        writing + self.idle().len()
+        self.writing() + self.idle().len()
+    }
+
+    /// Connections writing (or being opened to write): one permit each.
+    fn writing(&self) -> usize {
+        MAX_WRITERS - self.permits.available_permits()
     }
 
     /// The idle connection last used on this runtime, if one is still good. Idle connections
@@ -193,17 +200,14 @@ impl Writers {
     async fn open(&self) -> Result<StreamWriter, QueueError> {
         {
             let mut idle = self.idle();
-            let writing = MAX_WRITERS - self.permits.available_permits();
-            if writing + idle.len() > MAX_WRITERS && !idle.is_empty() {
+            if self.writing() + idle.len() > MAX_WRITERS && !idle.is_empty() {
                 idle.remove(0);
             }
         }
         let generation = self.failures.load(Ordering::Relaxed);
-        let mut writer = StreamWriter::connect(&self.info)
+        StreamWriter::connect(&self.info, generation)
             .await?
-            .ok_or_else(|| protocol("not a TCP address"))?;
-        writer.generation = generation;
-        Ok(writer)
+            .ok_or_else(|| protocol("not a TCP address"))
     }
 
     fn failed(&self) {
