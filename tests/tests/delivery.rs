@@ -447,6 +447,47 @@ async fn often_delivered_entries_are_retried_alone_not_condemned() {
     assert_eq!(pending(&mut r, &p.key, "flushers").await, 0);
 }
 
+/// Entries waiting their turn to be retried alone stay claimed while the one ahead of them
+/// waits for PostgreSQL: no other worker takes them over and writes them a second time.
+#[tokio::test]
+async fn entries_waiting_to_be_retried_alone_stay_claimed_while_postgres_is_slow() {
+    let p = Pipeline::start(PipelineOptions::without_flushers()).await;
+    let (status, _) = p.ingest.post(&batch("queued", 5)).await;
+    assert_eq!(status, 200);
+    let mut r = p.redis().await;
+    deliver_to_a_ghost(&mut r, &p.key, 20).await;
+    // Writes wait on this lock for 3 s: each attempt times out after 200 ms and backs off.
+    let lock = p.db.client().await;
+    lock.batch_execute("BEGIN; LOCK TABLE events IN SHARE MODE")
+        .await
+        .unwrap();
+    let mut flusher = p.start_flusher(
+        &[
+            "--claim-idle-ms",
+            "1000",
+            "--pg-timeout-ms",
+            "200",
+            "--max-deliveries",
+            "10",
+        ],
+        &[],
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    lock.batch_execute("COMMIT").await.unwrap();
+    p.db.wait_rows(5).await;
+    wait_stream_empty(&r, &p.key).await;
+    assert!(flusher.proc.terminate().success());
+    let log = flusher.proc.log_text();
+    assert!(
+        log.contains("PostgreSQL failed"),
+        "the writes did wait\n{log}"
+    );
+    let count = |name: &str| stopped_count(&log, name);
+    assert_eq!(count("claimed"), 5, "claimed once, from the ghost\n{log}");
+    assert_eq!(count("dedup_batches"), 0, "no entry written twice\n{log}");
+    assert_eq!(count("written"), 5, "{log}");
+}
+
 /// `name=N` of the line a flusher logs when it stops (`flusher … stopped: written=… batches=…`).
 fn stopped_count(log: &str, name: &str) -> u64 {
     let line = log

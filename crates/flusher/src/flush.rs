@@ -14,7 +14,7 @@ use service_kit::shutdown::Shutdown;
 use crate::FlusherError;
 use crate::config::RunConfig;
 use crate::consumer::{Consumer, Entry};
-use crate::isolate::{Row, Settled};
+use crate::isolate::Row;
 use crate::sink::WritePath;
 use crate::telemetry;
 
@@ -507,12 +507,7 @@ impl Worker {
             groups.push(good);
         }
         groups.extend(alone.into_iter().map(|one| vec![one]));
-        for group in groups {
-            if let Settled::LeftPending = self.write_isolating(shard, group).await? {
-                return Ok(());
-            }
-        }
-        Ok(())
+        self.write_isolating(shard, groups).await
     }
 
     /// The entries that decode; the others go to the dead letters at once.

@@ -1,5 +1,5 @@
-//! Writing one group of rows and settling every entry, whatever PostgreSQL answers: committed
-//! rows are acknowledged; a batch PostgreSQL refuses for a row's data (or, 3 times in a row, with
+//! Writing the groups of rows of one read (the batch, then each often-delivered entry alone)
+//! and settling every entry, whatever PostgreSQL answers: committed rows are acknowledged; a batch PostgreSQL refuses for a row's data (or, 3 times in a row, with
 //! another SQLSTATE tied to a row) is split until the row is alone, and that row is
 //! dead-lettered; while PostgreSQL is unavailable the batch is retried with a backoff, its claim
 //! kept fresh, and on shutdown it is left pending for another flusher.
@@ -17,16 +17,7 @@ use crate::telemetry;
 /// An entry and the event it holds.
 pub type Row<'e> = (&'e Entry, EventView<'e>);
 
-/// How a group ended.
-pub enum Settled {
-    /// Every entry was acknowledged or dead-lettered.
-    Done,
-    /// Shutdown came while PostgreSQL was unavailable: the rest stays pending for another
-    /// flusher to claim.
-    LeftPending,
-}
-
-/// The state of one group's isolation.
+/// The state of one read's writes: its groups and the parts split from them.
 struct Isolation<'e> {
     /// Parts still to write; the last is next.
     todo: Vec<Vec<Row<'e>>>,
@@ -35,7 +26,7 @@ struct Isolation<'e> {
     /// The same unexpected SQLSTATE for the part in hand, and how often in a row.
     streak: Option<(String, u32)>,
     /// Whether any part committed: a row refused alone with an unexpected SQLSTATE is condemned
-    /// only when its siblings could be stored.
+    /// only when its siblings (rows of the same read) could be stored.
     committed_any: bool,
 }
 
@@ -65,15 +56,19 @@ enum Step {
 }
 
 impl Worker {
-    /// Writes rows, splitting the group around rows PostgreSQL refuses, and settles every
-    /// entry. Backs off (keeping the claim fresh) while PostgreSQL is unavailable.
-    pub(crate) async fn write_isolating(
+    /// Writes groups of rows in order, each in one write, splitting a group around rows
+    /// PostgreSQL refuses, and settles every entry. Backs off while PostgreSQL is unavailable,
+    /// keeping the claim fresh on every entry still in hand: the groups waiting their turn too.
+    /// When shutdown comes while PostgreSQL is unavailable, the entries not yet settled stay
+    /// pending for another flusher to claim.
+    pub(crate) async fn write_isolating<'e>(
         &self,
         shard: usize,
-        rows: Vec<Row<'_>>,
-    ) -> Result<Settled, FlusherError> {
+        mut groups: Vec<Vec<Row<'e>>>,
+    ) -> Result<(), FlusherError> {
+        groups.reverse(); // the last is written next
         let mut iso = Isolation {
-            todo: vec![rows],
+            todo: groups,
             backoff: self.backoff_start(),
             last_keep: Instant::now(),
             streak: None,
@@ -103,10 +98,10 @@ impl Worker {
                 Err(WriteError::Transient(e)) => self.unavailable(shard, part, &mut iso, &e).await,
             };
             if let Step::LeftPending = step {
-                return Ok(Settled::LeftPending);
+                return Ok(());
             }
         }
-        Ok(Settled::Done)
+        Ok(())
     }
 
     /// The rows are committed: delete and acknowledge their entries.
