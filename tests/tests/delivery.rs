@@ -488,6 +488,58 @@ async fn entries_waiting_to_be_retried_alone_stay_claimed_while_postgres_is_slow
     assert_eq!(count("written"), 5, "{log}");
 }
 
+/// A write that waits on PostgreSQL for longer than a third of `--claim-idle-ms` does not let
+/// its entries' claim age meanwhile: the claim is refreshed during the write, not only between
+/// attempts (one attempt may take three `--pg-timeout-ms`: a connection, the COPY, the
+/// de-duplicating write).
+#[tokio::test]
+async fn a_slow_write_keeps_its_entries_claimed_while_it_waits() {
+    let p = Pipeline::start(PipelineOptions::without_flushers()).await;
+    let lock = p.db.client().await;
+    lock.batch_execute("BEGIN; LOCK TABLE events IN SHARE MODE")
+        .await
+        .unwrap();
+    // Refreshed every 500 ms; each attempt waits 1200 ms on the lock before it times out.
+    let args = ["--claim-idle-ms", "1500", "--pg-timeout-ms", "1200"];
+    let mut flusher = p.start_flusher(&args, &[]);
+    let (status, _) = p.ingest.post(&batch("waiting", 5)).await;
+    assert_eq!(status, 200);
+    let mut r = p.redis().await;
+    let mut oldest = 0;
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        oldest = oldest.max(max_pending_idle_ms(&mut r, &p.key).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    lock.batch_execute("COMMIT").await.unwrap();
+    p.db.wait_rows(5).await;
+    wait_stream_empty(&r, &p.key).await;
+    assert!(flusher.proc.terminate().success());
+    let log = flusher.proc.log_text();
+    assert!(
+        log.contains("took longer than 1200 ms"),
+        "the writes did wait\n{log}"
+    );
+    assert!(
+        oldest < 900,
+        "an entry in hand went {oldest} ms without its claim refreshed (every 500 ms)\n{log}"
+    );
+}
+
+/// The longest idle time (ms) of any entry pending in the group `flushers` of `key`.
+async fn max_pending_idle_ms(r: &mut MultiplexedConnection, key: &str) -> u64 {
+    let rows: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(key)
+        .arg("flushers")
+        .arg("-")
+        .arg("+")
+        .arg(100)
+        .query_async(r)
+        .await
+        .unwrap_or_default();
+    rows.iter().map(|(_, _, idle, _)| *idle).max().unwrap_or(0)
+}
+
 /// `name=N` of the line a flusher logs when it stops (`flusher … stopped: written=… batches=…`).
 fn stopped_count(log: &str, name: &str) -> u64 {
     let line = log

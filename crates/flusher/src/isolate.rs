@@ -77,9 +77,8 @@ impl Worker {
         while let Some(part) = iso.todo.pop() {
             // A long isolation or outage must not let another flusher claim these entries.
             self.keep_fresh(shard, &part, &mut iso).await;
-            let events: Vec<&EventView<'_>> = part.iter().map(|(_, e)| e).collect();
             let started = Instant::now();
-            let step = match sink::write(&self.pool, &events, self.config.pg_timeout()).await {
+            let step = match self.write_keeping_claim(shard, &part, &mut iso).await {
                 Ok(path) => {
                     iso.backoff = self.backoff_start();
                     iso.streak = None;
@@ -102,6 +101,28 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// One write attempt of `part`. It may take up to three `--pg-timeout-ms` (taking a
+    /// connection, the COPY, the de-duplicating write, each bounded on its own), longer than
+    /// `--claim-idle-ms`: meanwhile the claim on every entry in hand is refreshed on schedule.
+    async fn write_keeping_claim(
+        &self,
+        shard: usize,
+        part: &[Row<'_>],
+        iso: &mut Isolation<'_>,
+    ) -> Result<WritePath, WriteError> {
+        let events: Vec<&EventView<'_>> = part.iter().map(|(_, e)| e).collect();
+        let write = sink::write(&self.pool, &events, self.config.pg_timeout());
+        tokio::pin!(write);
+        let every = self.keep_every().max(Duration::from_millis(1));
+        loop {
+            let due = tokio::time::Instant::from_std(iso.last_keep + every);
+            tokio::select! {
+                written = &mut write => return written,
+                () = tokio::time::sleep_until(due) => self.keep_fresh(shard, part, iso).await,
+            }
+        }
     }
 
     /// The rows are committed: delete and acknowledge their entries.
