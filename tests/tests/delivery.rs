@@ -415,17 +415,10 @@ async fn sigterm_during_load_loses_nothing() {
 #[tokio::test]
 async fn often_delivered_entries_are_retried_alone_not_condemned() {
     let p = Pipeline::start(PipelineOptions::without_flushers()).await;
-    let (status, _) = p.ingest.post(&batch("worn", 5)).await;
-    assert_eq!(status, 200);
-    // A crashed consumer read them, and they have been claimed 20 times since.
-    let mut r = p.redis().await;
-    deliver_to_a_ghost(&mut r, &p.key, 20).await;
+    let mut r = five_worn_entries(&p, "worn").await;
 
     let mut flusher = p.start_flusher(&["--claim-idle-ms", "100", "--max-deliveries", "10"], &[]);
-    p.db.wait_rows(5).await;
-    wait_stream_empty(&r, &p.key).await;
-    assert!(flusher.proc.terminate().success());
-    let log = flusher.proc.log_text();
+    let log = stored_then_stopped(&p, &r, &mut flusher, 5).await;
     assert!(
         log.contains("retrying 5 entries delivered more than 10 times one at a time"),
         "{log}"
@@ -452,15 +445,9 @@ async fn often_delivered_entries_are_retried_alone_not_condemned() {
 #[tokio::test]
 async fn entries_waiting_to_be_retried_alone_stay_claimed_while_postgres_is_slow() {
     let p = Pipeline::start(PipelineOptions::without_flushers()).await;
-    let (status, _) = p.ingest.post(&batch("queued", 5)).await;
-    assert_eq!(status, 200);
-    let mut r = p.redis().await;
-    deliver_to_a_ghost(&mut r, &p.key, 20).await;
+    let r = five_worn_entries(&p, "queued").await;
     // Writes wait on this lock for 3 s: each attempt times out after 200 ms and backs off.
-    let lock = p.db.client().await;
-    lock.batch_execute("BEGIN; LOCK TABLE events IN SHARE MODE")
-        .await
-        .unwrap();
+    let lock = lock_events(&p.db).await;
     let mut flusher = p.start_flusher(
         &[
             "--claim-idle-ms",
@@ -474,10 +461,7 @@ async fn entries_waiting_to_be_retried_alone_stay_claimed_while_postgres_is_slow
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
     lock.batch_execute("COMMIT").await.unwrap();
-    p.db.wait_rows(5).await;
-    wait_stream_empty(&r, &p.key).await;
-    assert!(flusher.proc.terminate().success());
-    let log = flusher.proc.log_text();
+    let log = stored_then_stopped(&p, &r, &mut flusher, 5).await;
     assert!(
         log.contains("PostgreSQL failed"),
         "the writes did wait\n{log}"
@@ -495,10 +479,7 @@ async fn entries_waiting_to_be_retried_alone_stay_claimed_while_postgres_is_slow
 #[tokio::test]
 async fn a_slow_write_keeps_its_entries_claimed_while_it_waits() {
     let p = Pipeline::start(PipelineOptions::without_flushers()).await;
-    let lock = p.db.client().await;
-    lock.batch_execute("BEGIN; LOCK TABLE events IN SHARE MODE")
-        .await
-        .unwrap();
+    let lock = lock_events(&p.db).await;
     // Refreshed every 500 ms; each attempt waits 1200 ms on the lock before it times out.
     let args = ["--claim-idle-ms", "1500", "--pg-timeout-ms", "1200"];
     let mut flusher = p.start_flusher(&args, &[]);
@@ -512,10 +493,7 @@ async fn a_slow_write_keeps_its_entries_claimed_while_it_waits() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     lock.batch_execute("COMMIT").await.unwrap();
-    p.db.wait_rows(5).await;
-    wait_stream_empty(&r, &p.key).await;
-    assert!(flusher.proc.terminate().success());
-    let log = flusher.proc.log_text();
+    let log = stored_then_stopped(&p, &r, &mut flusher, 5).await;
     assert!(
         log.contains("took longer than 1200 ms"),
         "the writes did wait\n{log}"
@@ -540,6 +518,29 @@ async fn max_pending_idle_ms(r: &mut MultiplexedConnection, key: &str) -> u64 {
     rows.iter().map(|(_, _, idle, _)| *idle).max().unwrap_or(0)
 }
 
+/// A connection holding a SHARE lock on `events`: every write waits until it sends `COMMIT`.
+async fn lock_events(db: &TestDb) -> tokio_postgres::Client {
+    let lock = db.client().await;
+    lock.batch_execute("BEGIN; LOCK TABLE events IN SHARE MODE")
+        .await
+        .unwrap();
+    lock
+}
+
+/// Waits until `rows` rows are stored and the stream is empty, then stops the flusher (it
+/// must exit 0) and returns its log.
+async fn stored_then_stopped(
+    p: &Pipeline,
+    r: &MultiplexedConnection,
+    flusher: &mut Flusher,
+    rows: i64,
+) -> String {
+    p.db.wait_rows(rows).await;
+    wait_stream_empty(r, &p.key).await;
+    assert!(flusher.proc.terminate().success());
+    flusher.proc.log_text()
+}
+
 /// `name=N` of the line a flusher logs when it stops (`flusher … stopped: written=… batches=…`).
 fn stopped_count(log: &str, name: &str) -> u64 {
     let line = log
@@ -549,6 +550,16 @@ fn stopped_count(log: &str, name: &str) -> u64 {
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
         .unwrap_or_else(|| panic!("no {name}= in {line}"))
+}
+
+/// Queues 5 events named `name` that a crashed consumer read and that have been claimed 20
+/// times since; returns a Redis connection for checks.
+async fn five_worn_entries(p: &Pipeline, name: &str) -> MultiplexedConnection {
+    let (status, _) = p.ingest.post(&batch(name, 5)).await;
+    assert_eq!(status, 200);
+    let mut r = p.redis().await;
+    deliver_to_a_ghost(&mut r, &p.key, 20).await;
+    r
 }
 
 /// Every entry of the stream read by a consumer `ghost` and delivered `times` times (XCLAIM

@@ -1,8 +1,10 @@
 //! Writing the groups of rows of one read (the batch, then each often-delivered entry alone)
-//! and settling every entry, whatever PostgreSQL answers: committed rows are acknowledged; a batch PostgreSQL refuses for a row's data (or, 3 times in a row, with
-//! another SQLSTATE tied to a row) is split until the row is alone, and that row is
-//! dead-lettered; while PostgreSQL is unavailable the batch is retried with a backoff, its claim
-//! kept fresh, and on shutdown it is left pending for another flusher.
+//! and settling every entry, whatever PostgreSQL answers: committed rows are acknowledged; a
+//! batch PostgreSQL refuses for a row's data (or, 3 times in a row, with another SQLSTATE tied
+//! to a row) is split until the row is alone, and that row is dead-lettered; while PostgreSQL is
+//! unavailable the batch is retried with a backoff, and on shutdown it is left pending for
+//! another flusher. Through every write and backoff the claim on the entries in hand is kept
+//! fresh.
 
 use std::time::{Duration, Instant};
 
@@ -75,10 +77,12 @@ impl Worker {
             committed_any: false,
         };
         while let Some(part) = iso.todo.pop() {
-            // A long isolation or outage must not let another flusher claim these entries.
-            self.keep_fresh(shard, &part, &mut iso).await;
+            let events: Vec<&EventView<'_>> = part.iter().map(|(_, e)| e).collect();
+            let write = sink::write(&self.pool, &events, self.config.pg_timeout());
             let started = Instant::now();
-            let step = match self.write_keeping_claim(shard, &part, &mut iso).await {
+            // One attempt may take up to three `--pg-timeout-ms` (taking a connection, the COPY,
+            // the de-duplicating write, each bounded on its own): longer than the claim idle.
+            let step = match self.keeping_claim(shard, &part, &mut iso, write).await {
                 Ok(path) => {
                     iso.backoff = self.backoff_start();
                     iso.streak = None;
@@ -103,23 +107,22 @@ impl Worker {
         Ok(())
     }
 
-    /// One write attempt of `part`. It may take up to three `--pg-timeout-ms` (taking a
-    /// connection, the COPY, the de-duplicating write, each bounded on its own), longer than
-    /// `--claim-idle-ms`: meanwhile the claim on every entry in hand is refreshed on schedule.
-    async fn write_keeping_claim(
+    /// Awaits `work` (a write, a backoff) while re-claiming every entry in hand (`part` and the
+    /// parts waiting their turn) a third of `--claim-idle-ms` after the last time, so that no
+    /// other worker or flusher takes them over and writes them a second time meanwhile.
+    async fn keeping_claim<T>(
         &self,
         shard: usize,
         part: &[Row<'_>],
         iso: &mut Isolation<'_>,
-    ) -> Result<WritePath, WriteError> {
-        let events: Vec<&EventView<'_>> = part.iter().map(|(_, e)| e).collect();
-        let write = sink::write(&self.pool, &events, self.config.pg_timeout());
-        tokio::pin!(write);
+        work: impl Future<Output = T>,
+    ) -> T {
+        tokio::pin!(work);
         let every = self.keep_every().max(Duration::from_millis(1));
         loop {
             let due = tokio::time::Instant::from_std(iso.last_keep + every);
             tokio::select! {
-                written = &mut write => return written,
+                out = &mut work => return out,
                 () = tokio::time::sleep_until(due) => self.keep_fresh(shard, part, iso).await,
             }
         }
@@ -243,10 +246,9 @@ impl Worker {
         self.retry_later(shard, part, iso, &what).await
     }
 
-    /// Waits out the backoff (or leaves everything pending on shutdown), then puts the part back.
-    /// The claim is kept fresh while waiting: a backoff as long as `--claim-idle-ms` (or a
-    /// failed attempt plus a shorter one) would otherwise let another worker or flusher claim
-    /// entries this one still holds, and write them a second time.
+    /// Waits out the backoff, cut short by shutdown (or leaves everything pending when shutdown
+    /// has come), then puts the part back. The claim is kept fresh while waiting: a backoff may
+    /// be as long as `--claim-idle-ms`.
     async fn retry_later<'e>(
         &self,
         shard: usize,
@@ -264,15 +266,8 @@ impl Worker {
         log::warn!("{what}; retrying in {:?}", iso.backoff);
         telemetry::postgres_error();
         self.stats.backoff();
-        let until = Instant::now() + iso.backoff;
-        let slice = self.keep_every().max(Duration::from_millis(1));
-        loop {
-            self.keep_fresh(shard, &part, iso).await;
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() || self.stop.sleep(left.min(slice)).await {
-                break;
-            }
-        }
+        let backoff = self.stop.sleep(iso.backoff);
+        self.keeping_claim(shard, &part, iso, backoff).await;
         iso.backoff = self.next_backoff(iso.backoff);
         iso.todo.push(part);
         Step::Next
@@ -298,12 +293,9 @@ impl Worker {
         Duration::from_millis(self.config.claim_idle_ms / 3)
     }
 
-    /// Re-claims the entries still in hand once a third of `--claim-idle-ms` has passed since
-    /// the last time, so no other flusher takes them over while this one is still at work.
+    /// Re-claims the entries still in hand (idle time back to 0); [`Worker::keeping_claim`]
+    /// calls it on schedule.
     async fn keep_fresh(&self, shard: usize, part: &[Row<'_>], iso: &mut Isolation<'_>) {
-        if iso.last_keep.elapsed() < self.keep_every() {
-            return;
-        }
         iso.last_keep = Instant::now();
         let ids: Vec<String> = part
             .iter()
