@@ -1,8 +1,9 @@
 #include "json.hpp"
 
+#include <charconv>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
+#include <system_error>
 
 namespace et {
 
@@ -101,6 +102,35 @@ bool pg_numeric_fits(const std::string &number) {
   while (first < total && digit(first) == '0') first++;
   if (first == total) return true;  // zero: only its scale matters
   return static_cast<long long>(intpart.size()) - static_cast<long long>(first) + exp <= 131072;
+}
+
+// True when the JSON number's magnitude is >= 1: a number std::from_chars finds out of range is then
+// too large for a double; below 1 it is too small and rounds to zero.
+bool at_least_one(std::string_view u) {
+  if (!u.empty() && u.front() == '-') u.remove_prefix(1);
+  size_t e = u.find_first_of("eE");
+  std::string_view mantissa = u.substr(0, e), exponent = e == std::string_view::npos ? "" : u.substr(e + 1);
+  // The decimal exponent of the first significant digit, without the written exponent.
+  size_t dot = mantissa.find('.');
+  std::string_view intpart = mantissa.substr(0, dot);
+  std::string_view frac = dot == std::string_view::npos ? std::string_view() : mantissa.substr(dot + 1);
+  size_t lead = intpart.find_first_not_of('0');
+  long long mag;
+  if (lead != std::string_view::npos) {
+    mag = static_cast<long long>(intpart.size() - lead) - 1;
+  } else {
+    size_t f = frac.find_first_not_of('0');
+    if (f == std::string_view::npos) return false;  // zero
+    mag = -static_cast<long long>(f) - 1;
+  }
+  bool neg = !exponent.empty() && exponent.front() == '-';
+  while (!exponent.empty() && (exponent.front() == '+' || exponent.front() == '-')) exponent.remove_prefix(1);
+  while (!exponent.empty() && exponent.front() == '0') exponent.remove_prefix(1);
+  // |mag| is below 2^31 (the text is short); an exponent of more than 12 digits decides alone.
+  if (exponent.size() > 12) return !neg;
+  long long exp = 0;
+  for (char c : exponent) exp = exp * 10 + (c - '0');
+  return mag + (neg ? -exp : exp) >= 0;
 }
 
 struct Parser {
@@ -228,8 +258,16 @@ struct Parser {
       while (p < end && *p >= '0' && *p <= '9') p++;
     }
     std::string tmp(start, static_cast<size_t>(p - start));
-    double v = std::strtod(tmp.c_str(), nullptr);
-    if (!std::isfinite(v)) return fail("number out of range");
+    // std::from_chars, not std::strtod: the C locale must not matter (under de_DE, strtod stops at the '.').
+    double v = 0;
+    auto r = std::from_chars(tmp.data(), tmp.data() + tmp.size(), v);
+    if (r.ec == std::errc::result_out_of_range) {
+      // Too large (refused) or so small it rounds to zero (accepted as +-0, as strtod gave it).
+      if (at_least_one(tmp)) return fail("number out of range");
+      v = tmp.front() == '-' ? -0.0 : 0.0;
+    } else if (r.ec != std::errc() || r.ptr != tmp.data() + tmp.size() || !std::isfinite(v)) {
+      return fail("bad number");
+    }
     if (!pg_numeric_fits(tmp)) return fail("number out of PostgreSQL's numeric range");
     if (out) *out = v;
     return true;

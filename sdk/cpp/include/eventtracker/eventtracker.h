@@ -138,6 +138,53 @@ ET_API void et_client_set_report_callback(et_client *client, et_report_fn fn, vo
 /* "1.0.0" */
 ET_API const char *et_version(void);
 
+/* ---- Properties without writing JSON ----------------------------------------------------------------
+ * An et_props builds the properties_json object of one event: the SDK escapes the strings and formats
+ * the numbers (integers exactly, doubles as the shortest text that reads back the same: 0.1 stays 0.1;
+ * never affected by the C locale), and refuses at once what et_track would refuse.
+ *
+ *   et_props *p = et_props_new();
+ *   et_props_string(p, "map", "dust \"2\"");
+ *   et_props_int(p, "score", 1200);
+ *   et_props_begin_array(p, "items");      -- inside an array the key must be NULL
+ *   et_props_string(p, NULL, "sword");
+ *   et_props_end(p);
+ *   et_track(client, "level_up", et_props_json(p), NULL);
+ *                                          -- {"map":"dust \"2\"","score":1200,"items":["sword"]}
+ *   et_props_clear(p);                     -- reuse it for the next event; at the end et_props_free(p)
+ *
+ * Every adding function returns 0, or ET_E_ARGUMENT (NULL builder), or ET_E_PROPERTIES: key or value not
+ * UTF-8 or NULL where one is needed, a key inside an array or none inside an object, a NaN or infinite
+ * number, nesting deeper than 32 levels (the outermost object is level 1), or the finished object past
+ * 32 KiB (the server's limits). A refused call leaves the builder as it was. Keys are written as given:
+ * a repeated key is kept twice in the text, and PostgreSQL (jsonb) keeps its last value.
+ * A builder is not thread-safe; use one per thread or lock around it. */
+typedef struct et_props et_props;
+
+/* A builder holding the empty object {}; NULL when out of memory. */
+ET_API et_props *et_props_new(void);
+ET_API void et_props_free(et_props *props);
+/* Back to the empty object {}. */
+ET_API void et_props_clear(et_props *props);
+
+ET_API int et_props_string(et_props *props, const char *key, const char *value);
+ET_API int et_props_int(et_props *props, const char *key, int64_t value);
+ET_API int et_props_double(et_props *props, const char *key, double value);
+/* The shortest text that reads back as the same float (0.1f is written 0.1). */
+ET_API int et_props_float(et_props *props, const char *key, float value);
+/* value: 0 writes false, anything else true. */
+ET_API int et_props_bool(et_props *props, const char *key, int value);
+ET_API int et_props_null(et_props *props, const char *key);
+/* Opens a nested object or array as the value of key (NULL inside an array); et_props_end closes the
+   innermost one (ET_E_PROPERTIES when only the outermost object is open: et_props_json closes that). */
+ET_API int et_props_begin_object(et_props *props, const char *key);
+ET_API int et_props_begin_array(et_props *props, const char *key);
+ET_API int et_props_end(et_props *props);
+
+/* The JSON object text, or NULL while an object or array is still open (or props is NULL). The text
+   belongs to the builder: valid until the next call that changes or frees it. */
+ET_API const char *et_props_json(const et_props *props);
+
 #ifdef __cplusplus
 }
 #endif
