@@ -21,6 +21,7 @@
 
 #include "eventtracker/eventtracker.h"
 #include "json.hpp"
+#include "response.hpp"
 #include "util.hpp"
 
 using namespace et;
@@ -32,7 +33,6 @@ constexpr size_t kMaxPropertiesDepth = 32;
 constexpr int64_t kRetryAfterCapMs = 5 * 60 * 1000;
 constexpr size_t kPersistChunk = 500;
 constexpr int64_t kNever = INT64_MAX / 4;
-const char *const kCountAfter = "SELECT count(*) FROM events WHERE id > ?";
 const char *const kMinId = "SELECT min(id) FROM events";
 
 struct Config {
@@ -43,8 +43,8 @@ struct Config {
   int64_t flush_interval_ms = 1000;
   bool gzip = true;
   int64_t gzip_min_bytes = 1024;
-  int64_t max_queue_events = 100000;
-  int64_t max_queue_bytes = 50ll * 1024 * 1024;
+  int64_t max_queue_events = 50000;              // a few days of a busy game offline
+  int64_t max_queue_bytes = 8ll * 1024 * 1024;    // 8 MiB of event JSON: sized for phones and consoles
   int64_t max_buffer_events = 10000;
   int64_t persist_interval_ms = 50;
   int64_t connect_timeout_ms = 10000;
@@ -53,10 +53,21 @@ struct Config {
   int64_t retry_max_ms = 300000;
   int64_t pause_ms = 300000;
   bool verify_tls = true;
+  bool require_consent = false;  // at creation only: a queue without a recorded choice starts pending
+  bool send_context = true;      // the $-prefixed context properties on every event
+  std::string app_version, app_build, locale;
+  std::string global_properties;  // a JSON object's members (no braces), sent with every event
+};
+
+// What et_track reads of the configuration, as one immutable snapshot: taken under the lock by
+// copying a pointer, used outside it, replaced whole when an option it depends on changes.
+struct TrackContext {
+  std::string device_id, session_id;
+  std::string props_prefix;  // the members every event's properties start with (context, globals)
 };
 
 struct Buffered {
-  std::string event_id;
+  char event_id[37];
   std::string body;
   uint64_t seq;
 };
@@ -110,6 +121,118 @@ void write_err(char *err, size_t len, const std::string &msg) {
   }
 }
 
+std::string_view trim_json_space(std::string_view v) {
+  auto space = [](char ch) { return ch == ' ' || ch == '\n' || ch == '\t' || ch == '\r'; };
+  while (!v.empty() && space(v.front())) v.remove_prefix(1);
+  while (!v.empty() && space(v.back())) v.remove_suffix(1);
+  return v;
+}
+
+const char *consent_name(int consent) {
+  return consent == ET_CONSENT_GRANTED ? "granted" : consent == ET_CONSENT_REVOKED ? "revoked" : "pending";
+}
+
+int consent_from_name(const std::string &v) {
+  return v == "granted" ? ET_CONSENT_GRANTED : v == "revoked" ? ET_CONSENT_REVOKED : ET_CONSENT_PENDING;
+}
+
+// The player's locale as BCP 47 ("de-DE") from the environment, "" when unset or "C"/"POSIX".
+std::string default_locale() {
+  const char *names[] = {"LC_ALL", "LC_MESSAGES", "LANG"};
+  for (const char *n : names) {
+    const char *v = std::getenv(n);
+    if (!v || !*v) continue;
+    std::string l(v);
+    l = l.substr(0, l.find_first_of(".@"));
+    if (l == "C" || l == "POSIX" || l.empty()) return "";
+    std::replace(l.begin(), l.end(), '_', '-');
+    return text_valid(l, false) && header_safe(l) ? l : "";
+  }
+  return "";
+}
+
+// The members every event's properties start with: the reserved context ($-prefixed, PostHog's
+// convention) unless send_context is 0, then the app's global properties.
+std::shared_ptr<const TrackContext> make_track_context(const Config &k) {
+  auto t = std::make_shared<TrackContext>();
+  t->device_id = k.device_id;
+  t->session_id = k.session_id;
+  std::string &p = t->props_prefix;
+  auto member = [&](const char *key, const std::string &value) {
+    if (value.empty()) return;
+    if (!p.empty()) p += ',';
+    json_append_string(p, key);
+    p += ':';
+    json_append_string(p, value);
+  };
+  if (k.send_context) {
+    member("$sdk", "eventtracker-cpp");
+    member("$sdk_version", et_version());
+    member("$platform", platform_name());
+    member("$os", os_name());
+    member("$os_version", os_version());
+    member("$app_version", k.app_version);
+    member("$app_build", k.app_build);
+    member("$locale", k.locale);
+  }
+  if (!k.global_properties.empty()) {
+    if (!p.empty()) p += ',';
+    p += k.global_properties;
+  }
+  return t;
+}
+
+// One option by name (et_client_set, et_client_new_with_options): 0 = applied, 1 = unknown, 2 = bad value.
+int apply_option(Config &k, const std::string &o, const std::string &v, bool creating, bool *resume) {
+  int64_t x = 0;
+  auto num = [&](int64_t lo, int64_t hi, int64_t *field) {
+    if (!parse_i64(v.c_str(), lo, hi, &x)) return false;
+    *field = x;
+    return true;
+  };
+  auto flag = [&](bool *field) {
+    if (v != "0" && v != "1") return false;
+    *field = v == "1";
+    return true;
+  };
+  bool ok;
+  if (o == "token") ok = header_safe(v) && (k.token = v, *resume = true);
+  else if (o == "endpoint") ok = endpoint_valid(v) && (k.endpoint = v, *resume = true);
+  else if (o == "max_batch_events") ok = num(1, 1000, &k.max_batch_events);
+  else if (o == "max_batch_bytes") ok = num(4096, 1 << 30, &k.max_batch_bytes);
+  else if (o == "flush_interval_ms") ok = num(0, 86400000, &k.flush_interval_ms);
+  else if (o == "gzip") ok = flag(&k.gzip);
+  else if (o == "gzip_min_bytes") ok = num(0, 1 << 30, &k.gzip_min_bytes);
+  else if (o == "max_queue_events") ok = num(1, INT64_MAX / 4, &k.max_queue_events);
+  else if (o == "max_queue_bytes") ok = num(1024, INT64_MAX / 4, &k.max_queue_bytes);
+  else if (o == "max_buffer_events") ok = num(1, 100000000, &k.max_buffer_events);
+  else if (o == "persist_interval_ms") ok = num(0, 60000, &k.persist_interval_ms);
+  else if (o == "connect_timeout_ms") ok = num(1, 3600000, &k.connect_timeout_ms);
+  else if (o == "request_timeout_ms") ok = num(1, 3600000, &k.request_timeout_ms);
+  else if (o == "retry_initial_ms") ok = num(0, 3600000, &k.retry_initial_ms);
+  else if (o == "retry_max_ms") ok = num(0, 3600000, &k.retry_max_ms);
+  else if (o == "pause_ms") ok = num(0, 86400000, &k.pause_ms);
+  else if (o == "verify_tls") ok = flag(&k.verify_tls);
+  else if (o == "ca_file") ok = (k.ca_file = v, true);
+  else if (o == "ca_path") ok = (k.ca_path = v, true);
+  else if (o == "proxy") ok = (k.proxy = v, true);
+  else if (o == "user_agent") ok = header_safe(v) && (k.user_agent = v, true);
+  else if (o == "device_id") ok = text_valid(v, false) && (k.device_id = v, true);
+  else if (o == "session_id") ok = text_valid(v, false) && (k.session_id = v, true);
+  else if (o == "require_consent") ok = creating && flag(&k.require_consent);
+  else if (o == "send_context") ok = flag(&k.send_context);
+  else if (o == "app_version") ok = text_valid(v, true) && (k.app_version = v, true);
+  else if (o == "app_build") ok = text_valid(v, true) && (k.app_build = v, true);
+  else if (o == "locale") ok = text_valid(v, true) && (k.locale = v, true);
+  else if (o == "global_properties") {
+    std::string_view g = trim_json_space(v);
+    ok = g.empty() || (g.front() == '{' && g.size() <= kMaxPropertiesBytes / 2 &&
+                       json_parse(g, kMaxPropertiesDepth, nullptr, nullptr));
+    if (ok) k.global_properties = g.empty() ? "" : std::string(trim_json_space(g.substr(1, g.size() - 2)));
+  } else return 1;
+  return ok ? 0 : 2;
+}
+
 std::once_flag g_curl_once;  // libcurl's process-wide init, once (trivially destructible)
 
 }  // namespace
@@ -123,10 +246,18 @@ struct et_client {
   uint64_t cfg_version = 1;
   bool resume_requested = false;
   std::vector<Buffered> buffer;
+  std::vector<Buffered> spare;  // an empty vector with capacity, swapped in for the buffer (under mu)
+  std::shared_ptr<const TrackContext> track_ctx;  // replaced, never changed in place (under mu)
+  int consent = ET_CONSENT_GRANTED;                // under mu; persisted in the queue's meta table
+  bool purge_requested = false;                    // under mu: delete everything queued
+  uint64_t purge_seq = 0;                          // under mu: the last event a purge resolves
+  std::atomic<uint64_t> request_ticket{0}, request_done{0};  // see serve_requests
+  std::atomic<bool> consent_granted{true};
   uint64_t next_seq = 1;
   uint64_t resolved_seq = 0;
   int flush_waiters = 0;
   bool worker_done = false;
+  bool orphaned = false;  // et_client_free gave up waiting: the worker frees the client when it ends
   std::atomic<bool> closing{false};
   std::atomic<int64_t> close_deadline{kNever};
   std::atomic<bool> abort{false};
@@ -136,7 +267,7 @@ struct et_client {
   std::atomic<int> paused_flag{0};
   int queue_resets = 0;
 
-  std::mutex cb_mu;
+  std::recursive_mutex cb_mu;  // recursive: a callback may set the callback again
   et_report_fn cb = nullptr;
   void *cb_user = nullptr;
   bool cb_ever_set = false;
@@ -164,6 +295,7 @@ struct et_client {
   int64_t report_time_ms = 0;  // when set, the time the next report carries
   std::string resp_body, retry_after;
   std::thread worker;
+  std::thread::id worker_id;
 
   // ------------------------------------------------------------------------------------------------
   void report(int kind, int status, int index, int count, int64_t retry_ms, const std::string &event_id,
@@ -178,7 +310,7 @@ struct et_client {
     r.message = message.c_str();
     r.time_ms = report_time_ms ? report_time_ms : steady_ms();
     report_time_ms = 0;
-    std::lock_guard<std::mutex> g(cb_mu);
+    std::lock_guard<std::recursive_mutex> g(cb_mu);
     if (cb) {
       cb(cb_user, &r);
     } else if (!cb_ever_set && kind == ET_REPORT_QUEUE_RESET && early.size() < 16) {
@@ -243,6 +375,7 @@ struct et_client {
                             nullptr)))
       return false;
     if (!check(sqlite3_exec(db,
+                            "PRAGMA auto_vacuum=INCREMENTAL;"  // takes effect on a new file only
                             "PRAGMA synchronous=NORMAL; PRAGMA journal_size_limit=4194304; PRAGMA cache_size=-8192;"
                             "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
                             "CREATE TABLE IF NOT EXISTS events(id INTEGER PRIMARY KEY AUTOINCREMENT,"
@@ -317,7 +450,15 @@ struct et_client {
       std::string sql = "INSERT OR REPLACE INTO meta(key, value) VALUES('device_id', '" + device + "')";
       exec(sql.c_str());
     }
-    cfg.device_id = device;
+    if (cfg.device_id.empty()) cfg.device_id = device;  // an option given at creation wins
+    consent = cfg.require_consent ? ET_CONSENT_PENDING : ET_CONSENT_GRANTED;
+    if (sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key='consent'", -1, &st, nullptr) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+      consent = consent_from_name(reinterpret_cast<const char *>(sqlite3_column_text(st, 0)));
+    else if (cfg.require_consent)  // recorded, so the next run waits too, whatever its options
+      exec("INSERT OR REPLACE INTO meta(key, value) VALUES('consent', 'pending')");
+    sqlite3_finalize(st);
+    consent_granted = consent == ET_CONSENT_GRANTED;
     // What a previous run left: counts as tracked, due at once.
     if (sqlite3_prepare_v2(db, "SELECT id, length(body) FROM events ORDER BY id", -1, &st, nullptr) == SQLITE_OK) {
       while (sqlite3_step(st) == SQLITE_ROW) {
@@ -341,6 +482,7 @@ struct et_client {
       if (buffer.empty()) return;
       if (!force && steady_ms() < persist_retry_at) return;
       items.swap(buffer);
+      buffer.swap(spare);  // the capacity of the last hand-off, so et_track does not reallocate
       tracked_at = oldest_buffered_at;
     }
     static const char *const kInsert = "INSERT INTO events(event_id, body) VALUES(?, ?)";
@@ -357,8 +499,7 @@ struct et_client {
       std::vector<std::pair<int64_t, uint64_t>> rows;
       int64_t bytes = 0;
       for (size_t i = done; i < end && ok; i++) {
-        sqlite3_bind_text(ins, 1, items[i].event_id.data(), static_cast<int>(items[i].event_id.size()),
-                          SQLITE_STATIC);
+        sqlite3_bind_text(ins, 1, items[i].event_id, 36, SQLITE_STATIC);
         sqlite3_bind_text(ins, 2, items[i].body.data(), static_cast<int>(items[i].body.size()), SQLITE_STATIC);
         if (sqlite3_step(ins) != SQLITE_DONE) ok = false;
         sqlite3_reset(ins);
@@ -392,6 +533,9 @@ struct et_client {
     }
     if (!failure.empty()) report(ET_REPORT_ERROR, 0, -1, 0, 0, "", "writing the queue failed: " + failure);
     enforce_cap();
+    items.clear();
+    std::lock_guard<std::mutex> g(mu);
+    if (spare.capacity() < items.capacity()) spare.swap(items);
   }
 
   // Past max_queue_events / max_queue_bytes the oldest rows go (never the batch on the wire).
@@ -437,7 +581,9 @@ struct et_client {
       batches.clear();
       taken_id = 0;
     }
-    unsent_count = scalar(kCountAfter, taken_id, true);
+    // Every row left is on the wire or after it: counted, not scanned (the file may hold 100k rows).
+    unsent_count = std::max<int64_t>(
+        0, static_cast<int64_t>(n_db.load()) - (inflight ? static_cast<int64_t>(inflight->ids.size()) : 0));
     if (unsent_count == 0) unsent_since = kNever;
     report(ET_REPORT_DROPPED, 0, -1, static_cast<int>(n), 0, "",
            "queue cap reached: dropped the " + std::to_string(n) + " oldest events");
@@ -474,7 +620,27 @@ struct et_client {
     int64_t n = sqlite3_changes(db);
     n_db -= static_cast<uint64_t>(n);
     db_bytes -= b.bytes;
+    give_back_space();
     update_resolved();
+  }
+
+  // The file returns its free pages to the OS: all of them once the queue is empty, else when more than
+  // a quarter of the file (and over 1 MiB) is free. A file made before incremental vacuum is converted
+  // the first time it is empty (VACUUM is cheap then).
+  void give_back_space() {
+    if (queue_path.empty()) return;
+    int64_t free_pages = scalar("PRAGMA freelist_count");
+    if (n_db.load() == 0) {
+      if (scalar("PRAGMA auto_vacuum") != 2) {
+        exec("PRAGMA auto_vacuum=INCREMENTAL");
+        exec("VACUUM");
+      } else if (free_pages > 0) {
+        exec("PRAGMA incremental_vacuum");
+      }
+      exec("PRAGMA wal_checkpoint(TRUNCATE)");
+    } else if (free_pages > 256 && free_pages * 4 > scalar("PRAGMA page_count")) {
+      exec("PRAGMA incremental_vacuum");
+    }
   }
 
   bool form_batch() {
@@ -500,9 +666,9 @@ struct et_client {
     }
     taken_id = b.ids.back();
     unsent_count -= static_cast<int64_t>(b.ids.size());
-    if (unsent_count <= 0) {
-      unsent_count = scalar(kCountAfter, taken_id, true);
-      if (unsent_count == 0) unsent_since = kNever;
+    if (unsent_count <= 0) {  // a count that ran low finds its rows again with the next write
+      unsent_count = 0;
+      unsent_since = kNever;
     }
     batches.push_back(std::move(b));
     return true;
@@ -596,6 +762,10 @@ struct et_client {
     curl_easy_setopt(easy, CURLOPT_CAPATH, wcfg.ca_path.empty() ? nullptr : wcfg.ca_path.c_str());
     curl_easy_setopt(easy, CURLOPT_PROXY, wcfg.proxy.empty() ? nullptr : wcfg.proxy.c_str());
     curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+#if LIBCURL_VERSION_NUM >= 0x075700
+    // 7.87.0+: a transfer cut by close does not wait for its resolver thread (a stalled getaddrinfo).
+    curl_easy_setopt(easy, CURLOPT_QUICK_EXIT, 1L);
+#endif
     resp_body.clear();
     retry_after.clear();
 
@@ -604,7 +774,7 @@ struct et_client {
     n_requests++;
     inflight = &b;
     curl_multi_add_handle(multi, easy);
-    bool aborted = false;
+    bool aborted = false, cancelled = false;
     CURLcode result = CURLE_OK;
     for (;;) {
       int running = 0;
@@ -620,11 +790,15 @@ struct et_client {
         aborted = true;
         break;
       }
+      if (requests_pending()) {  // a purge (or revoked consent) cuts the transfer; its batch is deleted
+        cancelled = true;
+        break;
+      }
       int wait = 50;
       if (closing.load()) wait = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(50, close_deadline.load() - steady_ms())));
       curl_multi_poll(multi, nullptr, 0, wait, nullptr);
     }
-    if (!aborted) {
+    if (!aborted && !cancelled) {
       int left = 0;
       while (CURLMsg *m = curl_multi_info_read(multi, &left))
         if (m->msg == CURLMSG_DONE) result = m->data.result;
@@ -639,6 +813,7 @@ struct et_client {
       curl_easy_setopt(easy, CURLOPT_FORBID_REUSE, 1L);
       return false;
     }
+    if (cancelled) return true;
     long status = 0;
     if (result == CURLE_OK) curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
     handle_response(result == CURLE_OK ? static_cast<int>(status) : 0,
@@ -646,119 +821,154 @@ struct et_client {
     return true;
   }
 
-  static std::string error_message(const JsonValue &v, int status) {
-    std::string m = "HTTP " + std::to_string(status);
-    if (const JsonValue *e = v.get("error"); e && e->type == JsonValue::String) m += " " + e->str;
-    if (const JsonValue *e = v.get("message"); e && e->type == JsonValue::String) m += ": " + e->str;
-    return m;
-  }
-
   void handle_response(int status, const std::string &neterr) {
     Batch b = std::move(batches.front());
     batches.pop_front();
     int n = static_cast<int>(b.ids.size());
-    JsonValue v;
-    bool parsed = !resp_body.empty() && json_parse(resp_body, 64, &v, nullptr) && v.type == JsonValue::Object;
-    auto rejected_list = [&](std::vector<bool> &seen) {
-      int k = 0;
-      const JsonValue *rj = parsed ? v.get("rejected") : nullptr;
-      if (!rj || rj->type != JsonValue::Array) return 0;
-      for (const JsonValue &e : rj->arr) {
-        const JsonValue *ix = e.get("index");
-        const JsonValue *er = e.get("error");
-        if (!ix || ix->type != JsonValue::Number) continue;
-        int i = static_cast<int>(ix->num);
-        if (i < 0 || i >= n || seen[static_cast<size_t>(i)]) continue;
-        seen[static_cast<size_t>(i)] = true;
-        k++;
-        report(ET_REPORT_REJECTED, status, i, 1, 0, b.event_ids[static_cast<size_t>(i)],
-               er && er->type == JsonValue::String ? er->str : "rejected");
+    Decision d = classify_response(status, resp_body, b.ids.size(), neterr);
+    switch (d.verdict) {
+      case Verdict::Accepted: {
+        for (const RejectedEvent &r : d.rejected)
+          report(ET_REPORT_REJECTED, status, r.index, 1, 0, b.event_ids[static_cast<size_t>(r.index)], r.error);
+        int k = static_cast<int>(d.rejected.size());
+        n_rejected += static_cast<uint64_t>(k);
+        n_sent += static_cast<uint64_t>(n - k);
+        attempts = 0;
+        report(ET_REPORT_SENT, 200, -1, n - k, 0, "", d.message);
+        remove_batch(b);  // last: flush() waiters wake on it and must see the counters and reports
+        return;
       }
-      return k;
-    };
-    if (status == 200) {
-      std::vector<bool> seen(static_cast<size_t>(n), false);
-      int k = rejected_list(seen);
-      n_rejected += static_cast<uint64_t>(k);
-      n_sent += static_cast<uint64_t>(n - k);
-      attempts = 0;
-      report(ET_REPORT_SENT, 200, -1, n - k, 0, "", "batch accepted");
-      remove_batch(b);  // last: flush() waiters wake on it and must see the counters and reports
-      return;
-    }
-    if (status == 400) {
-      std::vector<bool> seen(static_cast<size_t>(n), false);
-      rejected_list(seen);
-      std::string msg = parsed ? error_message(v, status) : "HTTP 400";
-      for (int i = 0; i < n; i++)
-        if (!seen[static_cast<size_t>(i)])
-          report(ET_REPORT_REJECTED, status, i, 1, 0, b.event_ids[static_cast<size_t>(i)], msg);
-      n_rejected += static_cast<uint64_t>(n);
-      attempts = 0;
-      remove_batch(b);
-      return;
-    }
-    if (status == 413) {
-      attempts = 0;
-      if (n == 1) {
-        n_dropped++;
-        report(ET_REPORT_TOO_LARGE, 413, 0, 1, 0, b.event_ids[0], "a single event was answered 413: dropped");
+      case Verdict::RejectedAll: {
+        std::vector<bool> named(static_cast<size_t>(n), false);
+        for (const RejectedEvent &r : d.rejected) {
+          named[static_cast<size_t>(r.index)] = true;
+          report(ET_REPORT_REJECTED, status, r.index, 1, 0, b.event_ids[static_cast<size_t>(r.index)], r.error);
+        }
+        for (int i = 0; i < n; i++)
+          if (!named[static_cast<size_t>(i)])
+            report(ET_REPORT_REJECTED, status, i, 1, 0, b.event_ids[static_cast<size_t>(i)], d.message);
+        n_rejected += static_cast<uint64_t>(n);
+        attempts = 0;
         remove_batch(b);
         return;
       }
-      size_t half = static_cast<size_t>(n) / 2;
-      Batch a, c;
-      for (size_t i = 0; i < static_cast<size_t>(n); i++) {
-        Batch &t = i < half ? a : c;
-        t.ids.push_back(b.ids[i]);
-        t.event_ids.push_back(std::move(b.event_ids[i]));
-        t.bytes += static_cast<int64_t>(b.bodies[i].size());
-        t.bodies.push_back(std::move(b.bodies[i]));
-      }
-      batches.push_front(std::move(c));
-      batches.push_front(std::move(a));
-      return;
-    }
-    int64_t now = steady_ms();
-    bool retry = status == 0 || status == 408 || status == 429 || (status >= 500 && status <= 599);
-    batches.push_front(std::move(b));
-    if (retry) {
-      attempts++;
-      n_retries++;
-      int64_t delay = -1;
-      if (status != 0 && !retry_after.empty()) {
-        bool digits = std::all_of(retry_after.begin(), retry_after.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
-        if (digits) {
-          delay = retry_after.size() > 7 ? kRetryAfterCapMs : std::stoll(retry_after) * 1000;
-        } else {
-          time_t t = curl_getdate(retry_after.c_str(), nullptr);
-          if (t != -1) delay = std::max<int64_t>(0, static_cast<int64_t>(t) * 1000 - unix_ms());
+      case Verdict::TooLarge:
+        attempts = 0;
+        if (n == 1) {
+          n_dropped++;
+          report(ET_REPORT_TOO_LARGE, 413, 0, 1, 0, b.event_ids[0], "a single event was answered 413: dropped");
+          remove_batch(b);
+          return;
         }
-        if (delay > kRetryAfterCapMs) delay = kRetryAfterCapMs;
-      }
-      if (delay < 0) {
-        int64_t cap = wcfg.retry_initial_ms;
-        for (int64_t i = 1; i < attempts && cap < wcfg.retry_max_ms; i++) cap *= 2;
-        cap = std::min(cap, wcfg.retry_max_ms);
-        delay = cap > 0 ? static_cast<int64_t>(random_u64() % static_cast<uint64_t>(cap + 1)) : 0;
-      }
-      next_send_at = now + delay;
-      report_time_ms = now;
-      std::string msg = status == 0 ? "network error: " + neterr
-                                    : (parsed ? error_message(v, status) : "HTTP " + std::to_string(status));
-      report(ET_REPORT_RETRY, status, -1, n, delay, "", msg);
-      return;
+        split_front(std::move(b));
+        return;
+      case Verdict::Retry:
+        batches.push_front(std::move(b));
+        schedule_retry(status, n, d.message);
+        return;
+      case Verdict::Pause:
+        batches.push_front(std::move(b));
+        paused = true;
+        paused_flag = 1;
+        next_send_at = steady_ms() + wcfg.pause_ms;
+        report(ET_REPORT_PAUSED, status, -1, n, wcfg.pause_ms, "", d.message);
+        return;
     }
-    // 401, 403, 404, 405, 415 and anything else: pause with the events kept.
-    paused = true;
-    paused_flag = 1;
-    next_send_at = now + wcfg.pause_ms;
-    std::string msg = parsed ? error_message(v, status) : "HTTP " + std::to_string(status);
-    report(ET_REPORT_PAUSED, status, -1, n, wcfg.pause_ms, "", "sending paused: " + msg);
+  }
+
+  // A batch answered 413 by ingest-api goes back as two halves, the first half first.
+  void split_front(Batch b) {
+    size_t n = b.ids.size(), half = n / 2;
+    Batch a, c;
+    for (size_t i = 0; i < n; i++) {
+      Batch &t = i < half ? a : c;
+      t.ids.push_back(b.ids[i]);
+      t.event_ids.push_back(std::move(b.event_ids[i]));
+      t.bytes += static_cast<int64_t>(b.bodies[i].size());
+      t.bodies.push_back(std::move(b.bodies[i]));
+    }
+    batches.push_front(std::move(c));
+    batches.push_front(std::move(a));
+  }
+
+  // The wait before the next attempt: the server's Retry-After (capped), else full-jitter doubling backoff.
+  void schedule_retry(int status, int n, const std::string &message) {
+    int64_t now = steady_ms();
+    attempts++;
+    n_retries++;
+    int64_t delay = -1;
+    if (status != 0 && !retry_after.empty()) {
+      bool digits = std::all_of(retry_after.begin(), retry_after.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
+      if (digits) {
+        delay = retry_after.size() > 7 ? kRetryAfterCapMs : std::stoll(retry_after) * 1000;
+      } else {
+        time_t t = curl_getdate(retry_after.c_str(), nullptr);
+        if (t != -1) delay = std::max<int64_t>(0, static_cast<int64_t>(t) * 1000 - unix_ms());
+      }
+      if (delay > kRetryAfterCapMs) delay = kRetryAfterCapMs;
+    }
+    if (delay < 0) {
+      int64_t cap = wcfg.retry_initial_ms;
+      for (int64_t i = 1; i < attempts && cap < wcfg.retry_max_ms; i++) cap *= 2;
+      cap = std::min(cap, wcfg.retry_max_ms);
+      delay = cap > 0 ? static_cast<int64_t>(random_u64() % static_cast<uint64_t>(cap + 1)) : 0;
+    }
+    next_send_at = now + delay;
+    report_time_ms = now;
+    report(ET_REPORT_RETRY, status, -1, n, delay, "", message);
   }
 
   // ---- the worker ------------------------------------------------------------------------------
+  bool requests_pending() const { return request_ticket.load() != request_done.load(); }
+
+  // What the API asked of the worker, which alone owns the queue file: record the consent choice,
+  // delete everything queued. The callers wait for request_done to reach their ticket.
+  void serve_requests() {
+    if (!requests_pending()) return;
+    uint64_t ticket, purge_upto;
+    int consent_now;
+    bool purge;
+    {
+      std::lock_guard<std::mutex> g(mu);
+      ticket = request_ticket.load();
+      consent_now = consent;
+      purge = purge_requested;
+      purge_requested = false;
+      purge_upto = purge_seq;
+    }
+    if (!queue_path.empty()) {
+      sqlite3_stmt *st = cached("INSERT OR REPLACE INTO meta(key, value) VALUES('consent', ?)");
+      sqlite3_bind_text(st, 1, consent_name(consent_now), -1, SQLITE_STATIC);
+      int rc = sqlite3_step(st);
+      done(st);
+      if (rc != SQLITE_DONE)
+        report(ET_REPORT_ERROR, 0, -1, 0, 0, "", std::string("recording consent failed: ") + sqlite3_errmsg(db));
+    }
+    if (purge) {
+      int64_t n = static_cast<int64_t>(n_db.load());
+      if (exec("DELETE FROM events")) {
+        n_db = 0;
+        db_bytes = 0;
+        batches.clear();
+        taken_id = 0;
+        unsent_count = 0;
+        unsent_since = kNever;
+        give_back_space();
+        update_resolved();
+        report(ET_REPORT_PURGED, 0, -1, static_cast<int>(std::min<int64_t>(n, INT32_MAX)), 0, "",
+               "deleted everything queued");
+      } else {
+        report(ET_REPORT_ERROR, 0, -1, 0, 0, "", std::string("purging the queue failed: ") + sqlite3_errmsg(db));
+      }
+    }
+    std::lock_guard<std::mutex> g(mu);
+    if (purge && purge_upto > resolved_seq) resolved_seq = purge_upto;
+    request_done = ticket;
+    done_cv.notify_all();
+  }
+
   void refresh_config() {
+    serve_requests();
     std::lock_guard<std::mutex> g(mu);
     if (wcfg_version != cfg_version) {
       wcfg = cfg;
@@ -794,7 +1004,7 @@ struct et_client {
       bool is_closing = closing.load();
       if (is_closing && (abort.load() || now >= close_deadline.load())) break;
       bool have = !batches.empty() || unsent_count > 0;
-      bool can_send = now >= next_send_at;
+      bool can_send = now >= next_send_at && consent_granted.load();
       int waiters;
       {
         std::lock_guard<std::mutex> g(mu);
@@ -809,13 +1019,13 @@ struct et_client {
         continue;
       }
       std::unique_lock<std::mutex> lk(mu);
-      if (resume_requested || wcfg_version != cfg_version) continue;
+      if (resume_requested || wcfg_version != cfg_version || requests_pending()) continue;
       if (closing.load() != is_closing) continue;
       if (!buffer.empty() && (flush_waiters > 0 || is_closing || static_cast<int64_t>(buffer.size()) >= 100)) continue;
       if (flush_waiters > 0 && unsent_count > 0 && can_send) continue;
       int64_t wake = kNever;
       if (!buffer.empty()) wake = std::min(wake, oldest_buffered_at + wcfg.persist_interval_ms);
-      if (have) {
+      if (have && consent_granted.load()) {
         int64_t send_due = batches.empty() && unsent_count < wcfg.max_batch_events && flush_waiters == 0
                                ? unsent_since + wcfg.flush_interval_ms
                                : now;
@@ -827,10 +1037,35 @@ struct et_client {
       else if (wake > now)
         cv.wait_for(lk, std::chrono::milliseconds(wake - now));
     }
+    serve_requests();  // a purge asked for while closing is done before anything else is written
     persist(true);  // whatever is still in memory goes to disk, even past the deadline (local I/O only)
-    std::lock_guard<std::mutex> g(mu);
-    worker_done = true;
-    done_cv.notify_all();
+    serve_requests();
+    bool orphan;
+    {
+      std::lock_guard<std::mutex> g(mu);
+      worker_done = true;
+      orphan = orphaned;
+      done_cv.notify_all();
+    }
+    if (orphan) {  // et_client_free returned without us (see there): the last one out frees the client
+      release();
+      delete this;
+    }
+  }
+
+  bool on_worker_thread() const { return std::this_thread::get_id() == worker_id; }
+
+  // Everything but the worker thread itself.
+  void release() {
+    if (easy) curl_easy_cleanup(easy);
+    if (multi) curl_multi_cleanup(multi);
+    easy = nullptr;
+    multi = nullptr;
+    finalize_all();
+    if (db) sqlite3_close(db);
+    db = nullptr;
+    if (lock_fd >= 0) ::close(lock_fd);
+    lock_fd = -1;
   }
 };
 
@@ -838,10 +1073,15 @@ struct et_client {
 
 extern "C" {
 
-ET_API const char *et_version(void) { return "1.0.0"; }
+ET_API const char *et_version(void) { return "1.1.0"; }
 
 ET_API et_client *et_client_new(const char *endpoint, const char *token, const char *queue_path, char *err,
                                 size_t err_len) {
+  return et_client_new_with_options(endpoint, token, queue_path, nullptr, err, err_len);
+}
+
+ET_API et_client *et_client_new_with_options(const char *endpoint, const char *token, const char *queue_path,
+                                             const char *const *options, char *err, size_t err_len) {
   try {
     if (!endpoint || !endpoint_valid(endpoint)) {
       write_err(err, err_len, "bad endpoint URL: expected http://host[:port] or https://host[:port]");
@@ -851,34 +1091,39 @@ ET_API et_client *et_client_new(const char *endpoint, const char *token, const c
       write_err(err, err_len, "empty token (or one with control characters)");
       return nullptr;
     }
-    std::call_once(g_curl_once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
-    auto *c = new et_client();
+    std::unique_ptr<et_client> c(new et_client());
     c->cfg.endpoint = endpoint;
     c->cfg.token = token;
     c->cfg.session_id = uuid_v4();
+    c->cfg.locale = default_locale();
+    for (size_t i = 0; options && options[i]; i += 2) {
+      bool resume = false;
+      if (!options[i + 1] || apply_option(c->cfg, options[i], options[i + 1], true, &resume) != 0) {
+        write_err(err, err_len, std::string("bad option ") + options[i] + (options[i + 1] ? "" : " (no value)"));
+        return nullptr;
+      }
+    }
+    std::call_once(g_curl_once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
     std::string e;
     if (!c->init_queue(queue_path ? queue_path : "", &e)) {
       write_err(err, err_len, e);
-      if (c->db) sqlite3_close(c->db);
-      if (c->lock_fd >= 0) ::close(c->lock_fd);
-      delete c;
+      c->release();
       return nullptr;
     }
+    c->track_ctx = make_track_context(c->cfg);
     c->wcfg = c->cfg;
     c->wcfg_version = c->cfg_version;
     c->multi = curl_multi_init();
     c->easy = curl_easy_init();
     if (!c->multi || !c->easy) {
       write_err(err, err_len, "libcurl initialisation failed");
-      if (c->easy) curl_easy_cleanup(c->easy);
-      if (c->multi) curl_multi_cleanup(c->multi);
-      sqlite3_close(c->db);
-      if (c->lock_fd >= 0) ::close(c->lock_fd);
-      delete c;
+      c->release();
       return nullptr;
     }
-    c->worker = std::thread([c] { c->run(); });
-    return c;
+    et_client *raw = c.release();
+    raw->worker = std::thread([raw] { raw->run(); });
+    raw->worker_id = raw->worker.get_id();
+    return raw;
   } catch (const std::exception &ex) {
     write_err(err, err_len, std::string("out of resources: ") + ex.what());
     return nullptr;
@@ -888,48 +1133,12 @@ ET_API et_client *et_client_new(const char *endpoint, const char *token, const c
 ET_API int et_client_set(et_client *c, const char *option, const char *value) {
   if (!c || !option || !value) return 1;
   try {
-    std::string o = option, v = value;
     std::lock_guard<std::mutex> g(c->mu);
-    Config &k = c->cfg;
-    int64_t x = 0;
-    auto num = [&](int64_t lo, int64_t hi, int64_t *field) {
-      if (!parse_i64(value, lo, hi, &x)) return false;
-      *field = x;
-      return true;
-    };
-    auto flag = [&](bool *field) {
-      if (v != "0" && v != "1") return false;
-      *field = v == "1";
-      return true;
-    };
-    bool ok;
     bool resume = false;
-    if (o == "token") ok = header_safe(v) && (k.token = v, resume = true);
-    else if (o == "endpoint") ok = endpoint_valid(v) && (k.endpoint = v, resume = true);
-    else if (o == "max_batch_events") ok = num(1, 1000, &k.max_batch_events);
-    else if (o == "max_batch_bytes") ok = num(4096, 1 << 30, &k.max_batch_bytes);
-    else if (o == "flush_interval_ms") ok = num(0, 86400000, &k.flush_interval_ms);
-    else if (o == "gzip") ok = flag(&k.gzip);
-    else if (o == "gzip_min_bytes") ok = num(0, 1 << 30, &k.gzip_min_bytes);
-    else if (o == "max_queue_events") ok = num(1, INT64_MAX / 4, &k.max_queue_events);
-    else if (o == "max_queue_bytes") ok = num(1024, INT64_MAX / 4, &k.max_queue_bytes);
-    else if (o == "max_buffer_events") ok = num(1, 100000000, &k.max_buffer_events);
-    else if (o == "persist_interval_ms") ok = num(0, 60000, &k.persist_interval_ms);
-    else if (o == "connect_timeout_ms") ok = num(1, 3600000, &k.connect_timeout_ms);
-    else if (o == "request_timeout_ms") ok = num(1, 3600000, &k.request_timeout_ms);
-    else if (o == "retry_initial_ms") ok = num(0, 3600000, &k.retry_initial_ms);
-    else if (o == "retry_max_ms") ok = num(0, 3600000, &k.retry_max_ms);
-    else if (o == "pause_ms") ok = num(0, 86400000, &k.pause_ms);
-    else if (o == "verify_tls") ok = flag(&k.verify_tls);
-    else if (o == "ca_file") ok = (k.ca_file = v, true);
-    else if (o == "ca_path") ok = (k.ca_path = v, true);
-    else if (o == "proxy") ok = (k.proxy = v, true);
-    else if (o == "user_agent") ok = header_safe(v) && (k.user_agent = v, true);
-    else if (o == "device_id") ok = text_valid(v, false) && (k.device_id = v, true);
-    else if (o == "session_id") ok = text_valid(v, false) && (k.session_id = v, true);
-    else return 1;
-    if (!ok) return 2;
+    int rc = apply_option(c->cfg, option, value, false, &resume);
+    if (rc != 0) return rc;
     c->cfg_version++;
+    c->track_ctx = make_track_context(c->cfg);
     if (resume) c->resume_requested = true;
     c->cv.notify_one();
     return 0;
@@ -948,11 +1157,7 @@ ET_API int et_track_event(et_client *c, const et_event *ev, char *event_id_out) 
     if (!ev->name || !text_valid(ev->name, false)) return refuse(ET_E_NAME);
     std::string_view props;
     if (ev->properties_json) {
-      props = ev->properties_json;
-      while (!props.empty() && (props.front() == ' ' || props.front() == '\n' || props.front() == '\t' || props.front() == '\r'))
-        props.remove_prefix(1);
-      while (!props.empty() && (props.back() == ' ' || props.back() == '\n' || props.back() == '\t' || props.back() == '\r'))
-        props.remove_suffix(1);
+      props = trim_json_space(ev->properties_json);
       if (props.empty() || props.front() != '{' || props.size() > kMaxPropertiesBytes ||
           !json_parse(props, kMaxPropertiesDepth, nullptr, nullptr))
         return refuse(ET_E_PROPERTIES);
@@ -963,42 +1168,67 @@ ET_API int et_track_event(et_client *c, const et_event *ev, char *event_id_out) 
     if (!opt_text(ev->session_id)) return refuse(ET_E_SESSION_ID);
     if (ev->timestamp && !timestamp_valid(ev->timestamp, nullptr)) return refuse(ET_E_TIMESTAMP);
     if (ev->event_id && !uuid_valid(ev->event_id)) return refuse(ET_E_EVENT_ID);
+    std::shared_ptr<const TrackContext> ctx;
+    {
+      std::lock_guard<std::mutex> g(c->mu);
+      if (c->consent == ET_CONSENT_REVOKED) return refuse(ET_E_NO_CONSENT);
+      ctx = c->track_ctx;
+    }
     if (c->closing.load()) return refuse(ET_E_CLOSED);
+    // The merged properties: context and global members first, the event's own last (the last of a
+    // key given twice wins, at the server too), within the server's limit.
+    std::string_view inner = props.empty() ? std::string_view() : trim_json_space(props.substr(1, props.size() - 2));
+    size_t merged = ctx->props_prefix.empty() && inner.empty() ? 0 : ctx->props_prefix.size() + inner.size() + 3;
+    if (merged > kMaxPropertiesBytes) return refuse(ET_E_PROPERTIES);
 
     Buffered b;
-    b.event_id = ev->event_id ? std::string(ev->event_id) : uuid_v7();
-    std::string ts = ev->timestamp ? std::string(ev->timestamp) : format_utc_ms(unix_ms());
+    if (ev->event_id) {
+      std::memcpy(b.event_id, ev->event_id, 37);
+    } else {
+      uuid_v7(b.event_id);
+    }
+    char ts[25];
+    if (!ev->timestamp) format_utc_ms(unix_ms(), ts);
+    std::string_view dev = ev->device_id && *ev->device_id ? std::string_view(ev->device_id) : ctx->device_id;
+    std::string_view ses = ev->session_id && *ev->session_id ? std::string_view(ev->session_id) : ctx->session_id;
+    std::string_view name = ev->name, user = ev->user_id ? ev->user_id : "";
+    std::string_view when = ev->timestamp ? std::string_view(ev->timestamp) : std::string_view(ts, 24);
     std::string &s = b.body;
-    s.reserve(160 + props.size());
+    s.reserve(128 + name.size() + when.size() + user.size() + merged + dev.size() + ses.size() + 16);
     s += "{\"event_id\":\"";
-    s += b.event_id;
+    s.append(b.event_id, 36);
     s += "\",\"name\":";
-    json_append_string(s, ev->name);
+    json_append_string(s, name);
     s += ",\"timestamp\":\"";
-    s += ts;
+    s += when;
     s += '"';
-    if (ev->user_id && *ev->user_id) {
+    if (!user.empty()) {
       s += ",\"user_id\":";
-      json_append_string(s, ev->user_id);
+      json_append_string(s, user);
     }
-    if (!props.empty()) {
-      s += ",\"properties\":";
-      s.append(props.data(), props.size());
+    if (merged) {
+      s += ",\"properties\":{";
+      s += ctx->props_prefix;
+      if (!ctx->props_prefix.empty() && !inner.empty()) s += ',';
+      s += inner;
+      s += '}';
     }
+    s += ",\"device_id\":";
+    json_append_string(s, dev);
+    s += ",\"session_id\":";
+    json_append_string(s, ses);
+    s += '}';
     {
       std::unique_lock<std::mutex> lk(c->mu);
       if (static_cast<int64_t>(c->buffer.size()) >= c->cfg.max_buffer_events) {
         lk.unlock();
         return refuse(ET_E_QUEUE_FULL);
       }
-      const std::string &dev = ev->device_id && *ev->device_id ? std::string(ev->device_id) : c->cfg.device_id;
-      const std::string &ses = ev->session_id && *ev->session_id ? std::string(ev->session_id) : c->cfg.session_id;
-      s += ",\"device_id\":";
-      json_append_string(s, dev);
-      s += ",\"session_id\":";
-      json_append_string(s, ses);
-      s += '}';
-      if (event_id_out) std::memcpy(event_id_out, b.event_id.c_str(), b.event_id.size() + 1);
+      if (c->consent == ET_CONSENT_REVOKED) {
+        lk.unlock();
+        return refuse(ET_E_NO_CONSENT);
+      }
+      if (event_id_out) std::memcpy(event_id_out, b.event_id, 37);
       b.seq = c->next_seq++;
       bool was_empty = c->buffer.empty();
       if (was_empty) c->oldest_buffered_at = steady_ms();
@@ -1022,8 +1252,52 @@ ET_API int et_track(et_client *c, const char *name, const char *properties_json,
   return et_track_event(c, &e, nullptr);
 }
 
+// Asks the worker to record the consent choice and (purge) delete everything queued; waits until done,
+// except on the worker's own thread (a report callback), where it is done once the callback returns.
+static int ask_worker(et_client *c, int consent, bool purge) {
+  std::unique_lock<std::mutex> lk(c->mu);
+  if (consent >= 0) {
+    c->consent = consent;
+    c->consent_granted = consent == ET_CONSENT_GRANTED;
+  }
+  if (purge) {
+    uint64_t n = c->buffer.size();
+    c->buffer.clear();
+    c->n_buffered -= n;
+    c->purge_requested = true;
+    c->purge_seq = c->next_seq - 1;
+  }
+  uint64_t ticket = ++c->request_ticket;
+  c->cv.notify_all();
+  lk.unlock();
+  curl_multi_wakeup(c->multi);
+  if (c->on_worker_thread()) return 0;
+  lk.lock();
+  c->done_cv.wait(lk, [&] { return c->request_done.load() >= ticket || c->worker_done; });
+  return c->request_done.load() >= ticket ? 0 : ET_E_CLOSED;
+}
+
+ET_API int et_client_set_consent(et_client *c, int consent) {
+  if (!c) return ET_E_ARGUMENT;
+  if (consent != ET_CONSENT_GRANTED && consent != ET_CONSENT_PENDING && consent != ET_CONSENT_REVOKED)
+    return ET_E_ARGUMENT;
+  return ask_worker(c, consent, consent == ET_CONSENT_REVOKED);
+}
+
+ET_API int et_client_consent(et_client *c) {
+  if (!c) return -1;
+  std::lock_guard<std::mutex> g(c->mu);
+  return c->consent;
+}
+
+ET_API int et_client_purge(et_client *c) {
+  if (!c) return ET_E_ARGUMENT;
+  return ask_worker(c, -1, true);
+}
+
 ET_API int et_flush(et_client *c, int timeout_ms) {
   if (!c) return 1;
+  if (c->on_worker_thread()) return 1;  // from a report callback: the thread that would answer is ours
   std::unique_lock<std::mutex> lk(c->mu);
   uint64_t target = c->next_seq - 1;
   if (c->resolved_seq >= target) return 0;
@@ -1056,7 +1330,7 @@ ET_API void et_client_set_report_callback(et_client *c, et_report_fn fn, void *u
   if (!c) return;
   std::vector<StoredReport> early;
   {
-    std::lock_guard<std::mutex> g(c->cb_mu);
+    std::lock_guard<std::recursive_mutex> g(c->cb_mu);
     c->cb = fn;
     c->cb_user = user;
     if (fn && !c->cb_ever_set) {
@@ -1071,29 +1345,48 @@ ET_API void et_client_set_report_callback(et_client *c, et_report_fn fn, void *u
   }
 }
 
+// Grace after the deadline for the worker to finish a cut transfer and write memory to disk.
+constexpr int64_t kCloseGraceMs = 250;
+
 ET_API void et_client_free(et_client *c, int timeout_ms) {
   if (!c) return;
   int64_t deadline = steady_ms() + std::max(0, timeout_ms);
+  bool self = c->on_worker_thread();  // from a report callback: the worker finishes and frees the client
   {
     std::lock_guard<std::mutex> g(c->mu);
-    c->close_deadline = deadline;
+    c->close_deadline = self ? steady_ms() : deadline;
     c->closing = true;
     c->cv.notify_all();
   }
-  curl_multi_wakeup(c->multi);
-  {
-    std::unique_lock<std::mutex> lk(c->mu);
-    c->done_cv.wait_until(lk, std::chrono::steady_clock::now() + std::chrono::milliseconds(std::max<int64_t>(0, deadline - steady_ms())),
-                          [&] { return c->worker_done; });
+  if (self) {
+    c->abort = true;
+    std::lock_guard<std::mutex> g(c->mu);
+    c->orphaned = true;
+    c->worker.detach();
+    return;
   }
+  curl_multi_wakeup(c->multi);
+  auto wait_done = [&](int64_t until) {
+    std::unique_lock<std::mutex> lk(c->mu);
+    c->done_cv.wait_for(lk, std::chrono::milliseconds(std::max<int64_t>(0, until - steady_ms())),
+                        [&] { return c->worker_done; });
+    return c->worker_done;
+  };
+  wait_done(deadline);
   c->abort = true;
   curl_multi_wakeup(c->multi);
+  if (!wait_done(deadline + kCloseGraceMs)) {
+    // Still inside the network stack (e.g. an old libcurl joining a stalled resolver): return on time,
+    // and let the worker free the client when it gets out. The queue file stays locked until then.
+    std::lock_guard<std::mutex> g(c->mu);
+    if (!c->worker_done) {
+      c->orphaned = true;
+      c->worker.detach();
+      return;
+    }
+  }
   c->worker.join();
-  curl_easy_cleanup(c->easy);
-  curl_multi_cleanup(c->multi);
-  c->finalize_all();
-  if (c->db) sqlite3_close(c->db);
-  if (c->lock_fd >= 0) ::close(c->lock_fd);
+  c->release();
   delete c;
 }
 

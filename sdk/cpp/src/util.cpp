@@ -1,8 +1,10 @@
 #include "util.hpp"
 
+#if !defined(_WIN32)
+#include <sys/utsname.h>
+#endif
+
 #include <chrono>
-#include <cstdio>
-#include <ctime>
 #include <random>
 #include <thread>
 
@@ -32,15 +34,15 @@ uint64_t splitmix(uint64_t &x) {
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   return z ^ (z >> 31);
 }
-void hex_uuid(const unsigned char b[16], std::string &out) {
+void hex_uuid(const unsigned char b[16], char out[37]) {
   static const char hex[] = "0123456789abcdef";
-  out.clear();
-  out.reserve(36);
+  int k = 0;
   for (int i = 0; i < 16; i++) {
-    if (i == 4 || i == 6 || i == 8 || i == 10) out.push_back('-');
-    out.push_back(hex[b[i] >> 4]);
-    out.push_back(hex[b[i] & 15]);
+    if (i == 4 || i == 6 || i == 8 || i == 10) out[k++] = '-';
+    out[k++] = hex[b[i] >> 4];
+    out[k++] = hex[b[i] & 15];
   }
+  out[k] = '\0';
 }
 int64_t days_from_civil(int64_t y, unsigned m, unsigned d) {
   y -= m <= 2;
@@ -64,7 +66,7 @@ uint64_t random_u64() {
   return splitmix(r.s);
 }
 
-std::string uuid_v7() {
+void uuid_v7(char out[37]) {
   unsigned char b[16];
   uint64_t ms = static_cast<uint64_t>(unix_ms());
   for (int i = 0; i < 6; i++) b[i] = static_cast<unsigned char>(ms >> (40 - 8 * i));
@@ -72,9 +74,7 @@ std::string uuid_v7() {
   for (int i = 6; i < 16; i++) b[i] = static_cast<unsigned char>((i < 12 ? r1 >> (8 * (i - 6)) : r2 >> (8 * (i - 12))));
   b[6] = static_cast<unsigned char>(0x70 | (b[6] & 0x0F));
   b[8] = static_cast<unsigned char>(0x80 | (b[8] & 0x3F));
-  std::string out;
   hex_uuid(b, out);
-  return out;
 }
 
 std::string uuid_v4() {
@@ -84,18 +84,48 @@ std::string uuid_v4() {
   for (int i = 0; i < 8; i++) b[8 + i] = static_cast<unsigned char>(r2 >> (8 * i));
   b[6] = static_cast<unsigned char>(0x40 | (b[6] & 0x0F));
   b[8] = static_cast<unsigned char>(0x80 | (b[8] & 0x3F));
-  std::string out;
+  char out[37];
   hex_uuid(b, out);
   return out;
 }
 
+void format_utc_ms(int64_t ms, char out[25]) {
+  // Plain arithmetic (Howard Hinnant's civil_from_days): no gmtime_r, no locale, no lock, no allocation.
+  int64_t secs = ms >= 0 ? ms / 1000 : (ms - 999) / 1000;
+  int64_t days = secs >= 0 ? secs / 86400 : (secs - 86399) / 86400;
+  int64_t sod = secs - days * 86400, milli = ms - secs * 1000;
+  int64_t z = days + 719468;
+  int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+  int64_t doe = z - era * 146097;
+  int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+  int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+  int64_t mp = (5 * doy + 2) / 153;
+  int64_t d = doy - (153 * mp + 2) / 5 + 1;
+  int64_t m = mp < 10 ? mp + 3 : mp - 9;
+  int64_t y = yoe + era * 400 + (m <= 2);
+  auto put = [&](int pos, int64_t v, int width) {
+    for (int i = width - 1; i >= 0; i--, v /= 10) out[pos + i] = static_cast<char>('0' + v % 10);
+  };
+  put(0, y, 4);
+  out[4] = '-';
+  put(5, m, 2);
+  out[7] = '-';
+  put(8, d, 2);
+  out[10] = 'T';
+  put(11, sod / 3600, 2);
+  out[13] = ':';
+  put(14, sod / 60 % 60, 2);
+  out[16] = ':';
+  put(17, sod % 60, 2);
+  out[19] = '.';
+  put(20, milli, 3);
+  out[23] = 'Z';
+  out[24] = '\0';
+}
+
 std::string format_utc_ms(int64_t ms) {
-  time_t secs = static_cast<time_t>(ms / 1000);
-  struct tm tm {};
-  gmtime_r(&secs, &tm);
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms % 1000));
+  char buf[25];
+  format_utc_ms(ms, buf);
   return buf;
 }
 
@@ -159,5 +189,33 @@ bool text_valid(std::string_view s, bool allow_empty) {
   if (chars == 0 && !allow_empty) return false;
   return chars <= 200;
 }
+
+const char *platform_name() {
+#if defined(_WIN32)
+  return "windows";
+#elif defined(__ANDROID__)
+  return "android";
+#elif defined(__APPLE__)
+  return "macos";
+#elif defined(__linux__)
+  return "linux";
+#else
+  return "other";
+#endif
+}
+
+#if defined(_WIN32)
+std::string os_name() { return "Windows"; }
+std::string os_version() { return ""; }
+#else
+std::string os_name() {
+  struct utsname u {};
+  return uname(&u) == 0 ? std::string(u.sysname) : std::string();
+}
+std::string os_version() {
+  struct utsname u {};
+  return uname(&u) == 0 ? std::string(u.release) : std::string();
+}
+#endif
 
 }  // namespace et

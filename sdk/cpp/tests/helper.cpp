@@ -3,6 +3,8 @@
 //   et_test_helper lock QUEUE                        exit 0 when opening QUEUE fails because it is locked
 //   et_test_helper track-and-die ENDPOINT QUEUE N    track N events, print the `buffered` counter, SIGKILL itself
 //   et_test_helper exit-without-close ENDPOINT QUEUE N   track N events and return from main without closing
+//   et_test_helper close-timed ENDPOINT QUEUE N T   track N events, wait for the first request to start,
+//                                                   print how long et_client_free(c, T) took: CLOSED ms=...
 #include <csignal>
 #include <chrono>
 #include <cstdio>
@@ -55,6 +57,22 @@ int main(int argc, char **argv) {
     std::printf("DYING buffered=%llu\n", static_cast<unsigned long long>(k.buffered));
     std::fflush(stdout);
     raise(SIGKILL);
+  }
+  if (mode == "close-timed" && argc >= 6) {
+    et_counters k{};
+    for (int i = 0; i < 500 && k.requests == 0; i++) {  // the request has started (its resolver may hang)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      et_client_counters(c, &k);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    std::printf("REQUESTS %llu\n", static_cast<unsigned long long>(k.requests));
+    std::fflush(stdout);
+    auto t0 = std::chrono::steady_clock::now();
+    et_client_free(c, std::atoi(argv[5]));
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count();
+    std::printf("CLOSED ms=%lld\n", static_cast<long long>(ms));
+    std::fflush(stdout);
+    return 0;
   }
   if (mode == "exit-without-close") {
     std::this_thread::sleep_for(std::chrono::milliseconds(300));  // let a request start (and hang)

@@ -117,3 +117,26 @@ TEST(Shutdown, ProcessExitingWithoutClosingNeitherHangsNorCrashes) {
   EXPECT_NE(app.log().find("exiting"), std::string::npos) << app.log();
   deliver_leftovers(queue, 200);  // what it tracked was on disk and the lock was released
 }
+
+// Quitting the game while the resolver hangs: et_client_free(c, T) returns within T and a margin, the
+// events stay on disk. The stall is real: the shim says so, and the request had started.
+TEST(Shutdown, CloseIsBoundedWhileTheResolverStalls) {
+  std::string helper = h::helper_path();
+  std::string shim = helper.substr(0, helper.rfind('/')) + "/libet_slow_dns.so";
+  std::string queue = h::temp_dir() + "/queue.db";
+  std::string asan = h::env("ASAN_OPTIONS");
+  h::Proc app("app", {helper, "close-timed", "http://stalled.invalid:8080", queue, "20", "500"},
+              {{"LD_PRELOAD", shim},
+               {"ET_SLOW_DNS_MS", "8000"},
+               {"ASAN_OPTIONS", asan + (asan.empty() ? "" : ":") + "verify_asan_link_order=0"}});
+  EXPECT_EQ(app.wait_exit(30000), 0) << app.log();
+  std::string log = app.log();
+  EXPECT_NE(log.find("slow_dns: getaddrinfo(stalled.invalid) stalls 8000 ms"), std::string::npos)
+      << "the resolver was not stalled, so this proves nothing:\n" << log;
+  EXPECT_NE(log.find("REQUESTS 1"), std::string::npos) << log;
+  size_t at = log.find("CLOSED ms=");
+  ASSERT_NE(at, std::string::npos) << log;
+  int64_t took = std::stoll(log.substr(at + 10));
+  EXPECT_LE(took, 1500) << "et_client_free(c, 500) took " << took << " ms with the resolver stalled";
+  EXPECT_EQ(queue_rows(queue), 20) << "the events did not stay in the queue file";
+}

@@ -7,7 +7,12 @@
  * Durability: an event accepted by et_track waits at most persist_interval_ms (50 ms) in memory before it is
  * committed to the queue file; an app crash loses only those (the `buffered` counter), a committed event is
  * sent by the next client opening the same file. Do not use a client across fork(). Report callbacks run
- * on the client's thread and must not block: et_client_free waits for a callback in progress. */
+ * on the client's thread and must not block: et_client_free waits for a callback in progress.
+ *
+ * Only ingest-api's own answers remove an event from the queue: a 200 whose body is the contract's
+ * success JSON and adds up to the batch, a 400/413 whose body is the contract's error JSON. Anything else
+ * (a captive portal's page, a proxy's 400/413, a redirect, a truncated body) is a failed attempt: the
+ * batch is kept and retried with backoff, and an ET_REPORT_RETRY says what came back. */
 #ifndef EVENTTRACKER_EVENTTRACKER_H
 #define EVENTTRACKER_EVENTTRACKER_H
 
@@ -19,13 +24,19 @@ extern "C" {
 #endif
 
 #if defined(_WIN32)
+#if defined(ET_STATIC)
 #define ET_API
+#elif defined(ET_BUILDING)
+#define ET_API __declspec(dllexport)
+#else
+#define ET_API __declspec(dllimport)
+#endif
 #else
 #define ET_API __attribute__((visibility("default")))
 #endif
 
 #define ET_VERSION_MAJOR 1
-#define ET_VERSION_MINOR 0
+#define ET_VERSION_MINOR 1
 #define ET_VERSION_PATCH 0
 
 typedef struct et_client et_client;
@@ -41,7 +52,8 @@ typedef struct et_client et_client;
 #define ET_E_EVENT_ID 7      /* not a UUID xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx */
 #define ET_E_QUEUE_FULL 20   /* the in-memory hand-off buffer is full (max_buffer_events): retry later */
 #define ET_E_CLOSED 21       /* the client is closing */
-#define ET_E_ARGUMENT 22     /* NULL client or event */
+#define ET_E_ARGUMENT 22     /* NULL client or event, or an argument out of range */
+#define ET_E_NO_CONSENT 23   /* the player revoked consent: nothing is kept */
 
 /* endpoint: the server's base URL ("http://host:8080"); the SDK posts to <endpoint>/v1/events.
    queue_path NULL: memory only. Returns NULL and writes a message into err (bad URL, empty token,
@@ -49,17 +61,34 @@ typedef struct et_client et_client;
 ET_API et_client *et_client_new(const char *endpoint, const char *token, const char *queue_path,
                                 char *err, size_t err_len);
 
+/* Like et_client_new, with options applied before the client starts (a NULL-terminated list of name,
+   value pairs, e.g. {"require_consent", "1", "app_version", "1.4.2", NULL}); NULL options = none. A bad
+   option fails the call, naming it in err. Some options exist only here (require_consent). */
+ET_API et_client *et_client_new_with_options(const char *endpoint, const char *token, const char *queue_path,
+                                             const char *const *options, char *err, size_t err_len);
+
 /* Options by name, applied from the next batch on; 0 = ok, non-zero = unknown option or bad value.
    Numbers are decimal text, booleans "0"/"1".
      token, endpoint                  credentials and base URL (a change resumes a paused client)
      max_batch_events (100, 1..1000)  max_batch_bytes (524288: JSON before gzip, >= 4096)
      flush_interval_ms (1000)         gzip (1: bodies above gzip_min_bytes=1024 are gzipped)
-     max_queue_events (100000)        max_queue_bytes (52428800: sum of event JSON sizes)
+     max_queue_events (50000)         max_queue_bytes (8388608: sum of event JSON sizes; phones, consoles)
      max_buffer_events (10000)        persist_interval_ms (50: longest an event waits in memory)
      connect_timeout_ms (10000)       request_timeout_ms (30000)
      retry_initial_ms (1000)          retry_max_ms (300000)   pause_ms (300000: retry after 401/404/...)
      ca_file, ca_path, proxy          verify_tls (1)          user_agent
-     device_id, session_id            ("" for device_id/session_id is refused)                      */
+     device_id, session_id            ("" for device_id/session_id is refused)
+     app_version, app_build, locale   context sent with every event as $app_version, $app_build, $locale
+                                      (locale defaults to LC_ALL/LC_MESSAGES/LANG as "de-DE")
+     send_context (1)                 0: no $-prefixed context properties at all
+     global_properties                a JSON object whose members every event's properties start with
+                                      (the event's own keys win; "" clears)
+     require_consent (0)              et_client_new_with_options only: a queue file that has no recorded
+                                      choice starts ET_CONSENT_PENDING instead of ET_CONSENT_GRANTED
+
+   Every event's properties are: the reserved context {"$sdk", "$sdk_version", "$platform", "$os",
+   "$os_version", "$app_version", "$app_build", "$locale"} (empty ones left out), then the global
+   properties, then the event's own; the server's 32 KiB limit applies to the merged text.          */
 ET_API int et_client_set(et_client *client, const char *option, const char *value);
 
 /* properties_json: NULL or a JSON object as text; user_id: NULL or text.
@@ -106,7 +135,9 @@ typedef struct et_counters {
 /* Fills *out; 0 = ok. */
 ET_API int et_client_counters(et_client *client, et_counters *out);
 
-/* Reports (called on the client's background thread; keep it short, do not call et_client_free). */
+/* Reports (called on the client's background thread; keep it short). A callback may call any et_*
+   function of its client: et_flush returns 1 at once (it would wait for this very thread), et_client_free
+   returns at once and the client is freed when the callback has returned. */
 #define ET_REPORT_REJECTED 1    /* the server rejected one event (status 200 or 400; index, event_id) */
 #define ET_REPORT_TOO_LARGE 2   /* a single event answered 413: dropped */
 #define ET_REPORT_DROPPED 3     /* count oldest events dropped past the queue cap */
@@ -116,6 +147,7 @@ ET_API int et_client_counters(et_client *client, et_counters *out);
 #define ET_REPORT_REQUEST 7     /* a request is about to be sent (count events) */
 #define ET_REPORT_SENT 8        /* a request was answered 200 (count accepted) */
 #define ET_REPORT_ERROR 9       /* a local error (SQLite), message says which */
+#define ET_REPORT_PURGED 10     /* count events deleted by et_client_purge or revoked consent */
 
 typedef struct et_report {
   int kind;
@@ -135,7 +167,29 @@ typedef void (*et_report_fn)(void *user, const et_report *report);
    (e.g. a queue reset at start) are delivered to the first one, on the calling thread. */
 ET_API void et_client_set_report_callback(et_client *client, et_report_fn fn, void *user);
 
-/* "1.0.0" */
+/* ---- consent ---------------------------------------------------------------------------------
+   The player's choice, recorded in the queue file (it survives restarts; a memory-only client keeps it
+   in memory). GRANTED: events are sent. PENDING: events are kept on the device (within the queue caps)
+   and not sent until GRANTED. REVOKED: nothing is kept: what was queued is deleted (as et_client_purge)
+   and et_track refuses with ET_E_NO_CONSENT until consent is given again. A batch already on the wire when
+   consent is revoked is cut off; the server may still have received it. */
+#define ET_CONSENT_PENDING 0
+#define ET_CONSENT_GRANTED 1
+#define ET_CONSENT_REVOKED 2
+
+/* Sets the consent state and returns once it is recorded (and, for REVOKED, the queue emptied and its
+   space given back). 0 = done; ET_E_ARGUMENT for an unknown state. From a report callback it returns at
+   once and takes effect when the callback returns. */
+ET_API int et_client_set_consent(et_client *client, int consent);
+
+/* The current consent state, or -1 for NULL. */
+ET_API int et_client_consent(et_client *client);
+
+/* Deletes every event queued (memory and file) and gives the file's space back; reported as
+   ET_REPORT_PURGED. Waits like et_client_set_consent. Consent is unchanged. */
+ET_API int et_client_purge(et_client *client);
+
+/* "1.1.0" */
 ET_API const char *et_version(void);
 
 /* ---- Properties without writing JSON ----------------------------------------------------------------
