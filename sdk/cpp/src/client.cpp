@@ -1,10 +1,6 @@
 // The EventTracker client: track() validates and hands events to a bounded buffer; one worker thread
 // moves them into the SQLite queue and sends batches to ingest-api, applying the response rules.
-#include <curl/curl.h>
-#include <fcntl.h>
 #include <sqlite3.h>
-#include <sys/file.h>
-#include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
@@ -21,7 +17,10 @@
 
 #include "eventtracker/eventtracker.h"
 #include "json.hpp"
+#include "platform.hpp"
 #include "response.hpp"
+#include "transport.hpp"
+#include "transport_app.hpp"
 #include "util.hpp"
 
 using namespace et;
@@ -233,7 +232,6 @@ int apply_option(Config &k, const std::string &o, const std::string &v, bool cre
   return ok ? 0 : 2;
 }
 
-std::once_flag g_curl_once;  // libcurl's process-wide init, once (trivially destructible)
 
 }  // namespace
 
@@ -276,9 +274,18 @@ struct et_client {
   // ---- worker-only state ----
   std::string queue_path;
   sqlite3 *db = nullptr;
-  int lock_fd = -1;
-  CURLM *multi = nullptr;
-  CURL *easy = nullptr;
+  FileLock queue_lock;
+  // The transport (worker-owned; an app's replaces it between requests) and the thread that runs its
+  // blocking send while the worker goes on persisting, preparing the next batch and watching deadlines.
+  std::unique_ptr<Transport> transport;
+  std::unique_ptr<Transport> next_transport;  // under mu: set by et_client_set_transport
+  bool transport_changed = false;             // under mu
+  std::thread sender;
+  std::mutex smu;
+  std::condition_variable scv;
+  const HttpRequest *s_request = nullptr;  // under smu: the exchange to run
+  HttpResponse *s_response = nullptr;
+  bool s_done = false, s_quit = false;
   Config wcfg;  // the worker's copy, refreshed before each batch
   uint64_t wcfg_version = 0;
   std::deque<std::pair<int64_t, uint64_t>> session_rows;  // (row id, seq) still in the queue
@@ -405,13 +412,9 @@ struct et_client {
     std::string p = path.empty() ? ":memory:" : path;
     if (!path.empty()) {
       std::string lock = path + ".lock";
-      lock_fd = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-      if (lock_fd < 0) {
-        *err = "cannot open queue lock " + lock + ": " + std::strerror(errno);
-        return false;
-      }
-      if (flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
-        *err = "queue " + path + " is locked: another client (this or another process) has it open";
+      bool locked = false;
+      if (!queue_lock.acquire(lock, err, &locked)) {
+        if (locked) *err = "queue " + path + " is locked: another client (this or another process) has it open";
         return false;
       }
     }
@@ -425,12 +428,13 @@ struct et_client {
         return false;
       }
       std::string aside = path + ".corrupt-" + std::to_string(unix_ms());
-      if (std::rename(path.c_str(), aside.c_str()) != 0) {
-        *err = e + "; and it could not be moved aside: " + std::strerror(errno);
+      std::string why;
+      if (!rename_file(path, aside, &why)) {
+        *err = e + "; and it could not be moved aside: " + why;
         return false;
       }
-      std::rename((path + "-wal").c_str(), (aside + "-wal").c_str());
-      std::rename((path + "-shm").c_str(), (aside + "-shm").c_str());
+      rename_file(path + "-wal", aside + "-wal", nullptr);
+      rename_file(path + "-shm", aside + "-shm", nullptr);
       queue_resets = 1;
       report(ET_REPORT_QUEUE_RESET, 0, -1, 0, 0, "", e + "; moved aside to " + aside + ", starting empty");
       if (!open_db(p, &e, &corrupt)) {
@@ -675,25 +679,6 @@ struct et_client {
   }
 
   // ---- HTTP ------------------------------------------------------------------------------------
-  static size_t on_body(char *p, size_t sz, size_t n, void *ud) {
-    auto *c = static_cast<et_client *>(ud);
-    if (c->resp_body.size() < (1u << 20)) c->resp_body.append(p, sz * n);
-    return sz * n;
-  }
-  static size_t on_header(char *p, size_t sz, size_t n, void *ud) {
-    auto *c = static_cast<et_client *>(ud);
-    std::string h(p, sz * n);
-    if (h.size() > 12 && strncasecmp(h.c_str(), "retry-after:", 12) == 0) {
-      std::string v = h.substr(12);
-      while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.erase(0, 1);
-      while (!v.empty() && (v.back() == '\r' || v.back() == '\n' || v.back() == ' ')) v.pop_back();
-      c->retry_after = v;
-    } else if (h.rfind("HTTP/", 0) == 0) {
-      c->retry_after.clear();  // a new response (after a 1xx)
-    }
-    return sz * n;
-  }
-
   static bool gzip(const std::string &in, std::string *out) {
     z_stream zs{};
     if (deflateInit2(&zs, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) return false;
@@ -738,48 +723,32 @@ struct et_client {
     std::string url = wcfg.endpoint;
     while (!url.empty() && url.back() == '/') url.pop_back();
     url += "/v1/events";
-    struct curl_slist *hdr = nullptr;
-    hdr = curl_slist_append(hdr, "Content-Type: application/json");
-    hdr = curl_slist_append(hdr, ("Authorization: Bearer " + wcfg.token).c_str());
-    if (zip) hdr = curl_slist_append(hdr, "Content-Encoding: gzip");
-    hdr = curl_slist_append(hdr, "Expect:");
-    curl_easy_setopt(easy, CURLOPT_URL, url.c_str());
-    curl_easy_setopt(easy, CURLOPT_HTTPHEADER, hdr);
-    curl_easy_setopt(easy, CURLOPT_POST, 1L);
-    curl_easy_setopt(easy, CURLOPT_POSTFIELDS, wire.data());
-    curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(wire.size()));
-    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, &et_client::on_body);
-    curl_easy_setopt(easy, CURLOPT_WRITEDATA, this);
-    curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, &et_client::on_header);
-    curl_easy_setopt(easy, CURLOPT_HEADERDATA, this);
-    curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(wcfg.connect_timeout_ms));
-    curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, static_cast<long>(wcfg.request_timeout_ms));
-    curl_easy_setopt(easy, CURLOPT_USERAGENT, wcfg.user_agent.c_str());
-    curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, wcfg.verify_tls ? 1L : 0L);
-    curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, wcfg.verify_tls ? 2L : 0L);
-    curl_easy_setopt(easy, CURLOPT_CAINFO, wcfg.ca_file.empty() ? nullptr : wcfg.ca_file.c_str());
-    curl_easy_setopt(easy, CURLOPT_CAPATH, wcfg.ca_path.empty() ? nullptr : wcfg.ca_path.c_str());
-    curl_easy_setopt(easy, CURLOPT_PROXY, wcfg.proxy.empty() ? nullptr : wcfg.proxy.c_str());
-    curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
-#if LIBCURL_VERSION_NUM >= 0x075700
-    // 7.87.0+: a transfer cut by close does not wait for its resolver thread (a stalled getaddrinfo).
-    curl_easy_setopt(easy, CURLOPT_QUICK_EXIT, 1L);
-#endif
-    resp_body.clear();
-    retry_after.clear();
+    HttpRequest rq;
+    rq.url = url;
+    rq.headers.emplace_back("Content-Type", "application/json");
+    rq.headers.emplace_back("Authorization", "Bearer " + wcfg.token);
+    if (zip) rq.headers.emplace_back("Content-Encoding", "gzip");
+    rq.body = &wire;
+    rq.connect_timeout_ms = wcfg.connect_timeout_ms;
+    rq.timeout_ms = wcfg.request_timeout_ms;
+    rq.verify_tls = wcfg.verify_tls;
+    rq.ca_file = wcfg.ca_file;
+    rq.ca_path = wcfg.ca_path;
+    rq.proxy = wcfg.proxy;
+    rq.user_agent = wcfg.user_agent;
+    HttpResponse resp;
 
     report_time_ms = steady_ms();
     report(ET_REPORT_REQUEST, 0, -1, static_cast<int>(b.ids.size()), 0, "", "sending a batch");
     n_requests++;
     inflight = &b;
-    curl_multi_add_handle(multi, easy);
+    start_send(&rq, &resp);
     bool aborted = false, cancelled = false;
-    CURLcode result = CURLE_OK;
     for (;;) {
-      int running = 0;
-      curl_multi_perform(multi, &running);
-      if (!running) break;
+      int wait = 50;
+      if (closing.load())
+        wait = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(50, close_deadline.load() - steady_ms())));
+      if (wait_send(wait)) break;
       persist_if_due();
       if (!prefetched && batches.size() == 1 && unsent_count >= wcfg.max_batch_events && !closing.load()) {
         // Overlap: the next full batch is read and encoded while this request is answered.
@@ -788,37 +757,78 @@ struct et_client {
       }
       if (abort.load() || (closing.load() && steady_ms() >= close_deadline.load())) {
         aborted = true;
-        break;
-      }
-      if (requests_pending()) {  // a purge (or revoked consent) cuts the transfer; its batch is deleted
+      } else if (requests_pending()) {  // a purge (or revoked consent) cuts the exchange; its batch is deleted
         cancelled = true;
-        break;
+      } else {
+        continue;
       }
-      int wait = 50;
-      if (closing.load()) wait = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(50, close_deadline.load() - steady_ms())));
-      curl_multi_poll(multi, nullptr, 0, wait, nullptr);
+      // The transport ends promptly once cancelled; if it does not (an old libcurl joining a stalled
+      // resolver, an app's transport that ignores the flag), et_client_free leaves this thread behind.
+      transport->cancel();
+      wait_send(-1);
+      break;
     }
-    if (!aborted && !cancelled) {
-      int left = 0;
-      while (CURLMsg *m = curl_multi_info_read(multi, &left))
-        if (m->msg == CURLMSG_DONE) result = m->data.result;
-    }
-    curl_multi_remove_handle(multi, easy);
-    curl_slist_free_all(hdr);
     inflight = nullptr;
     b.wire.clear();  // a retry builds it again, with a new sent_at
     b.wire.shrink_to_fit();
-    if (aborted) {
-      // A transfer cut by close: the connection is gone; the batch stays queued for the next run.
-      curl_easy_setopt(easy, CURLOPT_FORBID_REUSE, 1L);
-      return false;
-    }
+    if (aborted) return false;  // cut by close: the batch stays queued for the next run
     if (cancelled) return true;
-    long status = 0;
-    if (result == CURLE_OK) curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &status);
-    handle_response(result == CURLE_OK ? static_cast<int>(status) : 0,
-                    result == CURLE_OK ? std::string() : std::string(curl_easy_strerror(result)));
+    resp_body = std::move(resp.body);
+    retry_after = std::move(resp.retry_after);
+    handle_response(resp.status, resp.error);
     return true;
+  }
+
+  // ---- the sending thread ------------------------------------------------------------------------
+  void start_send(const HttpRequest *rq, HttpResponse *resp) {
+    {
+      std::lock_guard<std::mutex> g(mu);
+      if (transport_changed) {
+        transport = next_transport ? std::move(next_transport) : make_default_transport();
+        transport_changed = false;
+      }
+    }
+    transport->reset_cancel();
+    std::lock_guard<std::mutex> g(smu);
+    s_request = rq;
+    s_response = resp;
+    s_done = false;
+    scv.notify_all();
+  }
+
+  // True once the exchange is over; waits at most wait_ms (< 0: until it is).
+  bool wait_send(int wait_ms) {
+    std::unique_lock<std::mutex> lk(smu);
+    if (wait_ms < 0) {
+      scv.wait(lk, [&] { return s_done; });
+      return true;
+    }
+    return scv.wait_for(lk, std::chrono::milliseconds(wait_ms), [&] { return s_done; });
+  }
+
+  void run_sender() {
+    std::unique_lock<std::mutex> lk(smu);
+    for (;;) {
+      scv.wait(lk, [&] { return s_quit || s_request != nullptr; });
+      if (!s_request) return;  // s_quit
+      const HttpRequest *rq = s_request;
+      HttpResponse *resp = s_response;
+      lk.unlock();
+      transport->send(*rq, resp);
+      lk.lock();
+      s_request = nullptr;
+      s_done = true;
+      scv.notify_all();
+    }
+  }
+
+  void stop_sender() {
+    {
+      std::lock_guard<std::mutex> g(smu);
+      s_quit = true;
+      scv.notify_all();
+    }
+    if (sender.joinable()) sender.join();
   }
 
   void handle_response(int status, const std::string &neterr) {
@@ -902,8 +912,8 @@ struct et_client {
       if (digits) {
         delay = retry_after.size() > 7 ? kRetryAfterCapMs : std::stoll(retry_after) * 1000;
       } else {
-        time_t t = curl_getdate(retry_after.c_str(), nullptr);
-        if (t != -1) delay = std::max<int64_t>(0, static_cast<int64_t>(t) * 1000 - unix_ms());
+        int64_t t = 0;
+        if (parse_http_date(retry_after, &t)) delay = std::max<int64_t>(0, t * 1000 - unix_ms());
       }
       if (delay > kRetryAfterCapMs) delay = kRetryAfterCapMs;
     }
@@ -1040,6 +1050,7 @@ struct et_client {
     serve_requests();  // a purge asked for while closing is done before anything else is written
     persist(true);  // whatever is still in memory goes to disk, even past the deadline (local I/O only)
     serve_requests();
+    stop_sender();
     bool orphan;
     {
       std::lock_guard<std::mutex> g(mu);
@@ -1055,17 +1066,16 @@ struct et_client {
 
   bool on_worker_thread() const { return std::this_thread::get_id() == worker_id; }
 
+  // Nothing more to do: the worker looks at its flags at least every 50 ms while an exchange runs.
+  void wake_transport() { cv.notify_all(); }
+
   // Everything but the worker thread itself.
   void release() {
-    if (easy) curl_easy_cleanup(easy);
-    if (multi) curl_multi_cleanup(multi);
-    easy = nullptr;
-    multi = nullptr;
+    transport.reset();
     finalize_all();
     if (db) sqlite3_close(db);
     db = nullptr;
-    if (lock_fd >= 0) ::close(lock_fd);
-    lock_fd = -1;
+    queue_lock.release();
   }
 };
 
@@ -1103,7 +1113,6 @@ ET_API et_client *et_client_new_with_options(const char *endpoint, const char *t
         return nullptr;
       }
     }
-    std::call_once(g_curl_once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
     std::string e;
     if (!c->init_queue(queue_path ? queue_path : "", &e)) {
       write_err(err, err_len, e);
@@ -1113,14 +1122,9 @@ ET_API et_client *et_client_new_with_options(const char *endpoint, const char *t
     c->track_ctx = make_track_context(c->cfg);
     c->wcfg = c->cfg;
     c->wcfg_version = c->cfg_version;
-    c->multi = curl_multi_init();
-    c->easy = curl_easy_init();
-    if (!c->multi || !c->easy) {
-      write_err(err, err_len, "libcurl initialisation failed");
-      c->release();
-      return nullptr;
-    }
+    c->transport = make_default_transport();
     et_client *raw = c.release();
+    raw->sender = std::thread([raw] { raw->run_sender(); });
     raw->worker = std::thread([raw] { raw->run(); });
     raw->worker_id = raw->worker.get_id();
     return raw;
@@ -1270,11 +1274,24 @@ static int ask_worker(et_client *c, int consent, bool purge) {
   uint64_t ticket = ++c->request_ticket;
   c->cv.notify_all();
   lk.unlock();
-  curl_multi_wakeup(c->multi);
+  c->wake_transport();
   if (c->on_worker_thread()) return 0;
   lk.lock();
   c->done_cv.wait(lk, [&] { return c->request_done.load() >= ticket || c->worker_done; });
   return c->request_done.load() >= ticket ? 0 : ET_E_CLOSED;
+}
+
+ET_API int et_client_set_transport(et_client *c, et_transport_fn fn, void *user) {
+  if (!c) return ET_E_ARGUMENT;
+  try {
+    std::unique_ptr<et::Transport> t = fn ? et::make_app_transport(fn, user) : nullptr;
+    std::lock_guard<std::mutex> g(c->mu);
+    c->next_transport = std::move(t);
+    c->transport_changed = true;
+    return 0;
+  } catch (...) {
+    return ET_E_QUEUE_FULL;
+  }
 }
 
 ET_API int et_client_set_consent(et_client *c, int consent) {
@@ -1365,7 +1382,7 @@ ET_API void et_client_free(et_client *c, int timeout_ms) {
     c->worker.detach();
     return;
   }
-  curl_multi_wakeup(c->multi);
+  c->wake_transport();
   auto wait_done = [&](int64_t until) {
     std::unique_lock<std::mutex> lk(c->mu);
     c->done_cv.wait_for(lk, std::chrono::milliseconds(std::max<int64_t>(0, until - steady_ms())),
@@ -1374,7 +1391,7 @@ ET_API void et_client_free(et_client *c, int timeout_ms) {
   };
   wait_done(deadline);
   c->abort = true;
-  curl_multi_wakeup(c->multi);
+  c->wake_transport();
   if (!wait_done(deadline + kCloseGraceMs)) {
     // Still inside the network stack (e.g. an old libcurl joining a stalled resolver): return on time,
     // and let the worker free the client when it gets out. The queue file stays locked until then.

@@ -1,9 +1,5 @@
 #include "util.hpp"
 
-#if !defined(_WIN32)
-#include <sys/utsname.h>
-#endif
-
 #include <chrono>
 #include <random>
 #include <thread>
@@ -170,6 +166,48 @@ bool timestamp_valid(std::string_view s, int64_t *unix_s) {
   return true;
 }
 
+bool parse_http_date(std::string_view s, int64_t *unix_s) {
+  static const char *const months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                       "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+  // Tokens: words and numbers, separators ' ' ',' '-' ':'.
+  std::string_view tok[8];
+  int n = 0;
+  size_t i = 0;
+  while (i < s.size() && n < 8) {
+    while (i < s.size() && (s[i] == ' ' || s[i] == ',' || s[i] == '-' || s[i] == ':')) i++;
+    size_t start = i;
+    while (i < s.size() && s[i] != ' ' && s[i] != ',' && s[i] != '-' && s[i] != ':') i++;
+    if (i > start) tok[n++] = s.substr(start, i - start);
+  }
+  auto num = [](std::string_view t, int64_t *v) {
+    if (t.empty() || t.size() > 4) return false;
+    *v = 0;
+    for (char ch : t) {
+      if (ch < '0' || ch > '9') return false;
+      *v = *v * 10 + (ch - '0');
+    }
+    return true;
+  };
+  auto month = [&](std::string_view t) {
+    for (int m = 0; m < 12; m++)
+      if (t == months[m]) return m + 1;
+    return 0;
+  };
+  int64_t d = 0, y = 0, h = 0, mi = 0, se = 0;
+  int mo = 0;
+  if (n >= 8 && (mo = month(tok[2])) && num(tok[1], &d) && num(tok[3], &y) && num(tok[4], &h) &&
+      num(tok[5], &mi) && num(tok[6], &se) && tok[7] == "GMT") {
+    if (tok[3].size() == 2) y += y < 70 ? 2000 : 1900;  // RFC 850's two-digit year
+  } else if (n >= 7 && (mo = month(tok[1])) && num(tok[2], &d) && num(tok[3], &h) && num(tok[4], &mi) &&
+             num(tok[5], &se) && num(tok[6], &y)) {  // asctime: "Sun Nov  6 08:49:37 1994"
+  } else {
+    return false;
+  }
+  if (d < 1 || d > 31 || h > 23 || mi > 59 || se > 60 || y < 1970) return false;
+  *unix_s = days_from_civil(y, static_cast<unsigned>(mo), static_cast<unsigned>(d)) * 86400 + h * 3600 + mi * 60 + se;
+  return true;
+}
+
 bool uuid_valid(std::string_view s) {
   if (s.size() != 36) return false;
   for (size_t i = 0; i < 36; i++) {
@@ -189,33 +227,5 @@ bool text_valid(std::string_view s, bool allow_empty) {
   if (chars == 0 && !allow_empty) return false;
   return chars <= 200;
 }
-
-const char *platform_name() {
-#if defined(_WIN32)
-  return "windows";
-#elif defined(__ANDROID__)
-  return "android";
-#elif defined(__APPLE__)
-  return "macos";
-#elif defined(__linux__)
-  return "linux";
-#else
-  return "other";
-#endif
-}
-
-#if defined(_WIN32)
-std::string os_name() { return "Windows"; }
-std::string os_version() { return ""; }
-#else
-std::string os_name() {
-  struct utsname u {};
-  return uname(&u) == 0 ? std::string(u.sysname) : std::string();
-}
-std::string os_version() {
-  struct utsname u {};
-  return uname(&u) == 0 ? std::string(u.release) : std::string();
-}
-#endif
 
 }  // namespace et

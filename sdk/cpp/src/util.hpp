@@ -16,13 +16,10 @@ std::string format_utc_ms(int64_t unix_ms);
 // Checks the server's timestamp grammar and the 2000-01-01 lower bound; writes the instant in seconds.
 bool timestamp_valid(std::string_view s, int64_t *unix_s);
 bool uuid_valid(std::string_view s);
+// An HTTP-date (RFC 9110: IMF-fixdate "Sun, 06 Nov 1994 08:49:37 GMT"; also RFC 850 and asctime forms)
+// as seconds since the epoch.
+bool parse_http_date(std::string_view s, int64_t *unix_s);
 // Text field (name, ids): UTF-8, no NUL, 1..200 characters (0 allowed when allow_empty).
 bool text_valid(std::string_view s, bool allow_empty);
-
-// The platform, for the reserved context properties: "linux", "windows", "macos", ...; the OS's own
-// name and release ("Linux", "6.1.0-18-amd64").
-const char *platform_name();
-std::string os_name();
-std::string os_version();
 
 }  // namespace et

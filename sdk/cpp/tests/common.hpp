@@ -5,6 +5,7 @@
 
 #include "eventtracker/eventtracker.h"
 #include "harness.hpp"
+#include "socket_transport.hpp"
 
 inline et_client *new_client(const std::string &endpoint, const std::string &queue_path,
                              const char *token = h::kToken) {
@@ -12,6 +13,7 @@ inline et_client *new_client(const std::string &endpoint, const std::string &que
   et_client *c = et_client_new(endpoint.c_str(), token, queue_path.empty() ? nullptr : queue_path.c_str(), err,
                                sizeof err);
   EXPECT_NE(c, nullptr) << err;
+  h::maybe_use_socket_transport(c);
   return c;
 }
 

@@ -43,7 +43,13 @@ std::string bin_dir() {
   return d;
 }
 
-std::string helper_path() { return env("ET_TEST_HELPER", "./et_test_helper"); }
+std::string helper_path() {
+#ifdef ET_TEST_HELPER_DEFAULT
+  return env("ET_TEST_HELPER", ET_TEST_HELPER_DEFAULT);
+#else
+  return env("ET_TEST_HELPER", "./et_test_helper");
+#endif
+}
 
 std::string unique(const std::string &prefix) {
   static std::atomic<int> n{0};

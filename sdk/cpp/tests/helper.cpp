@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "eventtracker/eventtracker.h"
+#include "socket_transport.hpp"
 
 int main(int argc, char **argv) {
   if (argc < 3) return 2;
@@ -35,6 +36,7 @@ int main(int argc, char **argv) {
     std::printf("error: %s\n", err);
     return 3;
   }
+  h::maybe_use_socket_transport(c);
   int n = std::atoi(argv[4]);
   for (int i = 0; i < n; i++) {
     std::string props = "{\"i\":" + std::to_string(i) + ",\"proc\":\"helper\"}";

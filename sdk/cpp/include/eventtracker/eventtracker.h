@@ -167,6 +167,42 @@ typedef void (*et_report_fn)(void *user, const et_report *report);
    (e.g. a queue reset at start) are delivered to the first one, on the calling thread. */
 ET_API void et_client_set_report_callback(et_client *client, et_report_fn fn, void *user);
 
+/* ---- a transport of the app's own -------------------------------------------------------------
+   A console SDK or a game engine may send the SDK's requests through its own HTTP stack. The function
+   is called on the client's sending thread, one request at a time, and returns when the exchange is
+   over: it fills the response with the setters below (no status set, or 0 = no HTTP answer: a network
+   failure, retried like one). It must return promptly once et_http_request_cancelled() turns 1 (close
+   and purge cut a request short) and never take longer than timeout_ms in all. Every delivery rule
+   (gzip, Retry-After, the 413 split, pause on 401, only ingest-api's answers remove events) applies to
+   what it returns exactly as to the built-in transports (WinHTTP on Windows, libcurl elsewhere). */
+typedef struct et_http_response et_http_response; /* opaque: filled through the setters */
+typedef struct et_http_request {
+  const char *method;               /* "POST" */
+  const char *url;                  /* <endpoint>/v1/events */
+  const char *const *header_names;  /* header_count names and values: Content-Type, Authorization, */
+  const char *const *header_values; /* Content-Encoding (when gzipped), User-Agent */
+  size_t header_count;
+  const void *body;
+  size_t body_len;
+  int connect_timeout_ms;
+  int timeout_ms; /* the whole exchange */
+  const void *internal;
+} et_http_request;
+
+typedef void (*et_transport_fn)(void *user, const et_http_request *request, et_http_response *response);
+
+/* Installs fn (NULL: the built-in transport again), used from the next request on. 0 = ok. */
+ET_API int et_client_set_transport(et_client *client, et_transport_fn fn, void *user);
+/* 1 once the SDK wants the request to end now (close, purge): return at once. */
+ET_API int et_http_request_cancelled(const et_http_request *request);
+ET_API void et_http_response_set_status(et_http_response *response, int status);
+/* Response headers the SDK reads: Retry-After, Content-Type (names in any letter case). */
+ET_API void et_http_response_set_header(et_http_response *response, const char *name, const char *value);
+/* Appends body bytes (the first 1 MiB are kept). */
+ET_API void et_http_response_append_body(et_http_response *response, const void *data, size_t len);
+/* For a failure without an HTTP answer: what went wrong (reported in ET_REPORT_RETRY). */
+ET_API void et_http_response_set_error(et_http_response *response, const char *message);
+
 /* ---- consent ---------------------------------------------------------------------------------
    The player's choice, recorded in the queue file (it survives restarts; a memory-only client keeps it
    in memory). GRANTED: events are sent. PENDING: events are kept on the device (within the queue caps)
