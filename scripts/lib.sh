@@ -11,6 +11,11 @@ fi
 ET_PG_BIN=/usr/lib/postgresql/15/bin
 export ET_ROOT ET_DATA
 ET_TSDB_CONTROL=/usr/share/postgresql/15/extension/timescaledb.control
+# The C++ SDK's Windows cross-build (sdk/cpp/cmake/mingw-w64-x86_64.cmake): the target's third-party
+# libraries (built by scripts/mingw-deps), and the Wine loader and prefix that run the target's programs.
+ET_MINGW_PREFIX=${ET_MINGW_PREFIX:-$ET_DATA/mingw-x86_64}
+ET_WINE=${ET_WINE:-/usr/lib/wine/wine64}
+ET_WINEPREFIX=${ET_WINEPREFIX:-$ET_DATA/wine}
 
 # The private pair used by scripts/services and scripts/run.
 ET_REDIS_PORT=${ET_REDIS_PORT:-16379}
@@ -156,6 +161,7 @@ stop_pg() { # NAME PORT
 needs_setup() {
   [ ! -f "$ET_TSDB_CONTROL" ] || [ ! -x /usr/bin/redis-server ] || [ ! -x "$ET_PG_BIN/initdb" ] \
     || [ ! -x /usr/bin/promtool ] || [ ! -x /usr/bin/docker-compose ] \
+    || [ ! -x "$ET_WINE" ] || [ ! -f "$ET_MINGW_PREFIX/.stamp" ] \
     || ! dpkg-query -W -f='${Status}' python3-venv 2>/dev/null | grep -q 'install ok installed' \
     || ! cargo nextest --version >/dev/null 2>&1
 }
