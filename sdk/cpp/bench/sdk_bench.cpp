@@ -12,7 +12,14 @@
 // Prints one JSON object. Events look like loadgen's (name, device/session/user ids, ~150 B properties).
 #include <eventtracker/client.hpp>
 #include <eventtracker/eventtracker.h>
+#if defined(_WIN32)
+#ifndef WIN32_LEAN_AND_MEAN
+#define WIN32_LEAN_AND_MEAN
+#endif
+#include <windows.h>
+#else
 #include <sys/resource.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -38,10 +45,19 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 double cpu_seconds() {
+#if defined(_WIN32)
+  FILETIME created, exited, kernel, user;
+  GetProcessTimes(GetCurrentProcess(), &created, &exited, &kernel, &user);
+  auto secs = [](const FILETIME &f) {
+    return static_cast<double>((static_cast<uint64_t>(f.dwHighDateTime) << 32) | f.dwLowDateTime) / 1e7;
+  };
+  return secs(kernel) + secs(user);
+#else
   struct rusage u {};
   getrusage(RUSAGE_SELF, &u);
   return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
          static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+#endif
 }
 
 std::string props(uint64_t i) {
