@@ -253,7 +253,7 @@ pub async fn dedup_batches(flusher: &Flusher) -> f64 {
     .expect("the flusher exports batches_written_total{path=\"dedup\"}")
 }
 
-/// Batches a flusher wrote, by either path (`batches_written_total`, copy and dedup).
+/// Batches a flusher wrote, by any path (`batches_written_total`: copy, dedup, guarded).
 pub async fn batches_written(flusher: &Flusher) -> f64 {
     let page = scrape(&flusher.metrics_url()).await;
     let path = |p: &str| {
@@ -264,7 +264,7 @@ pub async fn batches_written(flusher: &Flusher) -> f64 {
         )
         .unwrap_or_else(|| panic!("the flusher exports batches_written_total{{path=\"{p}\"}}"))
     };
-    path("copy") + path("dedup")
+    path("copy") + path("dedup") + path("guarded")
 }
 
 /// Entries a flusher moved to the dead-letter stream (`dead_lettered_total`).

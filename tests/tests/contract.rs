@@ -329,6 +329,7 @@ fn limits_agree() {
         "--max-properties-bytes",
         "--min-timestamp",
         "--max-future-secs",
+        "--clock-skew-threshold-secs",
         "--max-inflight-bytes",
         "Limits::max_properties_depth",
         "Limits::max_string_chars",

@@ -14,11 +14,12 @@ use uuid::Uuid;
 async fn a_thousand_events_become_a_thousand_rows() {
     let p = Pipeline::start(PipelineOptions::default()).await;
     let mut expected = Vec::new();
+    // By a right clock: a `sent_at` further from the server's clock would correct the times.
+    let sent_at = event_model::timestamp::format_timestamp(OffsetDateTime::now_utc());
     for b in 0..10 {
         let events: Vec<Value> = (b * 100..b * 100 + 100)
             .map(|n| contract_event(n, &mut expected))
             .collect();
-        let sent_at = "2026-01-02T03:04:05.5Z";
         let (status, body) = p
             .ingest
             .post(&json!({"sent_at": sent_at, "events": events}))
@@ -40,7 +41,7 @@ async fn a_thousand_events_become_a_thousand_rows() {
     assert!(hyper, "events must be a hypertable");
     assert_eq!(p.db.count().await, 1000);
     for (id, n, props) in expected.iter().step_by(37) {
-        assert_row_as_contract_says(&client, id, *n, props).await;
+        assert_row_as_contract_says(&client, id, *n, props, &sent_at).await;
     }
 
     let mut r = p.redis().await;
@@ -72,11 +73,12 @@ async fn assert_row_as_contract_says(
     id: &Uuid,
     n: usize,
     props: &Value,
+    sent_at: &str,
 ) {
     let row = client
         .query_one(
             "SELECT time, name, source, device_id, session_id, user_id, properties = $2::jsonb,
-                    sent_at, received_at
+                    sent_at, received_at, device_time
              FROM events WHERE event_id = $1",
             &[id, props],
         )
@@ -99,7 +101,16 @@ async fn assert_row_as_contract_says(
         "properties of event {n} equal as jsonb"
     );
     let sent: OffsetDateTime = row.get(7);
-    assert_eq!(sent, datetime!(2026-01-02 03:04:05.5 UTC));
+    assert_eq!(
+        Ok(sent),
+        event_model::timestamp::parse_timestamp(sent_at),
+        "sent_at"
+    );
+    assert_eq!(
+        row.get::<_, Option<OffsetDateTime>>(9),
+        None,
+        "no device_time: not corrected"
+    );
     let received: OffsetDateTime = row.get(8);
     let age = OffsetDateTime::now_utc() - received;
     assert!(
@@ -586,7 +597,15 @@ async fn concurrent_migrations_leave_one_schema() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, vec![1]);
+    let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations"))
+        .unwrap()
+        .filter(|f| f.as_ref().unwrap().path().extension() == Some("sql".as_ref()))
+        .count() as i32;
+    assert_eq!(
+        versions,
+        (1..=files).collect::<Vec<i32>>(),
+        "each migration once"
+    );
     let tables: i64 = client
         .query_one(
             "SELECT count(*) FROM pg_tables WHERE tablename = 'events'",

@@ -201,6 +201,7 @@ fn events(n: usize) -> Vec<EntryEvent<'static>> {
             device_id: Some("dev"),
             session_id: None,
             user_id: None,
+            device_time: None,
             properties: if k == 1 {
                 Box::leak(format!("{{\"big\":\"{}\"}}", "x".repeat(100 * 1024)).into_boxed_str())
             } else {

@@ -10,6 +10,7 @@ use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
 use crate::queue::EntryEvent;
+use crate::skew::BatchClock;
 use crate::timestamp::parse_timestamp;
 
 /// The configurable limits of `docs/contract.md`. `Default` gives its defaults.
@@ -68,8 +69,11 @@ pub struct ValidEvent<'a> {
     pub event_id: Option<Uuid>,
     /// The strings borrow the client's text too, unless it spelled them with escapes.
     pub name: Cow<'a, str>,
-    /// In UTC, truncated to the microsecond.
+    /// In UTC, truncated to the microsecond; corrected for the device's clock skew when the
+    /// batch's clock has a correction.
     pub time: OffsetDateTime,
+    /// The `timestamp` as sent, when `time` is corrected; `None` when `time` is it.
+    pub device_time: Option<OffsetDateTime>,
     pub device_id: Option<Cow<'a, str>>,
     pub session_id: Option<Cow<'a, str>>,
     pub user_id: Option<Cow<'a, str>>,
@@ -97,6 +101,7 @@ impl ValidEvent<'_> {
             device_id: self.device_id.as_deref(),
             session_id: self.session_id.as_deref(),
             user_id: self.user_id.as_deref(),
+            device_time: self.device_time,
             properties: self.properties.unwrap_or("{}"),
             sent_at,
             received_at,
@@ -115,11 +120,23 @@ pub const FIELDS: [&str; 7] = [
     "properties",
 ];
 
-/// Checks one event of a batch against `docs/contract.md`, with `now` as the server's clock.
+/// Checks one event of a batch against `docs/contract.md`, with `now` as the server's clock
+/// and no correction for the device's clock.
 pub fn validate_event<'a>(
     raw: &'a RawValue,
     limits: &Limits,
     now: OffsetDateTime,
+) -> Result<ValidEvent<'a>, EventError> {
+    validate_event_at(raw, limits, &BatchClock::uncorrected(now))
+}
+
+/// Checks one event of a batch against `docs/contract.md` with the batch's clock: its
+/// timestamp is corrected by the clock's correction, if any, and the window judges the
+/// corrected time.
+pub fn validate_event_at<'a>(
+    raw: &'a RawValue,
+    limits: &Limits,
+    clock: &BatchClock,
 ) -> Result<ValidEvent<'a>, EventError> {
     let fields = Fields::read(raw)?;
     if let Some(unknown) = fields.unknown {
@@ -152,7 +169,7 @@ pub fn validate_event<'a>(
     }
     let time = match timestamp {
         None => return Err(EventError::new("timestamp", "is required")),
-        Some(v) => check_time(&string_field("timestamp", v)?, limits, now)?,
+        Some(v) => check_time(&string_field("timestamp", v)?, limits, clock)?,
     };
     let optional_text =
         |field: &str, v: Option<&'a str>| v.map(|v| text_field(field, v, limits)).transpose();
@@ -162,10 +179,12 @@ pub fn validate_event<'a>(
     if let Some(v) = properties {
         check_properties(v, limits)?;
     }
+    let (time, device_time) = time;
     Ok(ValidEvent {
         event_id,
         name,
         time,
+        device_time,
         device_id,
         session_id,
         user_id,
@@ -173,32 +192,58 @@ pub fn validate_event<'a>(
     })
 }
 
-/// A `timestamp` in the contract's grammar and inside the window the limits allow.
-fn check_time(s: &str, limits: &Limits, now: OffsetDateTime) -> Result<OffsetDateTime, EventError> {
-    let t = parse_timestamp(s).map_err(|e| EventError::new("timestamp", e))?;
+/// A `timestamp` in the contract's grammar whose time, corrected by the clock's correction,
+/// is inside the window the limits allow: (the time to store, the device's time when corrected).
+fn check_time(
+    s: &str,
+    limits: &Limits,
+    clock: &BatchClock,
+) -> Result<(OffsetDateTime, Option<OffsetDateTime>), EventError> {
+    let device = parse_timestamp(s).map_err(|e| EventError::new("timestamp", e))?;
+    let (t, device_time) = match clock.correction {
+        None => (device, None),
+        Some(skew) => (
+            device.checked_add(skew).ok_or_else(|| {
+                EventError::new("timestamp", format!("is out of range{}", corrected(skew)))
+            })?,
+            Some(device),
+        ),
+    };
+    let why = || clock.correction.map(corrected).unwrap_or_default();
     if t < limits.min_timestamp {
         return Err(EventError::new(
             "timestamp",
             format!(
-                "is before {}",
-                crate::timestamp::format_timestamp(limits.min_timestamp)
+                "is before {}{}",
+                crate::timestamp::format_timestamp(limits.min_timestamp),
+                why()
             ),
         ));
     }
     // Saturating: a window past the calendar's end is no window at all.
-    if now
+    if clock
+        .received_at
         .checked_add(limits.max_future)
         .is_some_and(|latest| t > latest)
     {
         return Err(EventError::new(
             "timestamp",
             format!(
-                "is more than {} seconds ahead of the server's clock",
-                limits.max_future.whole_seconds()
+                "is more than {} seconds ahead of the server's clock{}",
+                limits.max_future.whole_seconds(),
+                why()
             ),
         ));
     }
-    Ok(t)
+    Ok((t, device_time))
+}
+
+/// What an error about a corrected time adds: the correction, in whole seconds.
+fn corrected(skew: Duration) -> String {
+    format!(
+        " once corrected by the device's clock skew ({:+} s)",
+        skew.whole_seconds()
+    )
 }
 
 /// An event's known fields by their place in [`FIELDS`] (a repeated key: the last one), each as
@@ -925,6 +970,62 @@ mod tests {
             "timestamp",
             "is required",
         );
+    }
+
+    /// With a correction, the time stored and judged is `timestamp + correction`, and the
+    /// device's own time is kept; the window's edges apply to the corrected time.
+    #[test]
+    fn a_corrected_timestamp_is_judged_and_stored_corrected() {
+        let ahead = Duration::days(3);
+        let clock = BatchClock {
+            received_at: NOW,
+            correction: Some(-ahead),
+        };
+        let limits = Limits::default();
+        let day = Duration::hours(24);
+        let one_us = Duration::microseconds(1);
+        for (device, stored) in [
+            // Three days ahead by its own clock: an hour ago, really.
+            (
+                NOW + ahead - Duration::hours(1),
+                Some(NOW - Duration::hours(1)),
+            ),
+            (NOW + ahead + day, Some(NOW + day)),
+            (NOW + ahead + day + one_us, None),
+            (
+                datetime!(2000-01-04 00:00:00 UTC),
+                Some(datetime!(2000-01-01 00:00:00 UTC)),
+            ),
+            (datetime!(2000-01-03 23:59:59.999999 UTC), None),
+        ] {
+            let json = event_with("timestamp", &format!("\"{}\"", format_timestamp(device)));
+            match (validate_event_at(raw(&json), &limits, &clock), stored) {
+                (Ok(e), Some(t)) => {
+                    assert_eq!((e.time, e.device_time), (t, Some(device)));
+                    let entry = e.entry("s", Some(NOW + ahead), NOW, Uuid::nil);
+                    assert_eq!((entry.time, entry.device_time), (t, Some(device)));
+                }
+                (Err(e), None) => {
+                    assert_eq!(e.field, "timestamp");
+                    assert!(
+                        e.problem
+                            .ends_with("once corrected by the device's clock skew (-259200 s)"),
+                        "{e}"
+                    );
+                }
+                (got, _) => panic!("{device}: {got:?}"),
+            }
+        }
+        // Uncorrected: the device's time is the time, and none is kept beside it.
+        let plain = event_with("timestamp", TS);
+        assert_eq!(check(&plain).unwrap().device_time, None);
+        // A correction past the calendar's end is refused, not a panic.
+        let far = BatchClock {
+            received_at: NOW,
+            correction: Some(Duration::days(365 * 9000)),
+        };
+        let err = validate_event_at(raw(&event_with("timestamp", TS)), &limits, &far).unwrap_err();
+        assert!(err.problem.starts_with("is out of range"), "{err}");
     }
 
     /// Checks each timestamp against `limits`: `true` when it must be accepted.

@@ -9,8 +9,10 @@ pub mod event;
 mod members;
 pub mod queue;
 pub mod scan;
+pub mod skew;
 pub mod timestamp;
 
 pub use batch::{Batch, BatchError, parse_batch};
-pub use event::{EventError, Limits, ValidEvent, validate_event};
+pub use event::{EventError, Limits, ValidEvent, validate_event, validate_event_at};
 pub use queue::{DecodeError, ENTRY_VERSION, EventView, QueuedEvent};
+pub use skew::BatchClock;

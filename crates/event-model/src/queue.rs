@@ -36,6 +36,10 @@ pub struct QueuedEvent {
     pub session_id: Option<String>,
     #[serde(rename = "u", default)]
     pub user_id: Option<String>,
+    /// The device's own timestamp when ingest-api corrected `time` for the device's clock
+    /// skew (see `crate::skew`); `None` when `time` is the device's timestamp as sent.
+    #[serde(rename = "dt", default, with = "opt_unix_micros")]
+    pub device_time: Option<OffsetDateTime>,
     /// The properties object as the client sent it (validated, not rebuilt).
     #[serde(rename = "p")]
     pub properties: Box<RawValue>,
@@ -63,6 +67,13 @@ pub struct EntryEvent<'a> {
     pub session_id: Option<&'a str>,
     #[serde(rename = "u", skip_serializing_if = "Option::is_none")]
     pub user_id: Option<&'a str>,
+    /// The device's own timestamp when `time` was corrected for its clock's skew.
+    #[serde(
+        rename = "dt",
+        with = "opt_unix_micros",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub device_time: Option<OffsetDateTime>,
     /// The properties object's JSON text, written as it is.
     #[serde(rename = "p", serialize_with = "raw_json")]
     pub properties: &'a str,
@@ -103,6 +114,9 @@ impl EntryEvent<'_> {
             if let Some(v) = value {
                 push_string(out, key, v);
             }
+        }
+        if let Some(dt) = self.device_time {
+            int(out, b",\"dt\":", dt);
         }
         out.extend_from_slice(b",\"p\":");
         out.extend_from_slice(self.properties.as_bytes());
@@ -160,6 +174,8 @@ pub struct EventView<'a> {
     pub device_id: Option<Text<'a>>,
     pub session_id: Option<Text<'a>>,
     pub user_id: Option<Text<'a>>,
+    /// The device's own timestamp when `time` was corrected for its clock's skew.
+    pub device_time: Option<i64>,
     /// The properties object's JSON text.
     pub properties: &'a str,
     pub sent_at: Option<i64>,
@@ -183,6 +199,8 @@ struct ViewJson<'a> {
     session_id: Option<Text<'a>>,
     #[serde(rename = "u", default, borrow)]
     user_id: Option<Text<'a>>,
+    #[serde(rename = "dt", default, deserialize_with = "micros::opt_in_range")]
+    device_time: Option<i64>,
     #[serde(rename = "p", borrow)]
     properties: &'a RawValue,
     #[serde(rename = "sa", default, deserialize_with = "micros::opt_in_range")]
@@ -214,6 +232,7 @@ impl<'a> EventView<'a> {
             device_id: v.device_id,
             session_id: v.session_id,
             user_id: v.user_id,
+            device_time: v.device_time,
             properties: v.properties.get(),
             sent_at: v.sent_at,
             received_at: v.received_at,
@@ -336,6 +355,7 @@ impl QueuedEvent {
             device_id: self.device_id.as_deref(),
             session_id: self.session_id.as_deref(),
             user_id: self.user_id.as_deref(),
+            device_time: self.device_time,
             properties: self.properties.get(),
             sent_at: self.sent_at,
             received_at: self.received_at,
@@ -418,6 +438,7 @@ mod tests {
             device_id: Some("dev-1".into()),
             session_id: None,
             user_id: Some("ünïcödé".into()),
+            device_time: None,
             properties: RawValue::from_string(r#"{"level": 3, "tags": ["a"]}"#.into()).unwrap(),
             sent_at: Some(datetime!(2026-01-02 03:04:06 UTC)),
             received_at: datetime!(2026-01-02 03:04:07.000001 UTC),
@@ -440,6 +461,32 @@ mod tests {
         let old = r#"{"t":1795852919225226,"id":"01e482a7-d71f-4f7a-8000-000000000000","n":"level_complete","s":"bench","d":"dev-01e482a7d71f4f7a","ss":"sess-01e482a7d71f","u":"user-260218","p":{"level":89,"score":60218,"duration_ms":260218,"difficulty":"easy","platform":"windows","build":"1.4.2+8841","fps_avg":88.8},"sa":1795852919225226,"ra":1795852919302325}"#;
         let back = QueuedEvent::decode(Some(b"1"), Some(old.as_bytes())).unwrap();
         assert_eq!(back.encode(), old);
+    }
+
+    /// A corrected event carries the device's own time as `dt`, after the optional strings and
+    /// before the properties; an entry without it (every entry of the release before) reads
+    /// back with none, and `dt` is read by the scanner, serde_json and the view alike.
+    #[test]
+    fn the_device_time_is_written_as_dt() {
+        let mut e = sample();
+        e.device_time = Some(datetime!(2026-01-05 03:04:05.123456 UTC));
+        let text = e.encode();
+        assert_eq!(
+            text,
+            r#"{"t":1767323045123456,"id":"0190c5d5-9a6e-7c1f-8e4a-6f1b2c3d4e5f","n":"level_up","s":"game","d":"dev-1","u":"ünïcödé","dt":1767582245123456,"p":{"level": 3, "tags": ["a"]},"sa":1767323046000000,"ra":1767323047000001}"#
+        );
+        let mut out = Vec::new();
+        e.as_entry().encode_into(&mut out);
+        assert_eq!(out, text.as_bytes());
+        let back = QueuedEvent::decode(Some(b"1"), Some(text.as_bytes())).unwrap();
+        assert_eq!(back.device_time, e.device_time);
+        let view = EventView::decode(Some(b"1"), Some(text.as_bytes())).unwrap();
+        assert_eq!(view.device_time, e.device_time.map(micros));
+        assert_eq!(crate::scan::view(text.as_bytes()), Some(view));
+        let without = sample().encode();
+        assert!(!without.contains("\"dt\""));
+        let view = EventView::decode(Some(b"1"), Some(without.as_bytes())).unwrap();
+        assert_eq!(view.device_time, None);
     }
 
     /// Strings that need escaping, and times before the epoch, are written as serde_json
@@ -561,13 +608,16 @@ mod tests {
         .unwrap();
         let mut early = sample();
         early.time = datetime!(1969-12-31 23:59:59.5 UTC);
+        early.device_time = Some(datetime!(1969-12-31 23:59:58.25 UTC));
+        let mut corrected = sample();
+        corrected.device_time = Some(datetime!(2027-01-02 03:04:05 UTC));
         // The fields read back from the end, spelled inside the properties.
         let mut mimic = sample();
         mimic.properties = RawValue::from_string(
             r#"{"x":"},\"sa\":1,\"ra\":2}","sa":3,"ra":{"}":"{"},"y":[4]}"#.into(),
         )
         .unwrap();
-        for e in [sample(), bare, early, mimic] {
+        for e in [sample(), bare, early, corrected, mimic] {
             let text = e.encode();
             let fast = crate::scan::view(text.as_bytes()).expect("the scanner reads it");
             assert_eq!(
@@ -584,7 +634,15 @@ mod tests {
     /// refuses when the properties object is not valid JSON (PostgreSQL refuses that row).
     #[test]
     fn the_scanner_never_reads_an_entry_otherwise_than_serde_json() {
-        let good = sample().encode().into_bytes();
+        let mut corrected = sample();
+        corrected.device_time = Some(datetime!(2027-01-02 03:04:05 UTC));
+        for e in [sample(), corrected] {
+            scanner_agrees_one_byte_away(e);
+        }
+    }
+
+    fn scanner_agrees_one_byte_away(e: QueuedEvent) {
+        let good = e.encode().into_bytes();
         let mut variants: Vec<Vec<u8>> = (0..good.len()).map(|n| good[..n].to_vec()).collect();
         for i in 0..good.len() {
             for b in [

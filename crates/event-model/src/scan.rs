@@ -37,6 +37,7 @@ pub fn view(e: &[u8]) -> Option<EventView<'_>> {
     let device_id = c.optional(b",\"d\":")?;
     let session_id = c.optional(b",\"ss\":")?;
     let user_id = c.optional(b",\"u\":")?;
+    let device_time = c.optional_micros(b",\"dt\":")?;
     c.lit(b",\"p\":")?;
     let (end, sent_at, received_at) = tail(text)?;
     let properties = c.object_until(end)?;
@@ -48,6 +49,7 @@ pub fn view(e: &[u8]) -> Option<EventView<'_>> {
         device_id,
         session_id,
         user_id,
+        device_time,
         properties,
         sent_at,
         received_at,
@@ -125,6 +127,15 @@ impl<'a> Cursor<'a> {
         }
         self.i += key.len();
         self.string().map(Some)
+    }
+
+    /// A time in microseconds under `key`, when the entry has that key here.
+    fn optional_micros(&mut self, key: &[u8]) -> Option<Option<i64>> {
+        if !self.peek_lit(key) {
+            return Some(None);
+        }
+        self.i += key.len();
+        self.micros().map(Some)
     }
 
     /// The properties' text, from here to `end`: braced, and free of control characters

@@ -42,6 +42,7 @@ impl Stats {
                 self.dedup_batches.fetch_add(1, Ordering::Relaxed);
                 "dedup"
             }
+            WritePath::Guarded => "guarded",
         };
         telemetry::batch_written(events, label, took);
         telemetry::backoff(false);

@@ -80,8 +80,9 @@ impl Worker {
             let events: Vec<&EventView<'_>> = part.iter().map(|(_, e)| e).collect();
             let write = sink::write(&self.pool, &events, self.config.pg_timeout());
             let started = Instant::now();
-            // One attempt may take up to three `--pg-timeout-ms` (taking a connection, the COPY,
-            // the de-duplicating write, each bounded on its own): longer than the claim idle.
+            // One attempt may take up to four `--pg-timeout-ms` (taking a connection, the COPY,
+            // the de-duplicating write, the guarded write of corrected rows, each bounded on its
+            // own): longer than the claim idle.
             let step = match self.keeping_claim(shard, &part, &mut iso, write).await {
                 Ok(path) => {
                     iso.backoff = self.backoff_start();

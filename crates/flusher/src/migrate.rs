@@ -13,11 +13,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order. A test checks this list matches the `migrations/` folder.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_events.sql",
-    sql: include_str!("../../../migrations/0001_events.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_events.sql",
+        sql: include_str!("../../../migrations/0001_events.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_device_time.sql",
+        sql: include_str!("../../../migrations/0002_device_time.sql"),
+    },
+];
 
 /// Arbitrary constant naming EventTracker's migration lock.
 const MIGRATION_LOCK: i64 = 0x4576_656e_7454_726b;

@@ -1,6 +1,12 @@
 //! Writing rows to PostgreSQL. The fast path is one binary COPY in one transaction. When it hits
 //! a unique violation (a redelivered batch, an SDK retry) the batch goes through a temporary
 //! staging table and `INSERT … ON CONFLICT DO NOTHING`, de-duplicated within the batch first.
+//!
+//! Rows that ingest-api corrected for the device's clock skew (`device_time` set) take a guarded
+//! write of their own: each attempt of an SDK's retry is corrected by its own latency, so the
+//! same event comes with a slightly different `time` each time and the unique key
+//! `(event_id, time)` cannot tell the copies apart. The guard can: same `event_id`, same
+//! `device_time`, a `time` within [`CORRECTION_SPREAD`] (see [`copy_guarded`]).
 
 use std::time::Duration;
 
@@ -13,13 +19,28 @@ use tokio_postgres::error::SqlState;
 
 use crate::FlusherError;
 
-const COLUMNS: &str = "time, event_id, name, source, device_id, session_id, user_id, properties, sent_at, received_at";
+const COLUMNS: &str = "time, event_id, name, source, device_id, session_id, user_id, properties, sent_at, received_at, device_time";
+
+/// How far apart the corrected times of one event's attempts may be for the guard to find the
+/// earlier copy: the difference of the attempts' latencies (at most `--header-timeout-ms` +
+/// `--body-timeout-ms` of ingest-api, 35 s by default, plus the client's own delays) and any
+/// change of the device's clock between attempts. Copies further apart are stored twice. The
+/// guard also asks for the same `device_time`, so a wide spread merges no other event; it
+/// only bounds the chunks the lookup reads (three of one day).
+pub const CORRECTION_SPREAD: &str = "1 day";
+
+/// First key of the advisory locks that serialise guarded writes of one `event_id` (the second
+/// is the id's hash): "ETdt".
+const GUARD_LOCK: i32 = 0x4554_6474;
 
 /// Which path a committed batch took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WritePath {
     Copy,
     Dedup,
+    /// The batch held rows corrected for the device's clock, written by the guarded insert
+    /// (its other rows by COPY).
+    Guarded,
 }
 
 /// Why a write failed, as the flusher must react to it.
@@ -61,7 +82,8 @@ pub fn pool(database_url: &str, size: usize) -> Result<Pool, FlusherError> {
         .map_err(|e| FlusherError::Config(format!("postgres pool: {e}")))
 }
 
-/// Writes the rows in one transaction; on a unique violation, once more through staging.
+/// Writes the rows in one transaction; on a unique violation, once more through staging. Rows
+/// corrected for the device's clock go through the guarded write, in a transaction of its own.
 ///
 /// Taking a connection and each write are bounded by `timeout`: a PostgreSQL that stops
 /// answering without closing the connection (a failover without a TCP reset, a frozen host)
@@ -73,43 +95,82 @@ pub async fn write(
     rows: &[&EventView<'_>],
     timeout: Duration,
 ) -> Result<WritePath, WriteError> {
-    let timed_out = |what: &'static str| {
-        WriteError::Transient(FlusherError::PostgresTimeout {
-            what,
-            ms: timeout.as_millis(),
-        })
-    };
     let mut client = tokio::time::timeout(timeout, pool.get())
         .await
-        .map_err(|_| timed_out("taking a connection"))?
+        .map_err(|_| timed_out("taking a connection", timeout))?
         .map_err(|e| WriteError::Transient(e.into()))?;
     // Set when a statement was cut off: the connection is then in an unknown state.
     let mut cut_off = false;
-    let first = tokio::time::timeout(timeout, copy_plain(&mut client, "events", rows)).await;
-    let result = match first {
-        Ok(Ok(())) => Ok(WritePath::Copy),
-        Ok(Err(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-            match tokio::time::timeout(timeout, copy_deduplicated(&mut client, "events", rows))
-                .await
-            {
-                Ok(r) => r.map(|()| WritePath::Dedup).map_err(classify),
-                Err(_) => {
-                    cut_off = true;
-                    Err(timed_out("the de-duplicating write"))
-                }
-            }
-        }
-        Ok(Err(e)) => Err(classify(e)),
-        Err(_) => {
-            cut_off = true;
-            Err(timed_out("the COPY"))
-        }
+    // Most batches hold no corrected row: they are written as they are, without a copy.
+    let result = if rows.iter().all(|r| r.device_time.is_none()) {
+        write_plain(&mut client, rows, timeout, &mut cut_off).await
+    } else {
+        write_mixed(&mut client, rows, timeout, &mut cut_off).await
     };
     if cut_off {
         // Close it rather than hand it to the next batch.
         drop(deadpool_postgres::Object::take(client));
     }
     result
+}
+
+/// The error of a statement cut off after `timeout`.
+fn timed_out(what: &'static str, timeout: Duration) -> WriteError {
+    WriteError::Transient(FlusherError::PostgresTimeout {
+        what,
+        ms: timeout.as_millis(),
+    })
+}
+
+/// COPY, and on a unique violation the de-duplicating write.
+async fn write_plain(
+    client: &mut deadpool_postgres::Client,
+    rows: &[&EventView<'_>],
+    timeout: Duration,
+    cut_off: &mut bool,
+) -> Result<WritePath, WriteError> {
+    match tokio::time::timeout(timeout, copy_plain(client, "events", rows)).await {
+        Ok(Ok(())) => Ok(WritePath::Copy),
+        Ok(Err(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            match tokio::time::timeout(timeout, copy_deduplicated(client, "events", rows)).await {
+                Ok(r) => r.map(|()| WritePath::Dedup).map_err(classify),
+                Err(_) => {
+                    *cut_off = true;
+                    Err(timed_out("the de-duplicating write", timeout))
+                }
+            }
+        }
+        Ok(Err(e)) => Err(classify(e)),
+        Err(_) => {
+            *cut_off = true;
+            Err(timed_out("the COPY", timeout))
+        }
+    }
+}
+
+/// A batch holding corrected rows: the others as [`write_plain`] writes them, then the
+/// corrected ones by the guarded insert, each in a transaction of its own. Both writes are
+/// idempotent, so a batch retried after the first committed is still stored once.
+async fn write_mixed(
+    client: &mut deadpool_postgres::Client,
+    rows: &[&EventView<'_>],
+    timeout: Duration,
+    cut_off: &mut bool,
+) -> Result<WritePath, WriteError> {
+    let (corrected, plain): (Vec<&EventView<'_>>, Vec<&EventView<'_>>) =
+        rows.iter().partition(|r| r.device_time.is_some());
+    let mut path = WritePath::Guarded;
+    if !plain.is_empty() && write_plain(client, &plain, timeout, cut_off).await? == WritePath::Dedup
+    {
+        path = WritePath::Dedup;
+    }
+    match tokio::time::timeout(timeout, copy_guarded(client, "events", &corrected)).await {
+        Ok(r) => r.map(|()| path).map_err(classify),
+        Err(_) => {
+            *cut_off = true;
+            Err(timed_out("the guarded write", timeout))
+        }
+    }
 }
 
 /// The fast path: one COPY statement, a transaction of its own (autocommit): no BEGIN and
@@ -146,6 +207,44 @@ async fn copy_deduplicated(
     tx.commit().await
 }
 
+/// The guarded write of corrected rows. In one transaction: COPY into a staging table, take an
+/// advisory lock per `event_id` (in order, so two flushers never deadlock; a flusher writing a
+/// copy of the same event waits for this one to commit, then sees its row), and insert each row
+/// unless `events` holds a copy of it: the same `event_id` and `device_time` with a `time`
+/// within [`CORRECTION_SPREAD`], or the same `event_id` at `device_time` (an attempt that was
+/// not corrected, its skew having been under the threshold). Copies within the batch keep the
+/// first one received.
+async fn copy_guarded(
+    client: &mut deadpool_postgres::Client,
+    table: &str,
+    rows: &[&EventView<'_>],
+) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.batch_execute(&format!(
+        "CREATE TEMP TABLE events_staging (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP"
+    ))
+    .await?;
+    let sink = tx.copy_in(&copy_statement("events_staging")).await?;
+    send_rows(sink, rows).await?;
+    tx.batch_execute(&format!(
+        "SELECT count(pg_advisory_xact_lock({GUARD_LOCK}, k))
+         FROM (SELECT DISTINCT hashtext(event_id::text) AS k FROM events_staging ORDER BY k) AS keys;
+         INSERT INTO {table} ({COLUMNS})
+         SELECT DISTINCT ON (event_id, device_time) {COLUMNS} FROM events_staging s
+         WHERE NOT EXISTS (
+                   SELECT 1 FROM {table} e
+                   WHERE e.event_id = s.event_id AND e.device_time = s.device_time
+                     AND e.time BETWEEN s.time - interval '{CORRECTION_SPREAD}'
+                                    AND s.time + interval '{CORRECTION_SPREAD}')
+           AND NOT EXISTS (
+                   SELECT 1 FROM {table} e WHERE e.event_id = s.event_id AND e.time = s.device_time)
+         ORDER BY event_id, device_time, received_at
+         ON CONFLICT DO NOTHING"
+    ))
+    .await?;
+    tx.commit().await
+}
+
 fn copy_statement(table: &str) -> String {
     format!("COPY {table} ({COLUMNS}) FROM STDIN (FORMAT binary)")
 }
@@ -173,8 +272,8 @@ pub fn encode_binary(rows: &[&EventView<'_>]) -> BytesMut {
     let size: usize = rows
         .iter()
         .map(|r| {
-            2 + 10 * 4
-                + 8 * 3
+            2 + 11 * 4
+                + 8 * 4
                 + 16
                 + r.name.len()
                 + r.source.len()
@@ -206,7 +305,7 @@ pub fn encode_binary(rows: &[&EventView<'_>]) -> BytesMut {
         None => buf.put_i32(-1),
     };
     for r in rows {
-        buf.put_i16(10);
+        buf.put_i16(11);
         timestamp(&mut buf, Some(r.time));
         buf.put_i32(16);
         buf.put_slice(r.event_id.as_bytes());
@@ -221,6 +320,7 @@ pub fn encode_binary(rows: &[&EventView<'_>]) -> BytesMut {
         buf.put_slice(json);
         timestamp(&mut buf, r.sent_at);
         timestamp(&mut buf, Some(r.received_at));
+        timestamp(&mut buf, r.device_time);
     }
     buf.put_i16(-1);
     buf
@@ -279,11 +379,12 @@ mod tests {
             properties: "{}",
             sent_at: None,
             received_at: PG_EPOCH_UNIX_MICROS - 1_000_000,
+            device_time: Some(PG_EPOCH_UNIX_MICROS + 2),
         };
         let b = encode_binary(&[&e]);
         assert_eq!(&b[..11], b"PGCOPY\n\xff\r\n\0");
         assert_eq!(&b[11..19], &[0; 8]);
-        assert_eq!(&b[19..21], &10i16.to_be_bytes());
+        assert_eq!(&b[19..21], &11i16.to_be_bytes(), "columns");
         assert_eq!(&b[21..25], &8i32.to_be_bytes());
         assert_eq!(
             &b[25..33],
@@ -309,7 +410,9 @@ mod tests {
             &(-1_000_000i64).to_be_bytes(),
             "1 s before the epoch"
         );
-        assert_eq!(&b[100..], &(-1i16).to_be_bytes(), "trailer");
+        assert_eq!(&b[100..104], &8i32.to_be_bytes());
+        assert_eq!(&b[104..112], &2i64.to_be_bytes(), "device_time, last");
+        assert_eq!(&b[112..], &(-1i16).to_be_bytes(), "trailer");
     }
 
     #[test]

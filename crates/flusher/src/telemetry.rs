@@ -21,7 +21,7 @@ fn describe() {
     );
     describe_counter!(
         "eventtracker_flusher_batches_written_total",
-        "Batches committed, by path (copy or dedup)"
+        "Batches committed, by path (copy, dedup, or guarded: holding events corrected for the device's clock)"
     );
     describe_histogram!(
         "eventtracker_flusher_batch_duration_seconds",
@@ -83,7 +83,7 @@ fn describe() {
     ] {
         counter!(c).absolute(0);
     }
-    for path in ["copy", "dedup"] {
+    for path in ["copy", "dedup", "guarded"] {
         counter!("eventtracker_flusher_batches_written_total", "path" => path).absolute(0);
     }
     gauge!("eventtracker_flusher_backoff_active").set(0.0);

@@ -109,6 +109,10 @@ pub struct Config {
     #[arg(long, env = "INGEST_MAX_FUTURE_SECS", default_value_t = 86_400, value_parser = clap::value_parser!(i64).range(0..=315_576_000))]
     pub max_future_secs: i64,
 
+    /// A batch whose `sent_at` is further than this many seconds from the server's clock comes from a device with a wrong clock: each of its events is stored at `timestamp + (received_at - sent_at)`, its own timestamp kept as `device_time`, and the window judges the corrected time.
+    #[arg(long, env = "INGEST_CLOCK_SKEW_THRESHOLD_SECS", default_value_t = 300, value_parser = clap::value_parser!(i64).range(1..=315_576_000))]
+    pub clock_skew_threshold_secs: i64,
+
     /// Above this many entries in the queue (all shards together), requests get 503 queue_full.
     #[arg(long, env = "INGEST_MAX_QUEUE_LEN", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000_000))]
     pub max_queue_len: u64,

@@ -28,6 +28,9 @@ pub struct AppState {
     pub tokens: TokenStore,
     pub queue: EventQueue,
     pub limits: Limits,
+    /// Past this skew between a batch's `sent_at` and the server's clock its events are
+    /// corrected (`--clock-skew-threshold-secs`).
+    pub clock_skew_threshold: time::Duration,
     pub body_limits: BodyLimits,
     pub body_budget: SharedBudget,
     pub max_events: usize,
@@ -87,6 +90,7 @@ impl AppState {
                 max_future: time::Duration::seconds(config.max_future_secs),
                 ..Limits::default()
             },
+            clock_skew_threshold: time::Duration::seconds(config.clock_skew_threshold_secs),
             body_limits: BodyLimits {
                 wire_bytes: config.max_body_bytes,
                 decompressed_bytes: config.max_decompressed_bytes,

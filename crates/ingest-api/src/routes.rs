@@ -7,7 +7,7 @@
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use event_model::queue::EntryEvent;
-use event_model::{Batch, ValidEvent, parse_batch, validate_event};
+use event_model::{Batch, BatchClock, ValidEvent, parse_batch, validate_event_at};
 use serde::Serialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -38,9 +38,11 @@ pub async fn ingest(
     let encoding = check_headers(&req, state.body_limits)?;
     let Body { bytes, mut budget } =
         read_body(payload, encoding, state.body_limits, &state.body_budget).await?;
-    let received_at = OffsetDateTime::now_utc();
+    let now = OffsetDateTime::now_utc();
     let batch = parse_batch(&bytes, state.max_events).map_err(batch_error)?;
-    let (valid, rejected) = validate_all(&batch, &state, received_at);
+    // The device's clock skew, once for the whole batch.
+    let clock = BatchClock::new(batch.sent_at, now, state.clock_skew_threshold);
+    let (valid, rejected) = validate_all(&batch, &state, &clock);
     // What the accepted events become before the write is done: their owned copies, the
     // encoded entries and the Redis pipeline, each at most the event's text plus its fixed
     // fields. Charged before any of it is built.
@@ -51,7 +53,7 @@ pub async fn ingest(
     budget.charge(building, state.retry_after_secs)?;
     let accepted: Vec<EntryEvent<'_>> = valid
         .iter()
-        .map(|(_, e)| e.entry(&source, batch.sent_at, received_at, Uuid::now_v7))
+        .map(|(_, e)| e.entry(&source, batch.sent_at, clock.received_at, Uuid::now_v7))
         .collect();
     if !rejected.is_empty() {
         telemetry::source_events(&source, "rejected", rejected.len());
@@ -62,6 +64,9 @@ pub async fn ingest(
     admit(&state, &source, accepted.len()).await?;
     enqueue(&state, &accepted).await?;
     telemetry::accepted(accepted.len());
+    if clock.correction.is_some() {
+        telemetry::clock_corrected(&source);
+    }
     telemetry::source_events(&source, "accepted", accepted.len());
     Ok(HttpResponse::Ok().json(Accepted {
         accepted: accepted.len(),
@@ -113,12 +118,12 @@ fn batch_error(e: event_model::BatchError) -> ApiError {
 fn validate_all<'b>(
     batch: &Batch<'b>,
     state: &AppState,
-    now: OffsetDateTime,
+    clock: &BatchClock,
 ) -> (Vec<(usize, ValidEvent<'b>)>, Vec<Rejected>) {
     let mut valid = Vec::with_capacity(batch.events.len());
     let mut rejected = Vec::new();
     for (index, raw) in batch.events.iter().enumerate() {
-        match validate_event(raw, &state.limits, now) {
+        match validate_event_at(raw, &state.limits, clock) {
             Ok(e) => valid.push((raw.get().len(), e)),
             Err(err) => {
                 telemetry::rejected(&err.field);

@@ -84,12 +84,25 @@ pub fn init_source_metrics(sources: &[&str]) {
         "eventtracker_ingest_source_events_total",
         "Events per source (one per API token's source) by outcome: accepted, rejected, rate_limited"
     );
+    metrics::describe_counter!(
+        "eventtracker_ingest_clock_corrected_batches_total",
+        "Batches per source whose events were stored at a time corrected for the device's clock skew"
+    );
     for source in sources {
         for outcome in ["accepted", "rejected", "rate_limited"] {
             metrics::counter!("eventtracker_ingest_source_events_total", "source" => source.to_string(), "outcome" => outcome)
                 .absolute(0);
         }
+        metrics::counter!("eventtracker_ingest_clock_corrected_batches_total", "source" => source.to_string())
+            .absolute(0);
     }
+}
+
+/// A batch of `source` whose events were corrected for the device's clock skew
+/// (`--clock-skew-threshold-secs`).
+pub fn clock_corrected(source: &str) {
+    metrics::counter!("eventtracker_ingest_clock_corrected_batches_total", "source" => source.to_string())
+        .increment(1);
 }
 
 pub fn accepted(n: usize) {

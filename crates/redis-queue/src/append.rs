@@ -108,6 +108,7 @@ mod tests {
             device_id: k.is_multiple_of(2).then_some("dev"),
             session_id: None,
             user_id: Some("u\"ser"),
+            device_time: k.is_multiple_of(5).then_some(at),
             properties: Box::leak(properties.to_string().into_boxed_str()),
             sent_at: k.is_multiple_of(3).then_some(at),
             received_at: at,

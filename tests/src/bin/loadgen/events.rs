@@ -121,6 +121,7 @@ impl EventGen {
             device_id: Some(dev.clone()),
             session_id: Some(sess.clone()),
             user_id: Some(user.clone()),
+            device_time: None,
             properties: RawValue::from_string(props.clone()).expect("valid JSON"),
             sent_at: Some(now),
             received_at: now,
