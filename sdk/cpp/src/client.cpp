@@ -1,6 +1,5 @@
 // The EventTracker client: track() validates and hands events to a bounded buffer; one worker thread
 // moves them into the SQLite queue and sends batches to ingest-api, applying the response rules.
-#include <sqlite3.h>
 #include <zlib.h>
 
 #include <algorithm>
@@ -18,6 +17,7 @@
 #include "eventtracker/eventtracker.h"
 #include "json.hpp"
 #include "platform.hpp"
+#include "queue_store.hpp"
 #include "response.hpp"
 #include "transport.hpp"
 #include "transport_app.hpp"
@@ -32,7 +32,6 @@ constexpr size_t kMaxPropertiesDepth = 32;
 constexpr int64_t kRetryAfterCapMs = 5 * 60 * 1000;
 constexpr size_t kPersistChunk = 500;
 constexpr int64_t kNever = INT64_MAX / 4;
-const char *const kMinId = "SELECT min(id) FROM events";
 
 struct Config {
   std::string endpoint, token, ca_file, ca_path, proxy, user_agent = "eventtracker-cpp/1.0.0";
@@ -273,7 +272,7 @@ struct et_client {
 
   // ---- worker-only state ----
   std::string queue_path;
-  sqlite3 *db = nullptr;
+  QueueStore store;
   FileLock queue_lock;
   // The transport (worker-owned; an app's replaces it between requests) and the thread that runs its
   // blocking send while the worker goes on persisting, preparing the next batch and watching deadlines.
@@ -325,91 +324,9 @@ struct et_client {
     }
   }
 
-  // ---- SQLite ----------------------------------------------------------------------------------
-  bool exec(const char *sql) { return sqlite3_exec(db, sql, nullptr, nullptr, nullptr) == SQLITE_OK; }
-
-  // Prepared once, reused (reset after every use: a statement left open would pin a WAL snapshot).
-  std::vector<std::pair<const char *, sqlite3_stmt *>> stmts;
-  sqlite3_stmt *cached(const char *sql) {
-    for (auto &p : stmts)
-      if (p.first == sql) return p.second;
-    sqlite3_stmt *st = nullptr;
-    if (sqlite3_prepare_v2(db, sql, -1, &st, nullptr) != SQLITE_OK) return nullptr;
-    stmts.emplace_back(sql, st);
-    return st;
-  }
-  static void done(sqlite3_stmt *st) {
-    if (st) {
-      sqlite3_reset(st);
-      sqlite3_clear_bindings(st);
-    }
-  }
-  void finalize_all() {
-    for (auto &p : stmts) sqlite3_finalize(p.second);
-    stmts.clear();
-  }
-
-  int64_t scalar(const char *sql, int64_t arg = 0, bool bind = false) {
-    sqlite3_stmt *st = cached(sql);
-    int64_t v = 0;
-    if (st) {
-      if (bind) sqlite3_bind_int64(st, 1, arg);
-      if (sqlite3_step(st) == SQLITE_ROW) v = sqlite3_column_int64(st, 0);
-    }
-    done(st);
-    return v;
-  }
-
-  // Opens and checks the queue; on corruption returns false with *corrupt set.
-  bool open_db(const std::string &path, std::string *err, bool *corrupt) {
-    *corrupt = false;
-    int rc = sqlite3_open_v2(path.c_str(), &db,
-                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, nullptr);
-    if (rc != SQLITE_OK) {
-      *err = "cannot open queue " + path + ": " + (db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
-      return false;
-    }
-    sqlite3_busy_timeout(db, 2000);
-    auto check = [&](int rc2) {
-      if (rc2 == SQLITE_OK || rc2 == SQLITE_DONE || rc2 == SQLITE_ROW) return true;
-      int ext = rc2 & 0xff;
-      if (ext == SQLITE_CORRUPT || ext == SQLITE_NOTADB) *corrupt = true;
-      *err = "queue " + path + ": " + sqlite3_errmsg(db);
-      return false;
-    };
-    bool mem = path == ":memory:";
-    if (!check(sqlite3_exec(db, mem ? "PRAGMA journal_mode=MEMORY" : "PRAGMA journal_mode=WAL", nullptr, nullptr,
-                            nullptr)))
-      return false;
-    if (!check(sqlite3_exec(db,
-                            "PRAGMA auto_vacuum=INCREMENTAL;"  // takes effect on a new file only
-                            "PRAGMA synchronous=NORMAL; PRAGMA journal_size_limit=4194304; PRAGMA cache_size=-8192;"
-                            "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
-                            "CREATE TABLE IF NOT EXISTS events(id INTEGER PRIMARY KEY AUTOINCREMENT,"
-                            " event_id TEXT NOT NULL, body TEXT NOT NULL);",
-                            nullptr, nullptr, nullptr)))
-      return false;
-    if (!mem) {
-      sqlite3_stmt *st = nullptr;
-      std::string result;
-      int r2 = sqlite3_prepare_v2(db, "PRAGMA quick_check", -1, &st, nullptr);
-      if (r2 == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW) {
-        const unsigned char *t = sqlite3_column_text(st, 0);
-        result = t ? reinterpret_cast<const char *>(t) : "";
-      }
-      sqlite3_finalize(st);
-      if (result != "ok") {
-        *corrupt = true;
-        *err = "queue " + path + " failed its integrity check: " + result;
-        return false;
-      }
-    }
-    return true;
-  }
-
+  // ---- the queue ---------------------------------------------------------------------------------
   bool init_queue(const std::string &path, std::string *err) {
     queue_path = path;
-    std::string p = path.empty() ? ":memory:" : path;
     if (!path.empty()) {
       std::string lock = path + ".lock";
       bool locked = false;
@@ -418,59 +335,32 @@ struct et_client {
         return false;
       }
     }
-    bool corrupt = false;
-    std::string e;
-    if (!open_db(p, &e, &corrupt)) {
-      if (db) sqlite3_close(db);
-      db = nullptr;
-      if (!corrupt || path.empty()) {
-        *err = e;
-        return false;
-      }
-      std::string aside = path + ".corrupt-" + std::to_string(unix_ms());
-      std::string why;
-      if (!rename_file(path, aside, &why)) {
-        *err = e + "; and it could not be moved aside: " + why;
-        return false;
-      }
-      rename_file(path + "-wal", aside + "-wal", nullptr);
-      rename_file(path + "-shm", aside + "-shm", nullptr);
+    std::string reset;
+    if (!store.open(path, err, &reset)) return false;
+    if (!reset.empty()) {
       queue_resets = 1;
-      report(ET_REPORT_QUEUE_RESET, 0, -1, 0, 0, "", e + "; moved aside to " + aside + ", starting empty");
-      if (!open_db(p, &e, &corrupt)) {
-        *err = e;
-        return false;
-      }
+      report(ET_REPORT_QUEUE_RESET, 0, -1, 0, 0, "", reset);
     }
     // device_id: generated once, kept with the queue.
-    sqlite3_stmt *st = nullptr;
     std::string device;
-    if (sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key='device_id'", -1, &st, nullptr) == SQLITE_OK &&
-        sqlite3_step(st) == SQLITE_ROW)
-      device = reinterpret_cast<const char *>(sqlite3_column_text(st, 0));
-    sqlite3_finalize(st);
-    if (device.empty()) {
+    if (!store.get_meta("device_id", &device) || device.empty()) {
       device = uuid_v4();
-      std::string sql = "INSERT OR REPLACE INTO meta(key, value) VALUES('device_id', '" + device + "')";
-      exec(sql.c_str());
+      store.set_meta("device_id", device);
     }
     if (cfg.device_id.empty()) cfg.device_id = device;  // an option given at creation wins
-    consent = cfg.require_consent ? ET_CONSENT_PENDING : ET_CONSENT_GRANTED;
-    if (sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key='consent'", -1, &st, nullptr) == SQLITE_OK &&
-        sqlite3_step(st) == SQLITE_ROW)
-      consent = consent_from_name(reinterpret_cast<const char *>(sqlite3_column_text(st, 0)));
-    else if (cfg.require_consent)  // recorded, so the next run waits too, whatever its options
-      exec("INSERT OR REPLACE INTO meta(key, value) VALUES('consent', 'pending')");
-    sqlite3_finalize(st);
+    std::string recorded;
+    if (store.get_meta("consent", &recorded)) {
+      consent = consent_from_name(recorded);
+    } else {
+      consent = cfg.require_consent ? ET_CONSENT_PENDING : ET_CONSENT_GRANTED;
+      if (cfg.require_consent) store.set_meta("consent", "pending");  // the next run waits too, whatever its options
+    }
     consent_granted = consent == ET_CONSENT_GRANTED;
     // What a previous run left: counts as tracked, due at once.
-    if (sqlite3_prepare_v2(db, "SELECT id, length(body) FROM events ORDER BY id", -1, &st, nullptr) == SQLITE_OK) {
-      while (sqlite3_step(st) == SQLITE_ROW) {
-        session_rows.emplace_back(sqlite3_column_int64(st, 0), next_seq++);
-        db_bytes += sqlite3_column_int64(st, 1);
-      }
+    for (const auto &row : store.scan()) {
+      session_rows.emplace_back(row.first, next_seq++);
+      db_bytes += row.second;
     }
-    sqlite3_finalize(st);
     n_db = session_rows.size();
     unsent_count = static_cast<int64_t>(session_rows.size());
     if (unsent_count) unsent_since = steady_ms() - 24 * 3600 * 1000ll;
@@ -489,34 +379,23 @@ struct et_client {
       buffer.swap(spare);  // the capacity of the last hand-off, so et_track does not reallocate
       tracked_at = oldest_buffered_at;
     }
-    static const char *const kInsert = "INSERT INTO events(event_id, body) VALUES(?, ?)";
-    sqlite3_stmt *ins = cached(kInsert);
-    bool ok = ins != nullptr;
     size_t done = 0;
     std::string failure;
-    while (ok && done < items.size()) {
+    std::vector<NewRow> chunk;
+    std::vector<int64_t> ids;
+    while (done < items.size()) {
       size_t end = std::min(items.size(), done + kPersistChunk);
-      if (!exec("BEGIN IMMEDIATE")) {
-        ok = false;
-        break;
-      }
-      std::vector<std::pair<int64_t, uint64_t>> rows;
+      chunk.clear();
       int64_t bytes = 0;
-      for (size_t i = done; i < end && ok; i++) {
-        sqlite3_bind_text(ins, 1, items[i].event_id, 36, SQLITE_STATIC);
-        sqlite3_bind_text(ins, 2, items[i].body.data(), static_cast<int>(items[i].body.size()), SQLITE_STATIC);
-        if (sqlite3_step(ins) != SQLITE_DONE) ok = false;
-        sqlite3_reset(ins);
-        rows.emplace_back(sqlite3_last_insert_rowid(db), items[i].seq);
+      for (size_t i = done; i < end; i++) {
+        chunk.push_back(NewRow{std::string_view(items[i].event_id, 36), items[i].body});
         bytes += static_cast<int64_t>(items[i].body.size());
       }
-      if (ok && !exec("COMMIT")) ok = false;
-      if (!ok) {
-        failure = sqlite3_errmsg(db);
-        exec("ROLLBACK");
+      if (!store.append(chunk, &ids)) {
+        failure = store.error();
         break;
       }
-      for (auto &r : rows) session_rows.push_back(r);
+      for (size_t i = done; i < end; i++) session_rows.emplace_back(ids[i - done], items[i].seq);
       int64_t n = static_cast<int64_t>(end - done);
       n_db += static_cast<uint64_t>(n);
       db_bytes += bytes;
@@ -526,7 +405,6 @@ struct et_client {
       enforce_cap();  // after every chunk, so the file never holds much more than the cap
       n_buffered -= static_cast<uint64_t>(n);  // last: buffered == 0 means written and capped
     }
-    this->done(ins);
     if (done < items.size()) {
       // Keep what could not be written (disk full, I/O error) in memory, in order; try again in 1 s.
       std::lock_guard<std::mutex> g(mu);
@@ -548,32 +426,12 @@ struct et_client {
     int64_t excess_b = db_bytes - wcfg.max_queue_bytes;
     if (excess_n <= 0 && excess_b <= 0) return;
     int64_t lo = inflight ? inflight->ids.front() : 0, hi = inflight ? inflight->ids.back() : -1;
-    sqlite3_stmt *st = nullptr;
-    sqlite3_prepare_v2(db, "SELECT id, length(body) FROM events WHERE id < ? OR id > ? ORDER BY id", -1, &st,
-                       nullptr);
-    sqlite3_bind_int64(st, 1, lo);
-    sqlite3_bind_int64(st, 2, hi);
-    int64_t upto = -1, n = 0, b = 0;
-    while ((excess_n > 0 || excess_b > 0) && sqlite3_step(st) == SQLITE_ROW) {
-      upto = sqlite3_column_int64(st, 0);
-      int64_t len = sqlite3_column_int64(st, 1);
-      n++;
-      b += len;
-      excess_n--;
-      excess_b -= len;
-    }
-    sqlite3_finalize(st);
-    if (n == 0) return;
-    sqlite3_prepare_v2(db, "DELETE FROM events WHERE id <= ? AND (id < ? OR id > ?)", -1, &st, nullptr);
-    sqlite3_bind_int64(st, 1, upto);
-    sqlite3_bind_int64(st, 2, lo);
-    sqlite3_bind_int64(st, 3, hi);
-    int rc = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) {
-      report(ET_REPORT_ERROR, 0, -1, 0, 0, "", std::string("dropping past the queue cap failed: ") + sqlite3_errmsg(db));
+    int64_t n = 0, b = 0;
+    if (!store.drop_oldest(excess_n, excess_b, lo, hi, &n, &b)) {
+      report(ET_REPORT_ERROR, 0, -1, 0, 0, "", "dropping past the queue cap failed: " + store.error());
       return;
     }
+    if (n == 0) return;
     n_db -= static_cast<uint64_t>(n);
     db_bytes -= b;
     n_dropped += static_cast<uint64_t>(n);
@@ -595,7 +453,7 @@ struct et_client {
   }
 
   void update_resolved() {
-    int64_t min_id = n_db.load() ? scalar(kMinId) : INT64_MAX;
+    int64_t min_id = n_db.load() ? store.min_id() : INT64_MAX;
     uint64_t r = 0;
     bool changed = false;
     while (!session_rows.empty() && session_rows.front().first < min_id) {
@@ -611,58 +469,28 @@ struct et_client {
   }
 
   void remove_batch(const Batch &b) {
-    static const char *const kDelete = "DELETE FROM events WHERE id BETWEEN ? AND ?";
-    sqlite3_stmt *st = cached(kDelete);
-    sqlite3_bind_int64(st, 1, b.ids.front());
-    sqlite3_bind_int64(st, 2, b.ids.back());
-    int rc = sqlite3_step(st);
-    done(st);
-    if (rc != SQLITE_DONE) {
-      report(ET_REPORT_ERROR, 0, -1, 0, 0, "", std::string("deleting sent events failed: ") + sqlite3_errmsg(db));
+    int64_t n = store.remove_range(b.ids.front(), b.ids.back());
+    if (n < 0) {
+      report(ET_REPORT_ERROR, 0, -1, 0, 0, "", "deleting sent events failed: " + store.error());
       return;
     }
-    int64_t n = sqlite3_changes(db);
     n_db -= static_cast<uint64_t>(n);
     db_bytes -= b.bytes;
     give_back_space();
     update_resolved();
   }
 
-  // The file returns its free pages to the OS: all of them once the queue is empty, else when more than
-  // a quarter of the file (and over 1 MiB) is free. A file made before incremental vacuum is converted
-  // the first time it is empty (VACUUM is cheap then).
-  void give_back_space() {
-    if (queue_path.empty()) return;
-    int64_t free_pages = scalar("PRAGMA freelist_count");
-    if (n_db.load() == 0) {
-      if (scalar("PRAGMA auto_vacuum") != 2) {
-        exec("PRAGMA auto_vacuum=INCREMENTAL");
-        exec("VACUUM");
-      } else if (free_pages > 0) {
-        exec("PRAGMA incremental_vacuum");
-      }
-      exec("PRAGMA wal_checkpoint(TRUNCATE)");
-    } else if (free_pages > 256 && free_pages * 4 > scalar("PRAGMA page_count")) {
-      exec("PRAGMA incremental_vacuum");
-    }
-  }
+  void give_back_space() { store.give_back_space(n_db.load() == 0); }
 
   bool form_batch() {
     if (unsent_count <= 0) return false;
-    static const char *const kSelect = "SELECT id, event_id, body FROM events WHERE id > ? ORDER BY id LIMIT ?";
-    sqlite3_stmt *st = cached(kSelect);
-    sqlite3_bind_int64(st, 1, taken_id);
-    sqlite3_bind_int64(st, 2, wcfg.max_batch_events);
+    StoredRows rows;
+    store.read_after(taken_id, wcfg.max_batch_events, wcfg.max_batch_bytes, &rows);
     Batch b;
-    while (sqlite3_step(st) == SQLITE_ROW) {
-      int64_t len = sqlite3_column_bytes(st, 2);
-      if (!b.ids.empty() && b.bytes + len + 1 > wcfg.max_batch_bytes) break;
-      b.ids.push_back(sqlite3_column_int64(st, 0));
-      b.event_ids.emplace_back(reinterpret_cast<const char *>(sqlite3_column_text(st, 1)));
-      b.bodies.emplace_back(reinterpret_cast<const char *>(sqlite3_column_text(st, 2)), static_cast<size_t>(len));
-      b.bytes += len;
-    }
-    done(st);
+    b.ids = std::move(rows.ids);
+    b.event_ids = std::move(rows.event_ids);
+    b.bodies = std::move(rows.bodies);
+    b.bytes = rows.bytes;
     if (b.ids.empty()) {
       unsent_count = 0;
       unsent_since = kNever;
@@ -946,17 +774,11 @@ struct et_client {
       purge_requested = false;
       purge_upto = purge_seq;
     }
-    if (!queue_path.empty()) {
-      sqlite3_stmt *st = cached("INSERT OR REPLACE INTO meta(key, value) VALUES('consent', ?)");
-      sqlite3_bind_text(st, 1, consent_name(consent_now), -1, SQLITE_STATIC);
-      int rc = sqlite3_step(st);
-      done(st);
-      if (rc != SQLITE_DONE)
-        report(ET_REPORT_ERROR, 0, -1, 0, 0, "", std::string("recording consent failed: ") + sqlite3_errmsg(db));
-    }
+    if (!store.set_meta("consent", consent_name(consent_now)))
+      report(ET_REPORT_ERROR, 0, -1, 0, 0, "", "recording consent failed: " + store.error());
     if (purge) {
       int64_t n = static_cast<int64_t>(n_db.load());
-      if (exec("DELETE FROM events")) {
+      if (store.remove_all()) {
         n_db = 0;
         db_bytes = 0;
         batches.clear();
@@ -968,7 +790,7 @@ struct et_client {
         report(ET_REPORT_PURGED, 0, -1, static_cast<int>(std::min<int64_t>(n, INT32_MAX)), 0, "",
                "deleted everything queued");
       } else {
-        report(ET_REPORT_ERROR, 0, -1, 0, 0, "", std::string("purging the queue failed: ") + sqlite3_errmsg(db));
+        report(ET_REPORT_ERROR, 0, -1, 0, 0, "", "purging the queue failed: " + store.error());
       }
     }
     std::lock_guard<std::mutex> g(mu);
@@ -1072,9 +894,7 @@ struct et_client {
   // Everything but the worker thread itself.
   void release() {
     transport.reset();
-    finalize_all();
-    if (db) sqlite3_close(db);
-    db = nullptr;
+    store.close();
     queue_lock.release();
   }
 };
