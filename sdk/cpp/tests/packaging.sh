@@ -31,7 +31,7 @@ mkdir -p "$work/consumer"
 cat > "$work/consumer/CMakeLists.txt.new" <<'CM'
 cmake_minimum_required(VERSION 3.16)
 project(consumer LANGUAGES C CXX)
-set(CMAKE_CXX_STANDARD 17)
+# no CMAKE_CXX_STANDARD: the target brings C++17 (cxx_std_17) for client.hpp
 find_package(EventTracker 1.0 CONFIG REQUIRED)
 add_executable(consumer main.cpp)
 target_link_libraries(consumer PRIVATE EventTracker::eventtracker)
