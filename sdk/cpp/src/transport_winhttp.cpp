@@ -87,6 +87,10 @@ class WinHttpTransport : public Transport {
     }
     int connect_ms = static_cast<int>(rq.connect_timeout_ms), all_ms = static_cast<int>(rq.timeout_ms);
     WinHttpSetTimeouts(req, connect_ms, connect_ms, all_ms, all_ms);
+    // The wait for the answer's headers has a timeout of its own (90 s by default), which WinHttpSetTimeouts
+    // does not set: without this a server that never answers holds the request for 90 s, not timeout_ms.
+    DWORD response_ms = static_cast<DWORD>(all_ms);
+    WinHttpSetOption(req, WINHTTP_OPTION_RECEIVE_RESPONSE_TIMEOUT, &response_ms, sizeof response_ms);
     {
       std::lock_guard<std::mutex> g(mu_);
       if (cancelled()) {

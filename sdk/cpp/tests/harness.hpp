@@ -1,5 +1,9 @@
 // Test harness: starts the real ingest-api, flusher and (when a test needs its own) redis-server,
 // makes a fresh PostgreSQL database per test, reads /metrics, and offers a scriptable fake HTTP server.
+// One API, two implementations of the platform part: harness_posix.cpp forks the Linux binaries itself;
+// harness_win.cpp (the Windows build, run under Wine) asks scripts/sdk-controller, a small HTTP service on the
+// Linux side (ET_TEST_CONTROLLER), to run them, and starts the test helper with CreateProcess. harness.cpp
+// holds what both share (the fake server, reports, temp folders, metrics).
 #pragma once
 
 #include <sys/types.h>
@@ -9,6 +13,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <ctime>
 #include <functional>
 #include <map>
 #include <memory>
@@ -19,12 +24,38 @@
 
 #include "eventtracker/eventtracker.h"
 
+#ifdef _WIN32
+// Windows has no such signals; the harness maps them: SIGKILL is TerminateProcess (exit code kKilledExitCode,
+// reported by wait_exit as -1000 - SIGKILL), SIGSTOP/SIGCONT reach the controller's Linux processes only.
+#ifndef SIGKILL
+#define SIGKILL 9
+#endif
+#ifndef SIGCONT
+#define SIGCONT 18
+#endif
+#ifndef SIGSTOP
+#define SIGSTOP 19
+#endif
+#endif
+
 namespace h {
 
 constexpr const char *kToken = "sdk-test-token-0123456789";
 constexpr const char *kSource = "sdk-test-source";
+#ifdef _WIN32
+// The exit code of a process the harness (or the helper's track-and-die) ends with TerminateProcess:
+// 128 + SIGKILL, as a shell shows a SIGKILLed one.
+constexpr unsigned kKilledExitCode = 137;
+#endif
+// The $platform the SDK reports here.
+#ifdef _WIN32
+constexpr const char *kPlatform = "windows";
+#else
+constexpr const char *kPlatform = "linux";
+#endif
 
 std::string env(const char *name, const char *fallback = "");
+void need(bool ok, const std::string &what);  // throws (and says so on stderr) unless ok
 std::string bin_dir();               // ET_BIN_DIR: where ingest-api and flusher are
 std::string helper_path();           // the et_test_helper executable
 std::string unique(const std::string &prefix);
@@ -34,9 +65,14 @@ int64_t now_ms();                    // steady clock
 // Polls `cond` every 20 ms until true or `limit_ms`; returns its last value.
 bool wait_until(const std::function<bool()> &cond, int64_t limit_ms);
 std::string read_file(const std::string &path);
-// Runs a shell command; returns stdout (trimmed); *rc gets the exit status.
+// Runs a shell command; returns stdout (trimmed); *rc gets the exit status. POSIX only.
 std::string sh(const std::string &cmd, int *rc = nullptr);
 std::string http_get(const std::string &url);
+// The UTC calendar time of `secs` from the OS (gmtime_r; on Windows FileTimeToSystemTime, which reaches year
+// 30827 where the CRT's gmtime_s stops at 3000). Fills year, mon, mday, hour, min, sec as gmtime does.
+void utc_tm(time_t secs, struct tm *out);
+// Whether this Windows build runs under Wine (ntdll exports wine_get_version); false elsewhere.
+bool under_wine();
 // Sum of a Prometheus counter over all its label sets.
 double metric(const std::string &metrics_text, const std::string &name);
 
@@ -46,16 +82,25 @@ class Proc {
        const std::vector<std::pair<std::string, std::string>> &envs = {});
   ~Proc();
   pid_t pid() const { return pid_; }
-  std::string log() const { return read_file(log_path_); }
+  std::string log() const;
   void signal(int sig) const;
   bool running();
   int wait_exit(int64_t limit_ms);  // exit code, or -1000-signal, or INT32_MIN on timeout
   void stop();                       // SIGTERM, then SIGKILL after 10 s
+#ifdef _WIN32
+  // A process scripts/sdk-controller runs on the Linux side (ingest-api, flusher, redis-server), by its id.
+  static std::unique_ptr<Proc> remote(const std::string &name, const std::string &id);
+#endif
  private:
   std::string name_, log_path_;
   pid_t pid_ = -1;
   bool reaped_ = false;
   int status_ = 0;
+#ifdef _WIN32
+  Proc() = default;
+  void *handle_ = nullptr;  // HANDLE of a local process
+  std::string remote_;      // the controller's id of a remote one
+#endif
 };
 
 class Redis {  // a private redis-server (AOF always), for tests that freeze or stop it
@@ -134,9 +179,14 @@ class FakeServer {
   int open_connections() const { return open_.load(); }
   int closed_connections() const { return closed_.load(); }
  private:
-  void serve(int fd);
+#ifdef _WIN32
+  using sock_t = uintptr_t;  // SOCKET
+#else
+  using sock_t = int;
+#endif
+  void serve(sock_t fd);
   std::function<FakeResponse(size_t, const FakeRequest &)> responder_;
-  int listen_fd_ = -1;
+  sock_t listen_fd_ = static_cast<sock_t>(-1);
   uint16_t port_ = 0;
   std::atomic<bool> stop_{false};
   std::atomic<int> open_{0}, closed_{0};
@@ -158,5 +208,8 @@ struct Reports {
 };
 
 std::string gunzip(const std::string &in);
+
+// For the harness's own files: remembers a temporary folder to remove after a passing run.
+void keep_temp_dir(const std::string &path);
 
 }  // namespace h

@@ -2,6 +2,8 @@
 //   et_test_helper track-and-wait ENDPOINT QUEUE N   track N events, print READY once all are on disk, wait
 //   et_test_helper lock QUEUE                        exit 0 when opening QUEUE fails because it is locked
 //   et_test_helper track-and-die ENDPOINT QUEUE N    track N events, print the `buffered` counter, SIGKILL itself
+//                                                    (Windows: TerminateProcess with exit code 137, which the
+//                                                    harness reports as SIGKILL)
 //   et_test_helper exit-without-close ENDPOINT QUEUE N   track N events and return from main without closing
 //   et_test_helper close-timed ENDPOINT QUEUE N T   track N events, wait for the first request to start,
 //                                                   print how long et_client_free(c, T) took: CLOSED ms=...
@@ -15,6 +17,10 @@
 
 #include "eventtracker/eventtracker.h"
 #include "socket_transport.hpp"
+
+#ifdef _WIN32
+#include <windows.h>
+#endif
 
 int main(int argc, char **argv) {
   if (argc < 3) return 2;
@@ -58,7 +64,11 @@ int main(int argc, char **argv) {
     et_client_counters(c, &k);
     std::printf("DYING buffered=%llu\n", static_cast<unsigned long long>(k.buffered));
     std::fflush(stdout);
+#ifdef _WIN32
+    TerminateProcess(GetCurrentProcess(), 137);  // h::kKilledExitCode
+#else
     raise(SIGKILL);
+#endif
   }
   if (mode == "close-timed" && argc >= 6) {
     et_counters k{};

@@ -92,6 +92,13 @@ TEST(Shutdown, HangingServerCloseAbortsTheTransferAndEventsStayOnDisk) {
   std::string queue = h::temp_dir() + "/queue.db";
   et_client *c = new_client(hang.url(), queue);
   ASSERT_NE(c, nullptr);
+  // Wine's WinHTTP does not end a synchronous request when its handle is closed (Windows does: see
+  // WinHttpCloseHandle), so under Wine the default transport's transfer ends at request_timeout_ms (4 s here)
+  // instead: close still returns on time, the connection and the queue file are let go a little later.
+  const bool wine_winhttp = h::under_wine() && h::env("ET_TEST_TRANSPORT") != "sockets";
+  if (wine_winhttp) {
+    ASSERT_EQ(et_client_set(c, "request_timeout_ms", "4000"), 0);
+  }
   for (int i = 0; i < 300; i++) track_retrying(c, "hanging", "{\"i\":" + std::to_string(i) + "}");
   ASSERT_TRUE(h::wait_until([&] { return hang.requests().size() >= 1; }, 30000)) << "no request reached the server";
   EXPECT_EQ(hang.closed_connections(), 0);
@@ -101,6 +108,16 @@ TEST(Shutdown, HangingServerCloseAbortsTheTransferAndEventsStayOnDisk) {
   EXPECT_LE(took, 3000) << "et_client_free(c, 1000) took " << took << " ms";
   EXPECT_TRUE(h::wait_until([&] { return hang.closed_connections() >= 1; }, 10000))
       << "the hanging server never saw its connection closed";
+  if (wine_winhttp) {  // the worker left behind frees the client (and the file's lock) once out of WinHTTP
+    EXPECT_TRUE(h::wait_until(
+        [&] {
+          char err[256];
+          et_client *probe = et_client_new(hang.url().c_str(), h::kToken, queue.c_str(), err, sizeof err);
+          if (probe) et_client_free(probe, 0);
+          return probe != nullptr;
+        },
+        10000));
+  }
   deliver_leftovers(queue, 300);
 }
 
@@ -118,6 +135,7 @@ TEST(Shutdown, ProcessExitingWithoutClosingNeitherHangsNorCrashes) {
   deliver_leftovers(queue, 200);  // what it tracked was on disk and the lock was released
 }
 
+#ifndef _WIN32  // the stall is an LD_PRELOAD shim over glibc's getaddrinfo
 // Quitting the game while the resolver hangs: et_client_free(c, T) returns within T and a margin, the
 // events stay on disk. The stall is real: the shim says so, and the request had started.
 TEST(Shutdown, CloseIsBoundedWhileTheResolverStalls) {
@@ -140,3 +158,4 @@ TEST(Shutdown, CloseIsBoundedWhileTheResolverStalls) {
   EXPECT_LE(took, 1500) << "et_client_free(c, 500) took " << took << " ms with the resolver stalled";
   EXPECT_EQ(queue_rows(queue), 20) << "the events did not stay in the queue file";
 }
+#endif

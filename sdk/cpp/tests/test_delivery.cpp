@@ -49,7 +49,9 @@ TEST(Delivery, EightThreadsTenThousandEventsExactlyOnce) {
   // ... once the SDK's reserved context is taken off, which every event carries.
   EXPECT_EQ(p.db->count("properties - '{$sdk,$sdk_version,$platform,$os,$os_version,$locale}'::text[] = " + expected),
             10000);
-  EXPECT_EQ(p.db->count("properties->>'$sdk' = 'eventtracker-cpp' AND properties->>'$platform' = 'linux'"), 10000);
+  EXPECT_EQ(p.db->count("properties->>'$sdk' = 'eventtracker-cpp' AND properties->>'$platform' = '" +
+                        std::string(h::kPlatform) + "'"),
+            10000);
   EXPECT_EQ(p.db->query("SELECT count(DISTINCT device_id) || ',' || count(DISTINCT session_id) FROM events"), "1,1");
   // nothing more arrives later
   std::this_thread::sleep_for(std::chrono::milliseconds(1000));

@@ -55,7 +55,7 @@ TEST(Policy, TimeIsFormattedLikeGmtimeWithoutCallingIt) {
   for (int64_t ms : samples) {
     time_t secs = static_cast<time_t>(ms / 1000);
     struct tm tm {};
-    gmtime_r(&secs, &tm);
+    h::utc_tm(secs, &tm);
     char want[64];
     std::snprintf(want, sizeof want, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
                   tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms % 1000));
@@ -64,7 +64,7 @@ TEST(Policy, TimeIsFormattedLikeGmtimeWithoutCallingIt) {
   for (int64_t ms = 1700000000000; ms < 1700000000000 + 400ll * 86400000; ms += 86400000 + 3601001) {
     time_t secs = static_cast<time_t>(ms / 1000);
     struct tm tm {};
-    gmtime_r(&secs, &tm);
+    h::utc_tm(secs, &tm);
     char want[64];
     std::snprintf(want, sizeof want, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
                   tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms % 1000));

@@ -2,7 +2,10 @@
 //    corrupt queue file behave as stated.
 #include <dirent.h>
 #include <sys/stat.h>
-#include <unistd.h>
+#ifdef _WIN32
+#include <windows.h>
+#include <psapi.h>
+#endif
 
 #include <fstream>
 #include <thread>
@@ -18,11 +21,18 @@ int64_t file_size(const std::string &p) {
 }
 
 int64_t rss_kib() {
+#ifdef _WIN32
+  PROCESS_MEMORY_COUNTERS pmc{};
+  pmc.cb = sizeof pmc;
+  if (K32GetProcessMemoryInfo(GetCurrentProcess(), &pmc, sizeof pmc)) return static_cast<int64_t>(pmc.WorkingSetSize / 1024);
+  return 0;
+#else
   std::ifstream f("/proc/self/status");
   std::string line;
   while (std::getline(f, line))
     if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6));
   return 0;
+#endif
 }
 
 void wait_settled(et_client *c) {

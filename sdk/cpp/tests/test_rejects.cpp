@@ -241,7 +241,7 @@ TEST(Rejects, TooManyRequestsAndServerErrorsRetryTheSameBatch) {
       char date[64];
       time_t t = time(nullptr) + 3;
       struct tm tm {};
-      gmtime_r(&t, &tm);
+      h::utc_tm(t, &tm);
       strftime(date, sizeof date, "Retry-After: %a, %d %b %Y %H:%M:%S GMT", &tm);
       res.headers = {date};
     } else {
