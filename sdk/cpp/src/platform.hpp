@@ -3,6 +3,7 @@
 // Paths are UTF-8 everywhere (converted to UTF-16 on Windows).
 #pragma once
 #include <string>
+#include <string_view>
 
 namespace et {
 
@@ -30,5 +31,11 @@ bool rename_file(const std::string &from, const std::string &to, std::string *er
 const char *platform_name();
 std::string os_name();
 std::string os_version();
+
+#if defined(_WIN32)
+// UTF-8 <-> UTF-16, for the wide Windows APIs.
+std::wstring utf8_to_wide(std::string_view s);
+std::string wide_to_utf8(const wchar_t *w, size_t len);
+#endif
 
 }  // namespace et

@@ -8,15 +8,24 @@
 #include "platform.hpp"
 
 namespace et {
-namespace {
 
-std::wstring wide(const std::string &s) {
+std::wstring utf8_to_wide(std::string_view s) {
   if (s.empty()) return std::wstring();
   int n = MultiByteToWideChar(CP_UTF8, 0, s.data(), static_cast<int>(s.size()), nullptr, 0);
   std::wstring w(static_cast<size_t>(n), L'\0');
   MultiByteToWideChar(CP_UTF8, 0, s.data(), static_cast<int>(s.size()), &w[0], n);
   return w;
 }
+
+std::string wide_to_utf8(const wchar_t *w, size_t len) {
+  if (!len) return std::string();
+  int n = WideCharToMultiByte(CP_UTF8, 0, w, static_cast<int>(len), nullptr, 0, nullptr, nullptr);
+  std::string s(static_cast<size_t>(n), '\0');
+  WideCharToMultiByte(CP_UTF8, 0, w, static_cast<int>(len), &s[0], n, nullptr, nullptr);
+  return s;
+}
+
+namespace {
 
 std::string last_error() {
   DWORD e = GetLastError();
@@ -25,9 +34,7 @@ std::string last_error() {
                  e, 0, reinterpret_cast<wchar_t *>(&buf), 0, nullptr);
   std::string out = "error " + std::to_string(e);
   if (buf) {
-    int n = WideCharToMultiByte(CP_UTF8, 0, buf, -1, nullptr, 0, nullptr, nullptr);
-    std::string m(static_cast<size_t>(n > 0 ? n - 1 : 0), '\0');
-    if (n > 1) WideCharToMultiByte(CP_UTF8, 0, buf, -1, &m[0], n, nullptr, nullptr);
+    std::string m = wide_to_utf8(buf, wcslen(buf));
     while (!m.empty() && (m.back() == '\n' || m.back() == '\r' || m.back() == ' ')) m.pop_back();
     out += ": " + m;
     LocalFree(buf);
@@ -40,7 +47,7 @@ std::string last_error() {
 bool FileLock::acquire(const std::string &path, std::string *err, bool *locked) {
   *locked = false;
   // No sharing: a second opener (this or another process) fails with a sharing violation.
-  HANDLE h = CreateFileW(wide(path).c_str(), GENERIC_READ | GENERIC_WRITE, 0, nullptr, OPEN_ALWAYS,
+  HANDLE h = CreateFileW(utf8_to_wide(path).c_str(), GENERIC_READ | GENERIC_WRITE, 0, nullptr, OPEN_ALWAYS,
                          FILE_ATTRIBUTE_NORMAL, nullptr);
   if (h == INVALID_HANDLE_VALUE) {
     DWORD e = GetLastError();
@@ -61,7 +68,7 @@ void FileLock::release() {
 }
 
 bool rename_file(const std::string &from, const std::string &to, std::string *err) {
-  if (MoveFileExW(wide(from).c_str(), wide(to).c_str(), 0)) return true;
+  if (MoveFileExW(utf8_to_wide(from).c_str(), utf8_to_wide(to).c_str(), 0)) return true;
   if (err) *err = last_error();
   return false;
 }

@@ -97,6 +97,18 @@ int begin(et_props *p, const char *key, char bracket) {
   }
 }
 
+// The shortest text that reads back as the same value, independent of the locale; NaN and infinities
+// (not JSON) refused.
+template <class T>
+int add_shortest(et_props *props, const char *key, T value) {
+  if (!props) return ET_E_ARGUMENT;
+  if (!std::isfinite(value)) return ET_E_PROPERTIES;
+  char buf[32];
+  auto r = std::to_chars(buf, buf + sizeof buf, value);
+  if (r.ec != std::errc()) return ET_E_PROPERTIES;
+  return add_scalar(props, key, std::string_view(buf, static_cast<size_t>(r.ptr - buf)));
+}
+
 }  // namespace
 
 extern "C" {
@@ -134,23 +146,11 @@ ET_API int et_props_int(et_props *props, const char *key, int64_t value) {
 }
 
 ET_API int et_props_double(et_props *props, const char *key, double value) {
-  if (!props) return ET_E_ARGUMENT;
-  if (!std::isfinite(value)) return ET_E_PROPERTIES;
-  // Shortest text that reads back as the same double ("0.1", "1e+300", "-0"), independent of the locale.
-  char buf[32];
-  auto r = std::to_chars(buf, buf + sizeof buf, value);
-  if (r.ec != std::errc()) return ET_E_PROPERTIES;
-  return add_scalar(props, key, std::string_view(buf, static_cast<size_t>(r.ptr - buf)));
+  return add_shortest(props, key, value);  // "0.1", "1e+300", "-0"
 }
 
 ET_API int et_props_float(et_props *props, const char *key, float value) {
-  if (!props) return ET_E_ARGUMENT;
-  if (!std::isfinite(value)) return ET_E_PROPERTIES;
-  // Shortest text that reads back as the same float: 0.1f writes 0.1, not 0.10000000149011612.
-  char buf[32];
-  auto r = std::to_chars(buf, buf + sizeof buf, value);
-  if (r.ec != std::errc()) return ET_E_PROPERTIES;
-  return add_scalar(props, key, std::string_view(buf, static_cast<size_t>(r.ptr - buf)));
+  return add_shortest(props, key, value);  // 0.1f writes 0.1, not 0.10000000149011612
 }
 
 ET_API int et_props_bool(et_props *props, const char *key, int value) {

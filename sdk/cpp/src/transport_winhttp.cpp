@@ -11,26 +11,11 @@
 #include <mutex>
 #include <string>
 
+#include "platform.hpp"
 #include "transport.hpp"
 
 namespace et {
 namespace {
-
-std::wstring wide(const std::string &s) {
-  if (s.empty()) return std::wstring();
-  int n = MultiByteToWideChar(CP_UTF8, 0, s.data(), static_cast<int>(s.size()), nullptr, 0);
-  std::wstring w(static_cast<size_t>(n), L'\0');
-  MultiByteToWideChar(CP_UTF8, 0, s.data(), static_cast<int>(s.size()), &w[0], n);
-  return w;
-}
-
-std::string narrow(const wchar_t *w, size_t len) {
-  if (!len) return std::string();
-  int n = WideCharToMultiByte(CP_UTF8, 0, w, static_cast<int>(len), nullptr, 0, nullptr, nullptr);
-  std::string s(static_cast<size_t>(n), '\0');
-  WideCharToMultiByte(CP_UTF8, 0, w, static_cast<int>(len), &s[0], n, nullptr, nullptr);
-  return s;
-}
 
 std::string winhttp_error(const char *what) {
   DWORD e = GetLastError();
@@ -59,7 +44,7 @@ class WinHttpTransport : public Transport {
     u.dwHostNameLength = static_cast<DWORD>(-1);
     u.dwUrlPathLength = static_cast<DWORD>(-1);
     u.dwExtraInfoLength = static_cast<DWORD>(-1);
-    std::wstring url = wide(rq.url);
+    std::wstring url = utf8_to_wide(rq.url);
     if (!WinHttpCrackUrl(url.c_str(), 0, 0, &u)) {
       out->error = winhttp_error("bad URL");
       return;
@@ -71,7 +56,7 @@ class WinHttpTransport : public Transport {
     if (!open_session(rq, host, u.nPort, out)) return;
 
     DWORD flags = https ? WINHTTP_FLAG_SECURE : 0;
-    HINTERNET req = WinHttpOpenRequest(connect_, wide(rq.method).c_str(), path.c_str(), nullptr, WINHTTP_NO_REFERER,
+    HINTERNET req = WinHttpOpenRequest(connect_, utf8_to_wide(rq.method).c_str(), path.c_str(), nullptr, WINHTTP_NO_REFERER,
                                        WINHTTP_DEFAULT_ACCEPT_TYPES, flags);
     if (!req) {
       out->error = winhttp_error("open request");
@@ -101,7 +86,7 @@ class WinHttpTransport : public Transport {
       current_ = req;
     }
     std::wstring headers;
-    for (const auto &h : rq.headers) headers += wide(h.first) + L": " + wide(h.second) + L"\r\n";
+    for (const auto &h : rq.headers) headers += utf8_to_wide(h.first) + L": " + utf8_to_wide(h.second) + L"\r\n";
     DWORD len = rq.body ? static_cast<DWORD>(rq.body->size()) : 0;
     LPVOID body = rq.body && len ? const_cast<char *>(rq.body->data()) : WINHTTP_NO_REQUEST_DATA;
     bool ok = WinHttpSendRequest(req, headers.c_str(), static_cast<DWORD>(-1L), body, len, len, 0) &&
@@ -166,9 +151,9 @@ class WinHttpTransport : public Transport {
       session_ = connect_ = nullptr;
     }
     if (!session_) {
-      std::wstring ua = wide(rq.user_agent.empty() ? std::string("eventtracker-cpp") : rq.user_agent);
+      std::wstring ua = utf8_to_wide(rq.user_agent.empty() ? std::string("eventtracker-cpp") : rq.user_agent);
       if (!rq.proxy.empty()) {
-        session_ = WinHttpOpen(ua.c_str(), WINHTTP_ACCESS_TYPE_NAMED_PROXY, wide(rq.proxy).c_str(),
+        session_ = WinHttpOpen(ua.c_str(), WINHTTP_ACCESS_TYPE_NAMED_PROXY, utf8_to_wide(rq.proxy).c_str(),
                                WINHTTP_NO_PROXY_BYPASS, 0);
       } else {
         // The system's proxy settings (Windows 8.1+), else the WinHTTP default (netsh winhttp).
@@ -204,7 +189,7 @@ class WinHttpTransport : public Transport {
     wchar_t buf[512];
     DWORD size = sizeof buf;
     if (WinHttpQueryHeaders(req, WINHTTP_QUERY_CUSTOM, wname, buf, &size, WINHTTP_NO_HEADER_INDEX))
-      take_header(name, narrow(buf, size / sizeof(wchar_t)), out);
+      take_header(name, wide_to_utf8(buf, size / sizeof(wchar_t)), out);
   }
 
   HINTERNET session_ = nullptr, connect_ = nullptr;

@@ -5,6 +5,7 @@
 // The test helper is a local process: CreateProcessW, killed with TerminateProcess. /metrics is read directly
 // (ingest-api listens on 127.0.0.1, which is the same loopback under Wine).
 #include "harness.hpp"
+#include "../src/platform.hpp"
 
 #include <winsock2.h>
 #include <ws2tcpip.h>
@@ -22,21 +23,9 @@ namespace h {
 
 namespace {
 
-std::wstring wide(const std::string &s) {
-  if (s.empty()) return std::wstring();
-  int n = MultiByteToWideChar(CP_UTF8, 0, s.data(), static_cast<int>(s.size()), nullptr, 0);
-  std::wstring w(static_cast<size_t>(n), L'\0');
-  MultiByteToWideChar(CP_UTF8, 0, s.data(), static_cast<int>(s.size()), &w[0], n);
-  return w;
-}
-
-std::string narrow(const std::wstring &w) {
-  if (w.empty()) return std::string();
-  int n = WideCharToMultiByte(CP_UTF8, 0, w.data(), static_cast<int>(w.size()), nullptr, 0, nullptr, nullptr);
-  std::string s(static_cast<size_t>(n), '\0');
-  WideCharToMultiByte(CP_UTF8, 0, w.data(), static_cast<int>(w.size()), &s[0], n, nullptr, nullptr);
-  return s;
-}
+// The SDK's own conversions (platform_win32.cpp is compiled into the tests).
+std::wstring wide(const std::string &s) { return et::utf8_to_wide(s); }
+std::string narrow(const std::wstring &w) { return et::wide_to_utf8(w.data(), w.size()); }
 
 void wsa_init() {
   static const bool ok = [] {
