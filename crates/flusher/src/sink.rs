@@ -191,13 +191,7 @@ async fn copy_deduplicated(
     table: &str,
     rows: &[&EventView<'_>],
 ) -> Result<(), tokio_postgres::Error> {
-    let tx = client.transaction().await?;
-    tx.batch_execute(&format!(
-        "CREATE TEMP TABLE events_staging (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP"
-    ))
-    .await?;
-    let sink = tx.copy_in(&copy_statement("events_staging")).await?;
-    send_rows(sink, rows).await?;
+    let tx = stage(client, table, rows).await?;
     tx.batch_execute(&format!(
         "INSERT INTO {table} ({COLUMNS})
          SELECT DISTINCT ON (event_id, time) {COLUMNS} FROM events_staging
@@ -219,13 +213,7 @@ async fn copy_guarded(
     table: &str,
     rows: &[&EventView<'_>],
 ) -> Result<(), tokio_postgres::Error> {
-    let tx = client.transaction().await?;
-    tx.batch_execute(&format!(
-        "CREATE TEMP TABLE events_staging (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP"
-    ))
-    .await?;
-    let sink = tx.copy_in(&copy_statement("events_staging")).await?;
-    send_rows(sink, rows).await?;
+    let tx = stage(client, table, rows).await?;
     tx.batch_execute(&format!(
         "SELECT count(pg_advisory_xact_lock({GUARD_LOCK}, k))
          FROM (SELECT DISTINCT hashtext(event_id::text) AS k FROM events_staging ORDER BY k) AS keys;
@@ -243,6 +231,23 @@ async fn copy_guarded(
     ))
     .await?;
     tx.commit().await
+}
+
+/// Opens a transaction and COPYs the rows into a staging table that lives only inside it, for the
+/// de-duplicating and the guarded writes to insert from.
+async fn stage<'c>(
+    client: &'c mut deadpool_postgres::Client,
+    table: &str,
+    rows: &[&EventView<'_>],
+) -> Result<deadpool_postgres::Transaction<'c>, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.batch_execute(&format!(
+        "CREATE TEMP TABLE events_staging (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP"
+    ))
+    .await?;
+    let sink = tx.copy_in(&copy_statement("events_staging")).await?;
+    send_rows(sink, rows).await?;
+    Ok(tx)
 }
 
 fn copy_statement(table: &str) -> String {
