@@ -111,8 +111,10 @@ TEST(Shutdown, HangingServerCloseAbortsTheTransferAndEventsStayOnDisk) {
   if (wine_winhttp) {  // the worker left behind frees the client (and the file's lock) once out of WinHTTP
     EXPECT_TRUE(h::wait_until(
         [&] {
+          // The probe must not start a request of its own to the hanging server (its close would leave
+          // one more WinHTTP request behind, holding the lock again): an unreachable port fails at once.
           char err[256];
-          et_client *probe = et_client_new(hang.url().c_str(), h::kToken, queue.c_str(), err, sizeof err);
+          et_client *probe = et_client_new(unreachable().c_str(), h::kToken, queue.c_str(), err, sizeof err);
           if (probe) et_client_free(probe, 0);
           return probe != nullptr;
         },
