@@ -112,10 +112,15 @@ typedef struct et_event {
 ET_API int et_track_event(et_client *client, const et_event *event, char *event_id_out);
 
 /* 0 when everything tracked so far was answered by the server before timeout_ms; 1 on timeout.
-   (Events dropped by the queue cap count as answered; a paused client times out.) */
+   (Events dropped by the queue cap or purged count as answered; a paused client, or one whose consent
+   is pending, times out. From a report callback: 1 at once.) */
 ET_API int et_flush(et_client *client, int timeout_ms);
 
-/* Stops within timeout_ms, keeps what was not sent in the queue file, frees the client. */
+/* Stops within timeout_ms (plus 250 ms at most), keeps what was not sent in the queue file, frees the
+   client. A request in progress is cut off. If the network stack does not let go in time (a libcurl
+   older than 7.87 joining a stalled DNS lookup, an app's transport that ignores the cancel flag), it
+   returns anyway and the SDK's thread frees the client when it gets out; the queue file stays locked
+   until then. */
 ET_API void et_client_free(et_client *client, int timeout_ms);
 
 typedef struct et_counters {
