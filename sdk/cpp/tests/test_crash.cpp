@@ -1,6 +1,13 @@
 // 3. The app is SIGKILLed with thousands of events queued, server unreachable; the next process delivers.
 // 4. Close within its timeout with the server unreachable or hanging; the next run sends what was left.
 #include <sys/stat.h>
+#ifndef _WIN32
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#endif
 
 #include <thread>
 
@@ -159,5 +166,46 @@ TEST(Shutdown, CloseIsBoundedWhileTheResolverStalls) {
   int64_t took = std::stoll(log.substr(at + 10));
   EXPECT_LE(took, 1500) << "et_client_free(c, 500) took " << took << " ms with the resolver stalled";
   EXPECT_EQ(queue_rows(queue), 20) << "the events did not stay in the queue file";
+}
+
+// Quitting the game while the connect hangs: a listener whose accept queue is full (backlog 0, one
+// connection waiting, never accepted) drops further SYNs, so the SDK's connect stalls. Proven: a plain
+// connect to it does not complete within a second.
+TEST(Shutdown, CloseIsBoundedWhileTheConnectStalls) {
+  int lfd = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(lfd, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(lfd, reinterpret_cast<sockaddr *>(&a), sizeof a), 0);
+  ASSERT_EQ(listen(lfd, 0), 0);
+  socklen_t len = sizeof a;
+  getsockname(lfd, reinterpret_cast<sockaddr *>(&a), &len);
+  std::vector<int> fillers;
+  auto try_connect = [&](int wait_ms) {  // true when a connect completes within wait_ms
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    fillers.push_back(fd);
+    connect(fd, reinterpret_cast<sockaddr *>(&a), sizeof a);
+    pollfd p{fd, POLLOUT, 0};
+    return poll(&p, 1, wait_ms) == 1 && (p.revents & POLLOUT);
+  };
+  for (int i = 0; i < 4 && try_connect(200); i++) {
+  }
+  ASSERT_FALSE(try_connect(1000)) << "the listener still accepts connects: the stall would not be real";
+  std::string url = "http://127.0.0.1:" + std::to_string(ntohs(a.sin_port));
+  std::string queue = h::temp_dir() + "/queue.db";
+  et_client *c = new_client(url, queue);
+  ASSERT_NE(c, nullptr);
+  for (int i = 0; i < 20; i++) ASSERT_EQ(et_track(c, "connect_stalls", "{}", nullptr), ET_OK);
+  ASSERT_TRUE(h::wait_until([&] { return counters(c).requests >= 1 && counters(c).buffered == 0; }, 30000));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_EQ(counters(c).sent + counters(c).retries, 0u) << "the connect did not stall";
+  int64_t t0 = h::now_ms();
+  et_client_free(c, 500);
+  int64_t took = h::now_ms() - t0;
+  EXPECT_LE(took, 1500) << "et_client_free(c, 500) took " << took << " ms with the connect stalled";
+  EXPECT_EQ(queue_rows(queue), 20) << "the events did not stay in the queue file";
+  for (int fd : fillers) close(fd);
+  close(lfd);
 }
 #endif
