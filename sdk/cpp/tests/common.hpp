@@ -1,5 +1,6 @@
 #pragma once
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <string>
 
@@ -35,3 +36,22 @@ inline void track_retrying(et_client *c, const char *name, const std::string &pr
   }
 }
 
+// The contract's 200 accepting every event of the request (a fake server's usual answer).
+inline h::FakeResponse ok_all(const h::FakeRequest &r) {
+  h::FakeResponse res;
+  res.body = "{\"accepted\":" + std::to_string(r.event_ids().size()) + ",\"rejected\":[]}";
+  return res;
+}
+
+// An endpoint nothing listens on: connects are refused at once.
+inline std::string unreachable() { return "http://127.0.0.1:" + std::to_string(h::free_port()); }
+
+// What a queue file holds on disk: the file, its WAL and its shared-memory index.
+inline int64_t queue_bytes_on_disk(const std::string &q) {
+  int64_t n = 0;
+  for (const char *suffix : {"", "-wal", "-shm"}) {
+    struct stat st {};
+    if (stat((q + suffix).c_str(), &st) == 0) n += st.st_size;
+  }
+  return n;
+}

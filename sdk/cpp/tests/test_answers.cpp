@@ -6,12 +6,6 @@
 #include "common.hpp"
 
 namespace {
-h::FakeResponse ok_all(const h::FakeRequest &r) {
-  h::FakeResponse res;
-  res.body = "{\"accepted\":" + std::to_string(r.event_ids().size()) + ",\"rejected\":[]}";
-  return res;
-}
-
 struct Shape {
   const char *name;
   int status;

@@ -9,17 +9,6 @@
 #include "eventtracker/client.hpp"
 
 namespace {
-std::string unreachable() { return "http://127.0.0.1:" + std::to_string(h::free_port()); }
-
-int64_t on_disk(const std::string &q) {
-  int64_t n = 0;
-  for (const char *suffix : {"", "-wal", "-shm"}) {
-    struct stat st {};
-    if (stat((q + suffix).c_str(), &st) == 0) n += st.st_size;
-  }
-  return n;
-}
-
 et_client *new_client_with(const std::string &endpoint, const std::string &queue, std::vector<const char *> options) {
   options.push_back(nullptr);
   char err[512] = {0};
@@ -29,11 +18,6 @@ et_client *new_client_with(const std::string &endpoint, const std::string &queue
   return c;
 }
 
-h::FakeResponse ok_all(const h::FakeRequest &r) {
-  h::FakeResponse res;
-  res.body = "{\"accepted\":" + std::to_string(r.event_ids().size()) + ",\"rejected\":[]}";
-  return res;
-}
 }  // namespace
 
 TEST(Consent, PendingKeepsEventsOnTheDeviceAcrossRestartsUntilGranted) {
@@ -76,11 +60,11 @@ TEST(Consent, RevokedDeletesWhatWasQueuedGivesTheSpaceBackAndKeepsNothing) {
   std::string pad(500, 'x');
   for (int i = 0; i < 5000; i++) track_retrying(c, "offline", "{\"pad\":\"" + pad + "\"}");
   ASSERT_TRUE(h::wait_until([&] { return counters(c).buffered == 0; }, 60000));
-  int64_t full = on_disk(queue);
+  int64_t full = queue_bytes_on_disk(queue);
   EXPECT_GE(full, 2 * 1024 * 1024);
   ASSERT_EQ(et_client_set_consent(c, ET_CONSENT_REVOKED), 0);
   EXPECT_EQ(counters(c).queued, 0u);
-  int64_t after = on_disk(queue);
+  int64_t after = queue_bytes_on_disk(queue);
   EXPECT_LE(after, 256 * 1024) << "revoking kept " << after << " bytes on disk (was " << full << ")";
   auto purged = reports.of_kind(ET_REPORT_PURGED);
   ASSERT_EQ(purged.size(), 1u);
@@ -142,12 +126,12 @@ TEST(QueueFile, ItGivesItsSpaceBackOnceDrainedOldFilesToo) {
     std::string pad(1000, 'p');
     for (int i = 0; i < 5000; i++) track_retrying(c, "offline", "{\"pad\":\"" + pad + "\"}");
     ASSERT_TRUE(h::wait_until([&] { return counters(c).buffered == 0; }, 60000));
-    int64_t full = on_disk(queue);
+    int64_t full = queue_bytes_on_disk(queue);
     EXPECT_GE(full, 4 * 1024 * 1024) << "round " << round;
     ASSERT_EQ(et_client_set(c, "endpoint", fake.url().c_str()), 0);
     ASSERT_EQ(et_flush(c, 60000), 0);
     EXPECT_EQ(counters(c).sent, 5000u);
-    int64_t drained = on_disk(queue);
+    int64_t drained = queue_bytes_on_disk(queue);
     EXPECT_LE(drained, 256 * 1024) << "round " << round << ": the drained queue still holds " << drained
                                    << " bytes on disk (full: " << full << ")";
     et_client_free(c, 500);

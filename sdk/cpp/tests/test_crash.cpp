@@ -16,8 +16,6 @@
 #include "common.hpp"
 
 namespace {
-std::string unreachable() { return "http://127.0.0.1:" + std::to_string(h::free_port()); }
-
 // Rows in a queue file no client has open.
 int64_t queue_rows(const std::string &path) {
   sqlite3 *db = nullptr;

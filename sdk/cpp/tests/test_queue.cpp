@@ -13,13 +13,6 @@
 #include "common.hpp"
 
 namespace {
-std::string unreachable() { return "http://127.0.0.1:" + std::to_string(h::free_port()); }
-
-int64_t file_size(const std::string &p) {
-  struct stat st {};
-  return stat(p.c_str(), &st) == 0 ? static_cast<int64_t>(st.st_size) : 0;
-}
-
 int64_t rss_kib() {
 #ifdef _WIN32
   PROCESS_MEMORY_COUNTERS pmc{};
@@ -82,7 +75,7 @@ TEST(Queue, ByteCapBoundsTheFileAndMemory) {
   et_counters k = counters(c);
   EXPECT_GE(k.dropped, 48000u);
   EXPECT_LE(k.queued, 1100u);
-  int64_t on_disk = file_size(queue) + file_size(queue + "-wal") + file_size(queue + "-shm");
+  int64_t on_disk = queue_bytes_on_disk(queue);
   EXPECT_LE(on_disk, 12ll * 1024 * 1024) << "queue file + WAL: " << on_disk << " bytes";
   int64_t grew = rss_kib() - rss0;
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)

@@ -8,15 +8,6 @@
 #include "common.hpp"
 
 namespace {
-int64_t size_on_disk(const std::string &q) {
-  int64_t n = 0;
-  for (const char *suffix : {"", "-wal", "-shm"}) {
-    struct stat st {};
-    if (stat((q + suffix).c_str(), &st) == 0) n += st.st_size;
-  }
-  return n;
-}
-
 std::vector<int64_t> append_n(et::QueueStore &s, int n, size_t body_bytes = 10) {
   std::vector<std::string> ids, bodies;
   std::vector<et::NewRow> rows;
@@ -104,9 +95,9 @@ TEST(QueueStore, AnEmptiedFileGivesItsSpaceBack) {
   std::string err, reset;
   ASSERT_TRUE(s.open(q, &err, &reset)) << err;
   auto ids = append_n(s, 3000, 2000);
-  int64_t full = size_on_disk(q);
+  int64_t full = queue_bytes_on_disk(q);
   EXPECT_GE(full, 5 * 1024 * 1024);
   ASSERT_EQ(s.remove_range(ids.front(), ids.back()), 3000);
   s.give_back_space(true);
-  EXPECT_LE(size_on_disk(q), 256 * 1024) << "full: " << full;
+  EXPECT_LE(queue_bytes_on_disk(q), 256 * 1024) << "full: " << full;
 }

@@ -6,14 +6,6 @@
 #include "common.hpp"
 #include "../src/util.hpp"
 
-namespace {
-h::FakeResponse ok_all(const h::FakeRequest &r) {
-  h::FakeResponse res;
-  res.body = "{\"accepted\":" + std::to_string(r.event_ids().size()) + ",\"rejected\":[]}";
-  return res;
-}
-}  // namespace
-
 TEST(Rejects, TrackRefusesWhatTheServerWouldRejectAndSendsNothing) {
   h::FakeServer fake([](size_t, const h::FakeRequest &r) { return ok_all(r); });
   et_client *c = new_client(fake.url(), "");
