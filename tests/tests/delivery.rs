@@ -417,23 +417,23 @@ async fn often_delivered_entries_are_retried_alone_not_condemned() {
     let p = Pipeline::start(PipelineOptions::without_flushers()).await;
     let mut r = five_worn_entries(&p, "worn").await;
 
-    let mut flusher = p.start_flusher(&["--claim-idle-ms", "100", "--max-deliveries", "10"], &[]);
+    let mut flusher = p.start_flusher(&["--claim-idle-ms", "1000", "--max-deliveries", "10"], &[]);
     let log = stored_then_stopped(&p, &r, &mut flusher, 5).await;
     assert!(
         log.contains("retrying 5 entries delivered more than 10 times one at a time"),
         "{log}"
     );
-    // Each entry is first written in a batch of its own. A batch slower than the 100 ms claim
-    // idle lets the other worker claim entries still waiting their turn and write one again,
-    // through de-duplication: that adds a batch, of one entry too. The counts are the final
-    // ones the flusher logs when it stops, when no write is left in flight.
+    // Each entry is written in a batch of its own. Timing may add batches, each of one entry
+    // and each through de-duplication: a COPY slower than --pg-timeout-ms (500 ms here) is
+    // retried that way, as its outcome is unknown; a batch slower than the claim idle lets the
+    // other worker claim an entry still waiting its turn and write it again. So at most one
+    // plain COPY a row, and at least one batch a row. The counts are the final ones the
+    // flusher logs when it stops, when no write is left in flight.
     let count = |name: &str| stopped_count(&log, name);
     let (written, batches) = (count("written"), count("batches"));
-    assert_eq!(
-        batches - count("dedup_batches"),
-        5,
-        "one first write a row\n{log}"
-    );
+    let plain = batches - count("dedup_batches");
+    assert!(plain <= 5, "{plain} plain COPYs for 5 rows\n{log}");
+    assert!(batches >= 5, "{batches} batches for 5 rows\n{log}");
     assert_eq!(written, batches, "every batch held one entry\n{log}");
     assert_eq!(count("dead_lettered"), 0, "{log}");
     assert_eq!(xlen(&mut r, &format!("{}:dead", p.key)).await, 0);
