@@ -299,6 +299,7 @@ fn fixed_limit(constant: &str, stated: usize) -> usize {
 fn limits_agree() {
     let contract = read("docs/contract.md");
     let ingest = help_defaults("ingest-api");
+    let flusher = help_defaults("flusher");
     let mut seen = BTreeSet::new();
     for row in table(&contract, "## Limits") {
         let (what, stated) = (&row[1], first_quoted(&row[2]));
@@ -309,6 +310,15 @@ fn limits_agree() {
                 .unwrap_or_else(|| panic!("docs/contract.md: ingest-api has no {flag}"));
             let stated = stated.unwrap_or_default();
             assert_eq!(stated, default, "docs/contract.md: {flag}'s default");
+            seen.insert(flag.to_string());
+        } else if let Some(rest) = what.strip_prefix("the flushers' ") {
+            // A flusher's setting that ingest-api follows: a flag without a default ("off").
+            let flag = first_quoted(rest).unwrap();
+            let default = flusher
+                .get(flag)
+                .unwrap_or_else(|| panic!("docs/contract.md: the flusher has no {flag}"));
+            assert_eq!(stated, None, "docs/contract.md: {flag} is stated off");
+            assert_eq!(default, "", "docs/contract.md: {flag} has a default");
             seen.insert(flag.to_string());
         } else if let Some(constant) = what.strip_prefix("fixed: ") {
             let constant = constant.trim_matches('`');
@@ -330,6 +340,7 @@ fn limits_agree() {
         "--min-timestamp",
         "--max-future-secs",
         "--clock-skew-threshold-secs",
+        "--retention",
         "--max-inflight-bytes",
         "Limits::max_properties_depth",
         "Limits::max_string_chars",

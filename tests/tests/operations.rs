@@ -212,8 +212,11 @@ async fn retention_drops_old_chunks_only() {
         .await
         .unwrap();
     let before = chunk_count(&client).await;
+    let (redis_url, key) = (shared_redis_url(), unique("events"));
+    let args = ["--database-url", &db.url, "--redis-url", &redis_url];
     let out = Command::new(bin("flusher"))
-        .args(["retention", "--database-url", &db.url, "--retention", "30d"])
+        .args(["retention", "--retention", "30d", "--stream-key", &key])
+        .args(args)
         .output()
         .unwrap();
     assert!(
@@ -237,6 +240,14 @@ async fn retention_drops_old_chunks_only() {
     );
     assert_eq!(left.len(), 7, "0, 5, …, 30 days old stay: {left:?}");
     assert!(chunk_count(&client).await < before, "chunks were dropped");
+    // And recorded for ingest-api, which refuses events older than that.
+    let mut r = redis_conn(&redis_url).await;
+    let recorded: String = redis::cmd("GET")
+        .arg(format!("{key}:retention"))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(recorded, (30 * 86_400).to_string());
 }
 
 async fn chunk_count(c: &tokio_postgres::Client) -> i64 {
@@ -247,4 +258,79 @@ async fn chunk_count(c: &tokio_postgres::Client) -> i64 {
     .await
     .unwrap()
     .get(0)
+}
+
+/// Accepted ⇒ kept for the retention period. With a flusher running `--retention 30d`, events
+/// dated 2001 (after `--min-timestamp`, before what retention keeps) were answered 200 and
+/// deleted by the next pass: now ingest-api learns the retention the flushers record in Redis
+/// and refuses them, one by one, with a reason and a counter; the young events of the same batch
+/// are stored and stay through retention passes.
+#[tokio::test]
+async fn events_older_than_the_retention_are_refused_not_accepted_then_deleted() {
+    let p = Pipeline::start(PipelineOptions {
+        flusher: &["--retention", "30d", "--retention-every-secs", "1"],
+        ..Default::default()
+    })
+    .await;
+    let dated = |name: &str, i: usize, timestamp: &str| {
+        let mut e = event(name, i);
+        e["timestamp"] = json!(timestamp);
+        e
+    };
+    // ingest-api reads the recorded retention every 250 ms: wait until the flusher's is seen.
+    let old = json!([dated("old", 0, "2001-06-01T00:00:00Z")]);
+    let (status, body) = wait_for(
+        "ingest-api to refuse an event from 2001",
+        Duration::from_secs(30),
+        || async {
+            let (status, body) = p.ingest.post(&old).await;
+            (status != 200).then_some((status, body))
+        },
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_events", "{body}");
+    let why = body["rejected"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        why.starts_with("timestamp: is older than the retention"),
+        "{body}"
+    );
+    // A batch of both: the young are stored, each old one is refused by index.
+    let mut events: Vec<Value> = (0..20)
+        .map(|i| dated("old", i, "2001-06-01T00:00:00Z"))
+        .collect();
+    events.extend((0..5).map(|i| event("young", i)));
+    let body = p.ingest.post_ok(&json!(events)).await;
+    assert_eq!(body["accepted"], 5, "{body}");
+    let rejected: Vec<u64> = body["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rejected, (0..20).collect::<Vec<u64>>(), "{body}");
+    p.db.wait_rows(5).await;
+    let refused = metric(
+        &p.ingest.url,
+        "eventtracker_ingest_events_rejected_total{reason=\"retention\"}",
+    )
+    .await;
+    assert_eq!(
+        refused,
+        Some(21.0),
+        "counted apart from other timestamp errors"
+    );
+    // Retention passes run every second; the young rows stay, and no old row was ever stored.
+    let flusher = &p.flushers[0];
+    wait_for("two retention passes", LONG, || async {
+        (flusher
+            .proc
+            .log_text()
+            .matches("retention: dropped")
+            .count()
+            >= 2)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(p.db.count().await, 5);
 }

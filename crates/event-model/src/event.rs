@@ -14,7 +14,7 @@ use crate::skew::BatchClock;
 use crate::timestamp::parse_timestamp;
 
 /// The configurable limits of `docs/contract.md`. `Default` gives its defaults.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Longest `name`, `device_id`, `session_id`, `user_id`, in Unicode scalar values.
     pub max_string_chars: usize,
@@ -26,6 +26,9 @@ pub struct Limits {
     pub min_timestamp: OffsetDateTime,
     /// How far past the server's clock a `timestamp` may be.
     pub max_future: Duration,
+    /// How far before the server's clock a `timestamp` may be: what retention keeps, less a
+    /// margin (ingest-api's `retention_window`); `None` without retention.
+    pub max_age: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -36,6 +39,7 @@ impl Default for Limits {
             max_properties_depth: 32,
             min_timestamp: time::macros::datetime!(2000-01-01 00:00:00 UTC),
             max_future: Duration::hours(24),
+            max_age: None,
         }
     }
 }
@@ -45,6 +49,8 @@ impl Default for Limits {
 pub struct EventError {
     pub field: String,
     pub problem: String,
+    /// Valid, but older than what retention keeps (`Limits::max_age`): counted apart.
+    pub older_than_retention: bool,
 }
 
 impl EventError {
@@ -52,6 +58,7 @@ impl EventError {
         EventError {
             field: field.into(),
             problem: problem.into(),
+            older_than_retention: false,
         }
     }
 }
@@ -219,6 +226,25 @@ fn check_time(
                 why()
             ),
         ));
+    }
+    if let Some(max_age) = limits.max_age
+        && clock
+            .received_at
+            .checked_sub(max_age)
+            .is_some_and(|earliest| t < earliest)
+    {
+        return Err(EventError {
+            older_than_retention: true,
+            ..EventError::new(
+                "timestamp",
+                format!(
+                    "is older than the retention keeps (more than {} seconds before the \
+                     server's clock){}",
+                    max_age.whole_seconds(),
+                    why()
+                ),
+            )
+        });
     }
     // Saturating: a window past the calendar's end is no window at all.
     if clock
@@ -1153,6 +1179,54 @@ mod tests {
             ),
             "timestamp",
             "is more than 3600 seconds ahead",
+        );
+    }
+
+    #[test]
+    fn an_event_older_than_the_retention_window_is_rejected_and_marked() {
+        let one_us = Duration::microseconds(1);
+        let kept = Limits {
+            max_age: Some(Duration::days(29)),
+            ..Limits::default()
+        };
+        assert_window(
+            &kept,
+            &[
+                ("exactly 29 days old", NOW - Duration::days(29), true),
+                (
+                    "a microsecond older",
+                    NOW - Duration::days(29) - one_us,
+                    false,
+                ),
+                (
+                    "in 2001 (fine without retention)",
+                    datetime!(2001-06-01 00:00:00 UTC),
+                    false,
+                ),
+            ],
+        );
+        let err =
+            check_with(&event_with("timestamp", r#""2001-06-01T00:00:00Z""#), &kept).unwrap_err();
+        assert!(err.older_than_retention, "{err}");
+        assert!(
+            err.problem
+                .starts_with("is older than the retention keeps (more than 2505600 seconds"),
+            "{err}"
+        );
+        // The fixed minimum is checked first and is no retention matter.
+        let err =
+            check_with(&event_with("timestamp", r#""1999-06-01T00:00:00Z""#), &kept).unwrap_err();
+        assert!(!err.older_than_retention, "{err}");
+        // A corrected time is what is judged, and the message says so.
+        let late = BatchClock {
+            received_at: NOW,
+            correction: Some(Duration::days(-30)),
+        };
+        let now = format!("\"{}\"", format_timestamp(NOW));
+        let err = validate_event_at(raw(&event_with("timestamp", &now)), &kept, &late).unwrap_err();
+        assert!(
+            err.older_than_retention && err.problem.contains("corrected"),
+            "{err}"
         );
     }
 

@@ -55,6 +55,8 @@ pub async fn drop_old_chunks_once(common: &GlobalArgs) -> Result<(), FlusherErro
     let keep = common.retention.ok_or_else(|| {
         FlusherError::Usage("flusher retention needs --retention (e.g. 30d)".into())
     })?;
+    let (redis, check) = crate::consumer::connect(common, Duration::from_secs(10), false)?;
+    retention::record(&redis, check.layout(), keep).await;
     let (client, _task) = connect_postgres(&common.database_url).await?;
     let dropped = retention::drop_old_chunks(&client, keep).await?;
     println!("dropped {} chunks", dropped.unwrap_or(0));

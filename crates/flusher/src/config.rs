@@ -109,7 +109,7 @@ pub struct GlobalArgs {
     #[arg(long, env = "FLUSHER_GROUP", default_value = "flushers", global = true)]
     pub group: String,
 
-    /// Drop event chunks older than this (e.g. `30d`, `12h`); off when not set.
+    /// Drop event chunks older than this (e.g. `30d`, `12h`); off when not set. Recorded in Redis (`<key>:retention`), where ingest-api reads it and refuses events older than it less an hour.
     #[arg(long, env = "FLUSHER_RETENTION", value_parser = parse_duration, global = true)]
     pub retention: Option<Duration>,
 

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use redis_queue::{Layout, Shared};
 use tokio_postgres::Client;
 
 use crate::FlusherError;
@@ -38,6 +39,55 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?}: must be more than zero"));
     }
     Ok(Duration::from_secs(secs))
+}
+
+/// One retention pass of `flusher run --retention`: the retention recorded in Redis, then old
+/// chunks dropped.
+pub struct Pass {
+    pub pool: deadpool_postgres::Pool,
+    pub redis: Shared,
+    pub layout: Layout,
+    pub keep: Duration,
+}
+
+impl Pass {
+    /// Failures are logged; the next pass tries again.
+    pub async fn run(&self) {
+        record(&self.redis, &self.layout, self.keep).await;
+        match self.pool.get().await {
+            Ok(client) => {
+                if let Err(e) = drop_old_chunks(&client, self.keep).await {
+                    log::warn!("retention: {e}");
+                }
+            }
+            Err(e) => log::warn!("retention: {e}"),
+        }
+    }
+}
+
+/// Records `keep` in Redis, where ingest-api reads it and refuses events older than it (see
+/// [`Layout::retention_key`]). Written before every drop, so a deleted or lost key comes back;
+/// a failure is logged and the drop goes on (ingest-api keeps the window it last read).
+pub async fn record(redis: &Shared, layout: &Layout, keep: Duration) {
+    if let Err(e) = layout.record_retention(redis, keep).await {
+        log::warn!(
+            "retention: cannot record it in {} for ingest-api: {e}",
+            layout.retention_key()
+        );
+    }
+}
+
+/// A flusher without `--retention` leaves a recorded retention in place (another flusher or a
+/// cron job may apply it), and says so: ingest-api keeps refusing events older than it.
+pub async fn warn_if_recorded(redis: &Shared, layout: &Layout) {
+    if let Ok(Some(keep)) = layout.recorded_retention(redis).await {
+        log::warn!(
+            "no --retention here, but {} records {} s: ingest-api refuses events older than \
+             that; delete the key if no flusher or cron job applies retention any more",
+            layout.retention_key(),
+            keep.as_secs()
+        );
+    }
 }
 
 /// Drops chunks whose every row is older than `keep`. Returns the number of chunks dropped, or

@@ -61,9 +61,21 @@ pub async fn run(
         shutdown.await;
         log::info!("shutting down: finishing the batch in hand");
     });
-    if let Some(keep) = common.retention {
-        let every = Duration::from_secs(config.retention_every_secs);
-        tokio::spawn(retention_loop(pool.clone(), keep, every, stop.clone()));
+    let (redis, layout) = (consumers[0].redis().clone(), consumers[0].layout().clone());
+    match common.retention {
+        Some(keep) => {
+            let every = Duration::from_secs(config.retention_every_secs);
+            let pass = retention::Pass {
+                pool: pool.clone(),
+                redis,
+                layout,
+                keep,
+            };
+            tokio::spawn(retention_loop(pass, every, stop.clone()));
+        }
+        None => {
+            tokio::spawn(async move { retention::warn_if_recorded(&redis, &layout).await });
+        }
     }
     let result = match wait_for_layout(&consumers[0], &config, &stop).await {
         Ok(true) => {
@@ -235,18 +247,11 @@ async fn queue_gauges(consumer: Consumer, stats: Arc<Stats>, stop: Shutdown) {
     }
 }
 
-/// Drops old chunks now and then every `every`, until shutdown (one flusher at a time: the
-/// advisory lock in [`retention::drop_old_chunks`]).
-async fn retention_loop(pool: Pool, keep: Duration, every: Duration, stop: Shutdown) {
+/// Records the retention for ingest-api and drops old chunks, now and then every `every`, until
+/// shutdown (one flusher at a time drops: the advisory lock in [`retention::drop_old_chunks`]).
+async fn retention_loop(pass: retention::Pass, every: Duration, stop: Shutdown) {
     loop {
-        match pool.get().await {
-            Ok(client) => {
-                if let Err(e) = retention::drop_old_chunks(&client, keep).await {
-                    log::warn!("retention: {e}");
-                }
-            }
-            Err(e) => log::warn!("retention: {e}"),
-        }
+        pass.run().await;
         if stop.sleep(every).await {
             return;
         }

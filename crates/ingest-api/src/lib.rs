@@ -302,6 +302,8 @@ async fn track_queue_length(
             let _ = fatal.send(e);
             return;
         }
+        // Failures show in the length's read just below, over the same connection.
+        let _ = state.queue.refresh_retention().await;
         let result = state.queue.refresh_length().await;
         match &result {
             Ok(state) => telemetry::queue(state),

@@ -25,6 +25,9 @@ pub struct EventQueue {
     shards: Arc<Vec<ShardHealth>>,
     /// A shard whose node is fuller than this takes no writes (see [`EventQueue::is_full`]).
     max_memory_ratio: f64,
+    /// The retention the flushers record, in seconds (0: none), as last read by
+    /// [`EventQueue::refresh_retention`].
+    retention_secs: Arc<AtomicU64>,
 }
 
 #[derive(Default)]
@@ -76,6 +79,7 @@ impl EventQueue {
             check: Arc::new(LayoutCheck::new(layout, true)),
             next: Arc::default(),
             max_memory_ratio,
+            retention_secs: Arc::default(),
         })
     }
 
@@ -170,6 +174,30 @@ impl EventQueue {
         (0..self.shards.len()).all(|s| self.shard_full(s))
     }
 
+    /// Reads the retention the flushers record (see [`Layout::retention_key`]); until it is
+    /// read again the last one read holds, and none before the first.
+    pub async fn refresh_retention(&self) -> Result<(), QueueError> {
+        let keep = self.layout().recorded_retention(&self.redis).await?;
+        let secs = keep.map_or(0, |k| k.as_secs());
+        let before = self.retention_secs.swap(secs, Ordering::Relaxed);
+        if before != secs {
+            log::info!(
+                "retention recorded by the flushers: {}",
+                keep.map_or("none".to_string(), |k| format!("{} s", k.as_secs()))
+            );
+        }
+        Ok(())
+    }
+
+    /// How old an event may be ([`retention_window`] of the recorded retention), if retention
+    /// is on.
+    pub fn max_age(&self) -> Option<time::Duration> {
+        match self.retention_secs.load(Ordering::Relaxed) {
+            0 => None,
+            secs => Some(retention_window(Duration::from_secs(secs))),
+        }
+    }
+
     /// Ready when at least one shard's node answers.
     pub async fn ping(&self) -> Result<(), QueueError> {
         self.layout().any_shard_answers(&self.redis).await
@@ -222,5 +250,31 @@ impl EventQueue {
             Some(e) if total.unreachable == self.shards.len() => Err(e),
             _ => Ok(total),
         }
+    }
+}
+
+/// The oldest event time accepted under a retention of `keep`, as an age: `keep` less an hour
+/// (less half of `keep` when it is under two hours). The margin is the time the queue has to
+/// store an accepted event before retention could take it; so nothing accepted is due for
+/// deletion when it is answered 200, nor when it is stored after up to an hour in the queue.
+pub fn retention_window(keep: Duration) -> time::Duration {
+    let margin = Duration::from_secs(3600).min(keep / 2);
+    time::Duration::try_from(keep - margin).unwrap_or(time::Duration::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_is_the_retention_less_an_hour_or_half_of_a_short_one() {
+        let h = |n: u64| Duration::from_secs(n * 3600);
+        assert_eq!(retention_window(h(720)), time::Duration::hours(719));
+        assert_eq!(retention_window(h(2)), time::Duration::hours(1));
+        assert_eq!(retention_window(h(1)), time::Duration::minutes(30));
+        assert_eq!(
+            retention_window(Duration::from_secs(1)),
+            time::Duration::milliseconds(500)
+        );
     }
 }

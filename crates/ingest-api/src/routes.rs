@@ -7,7 +7,7 @@
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use event_model::queue::EntryEvent;
-use event_model::{Batch, BatchClock, ValidEvent, parse_batch, validate_event_at};
+use event_model::{Batch, BatchClock, Limits, ValidEvent, parse_batch, validate_event_at};
 use serde::Serialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -122,11 +122,15 @@ fn validate_all<'b>(
 ) -> (Vec<(usize, ValidEvent<'b>)>, Vec<Rejected>) {
     let mut valid = Vec::with_capacity(batch.events.len());
     let mut rejected = Vec::new();
+    let limits = Limits {
+        max_age: state.queue.max_age(),
+        ..state.limits
+    };
     for (index, raw) in batch.events.iter().enumerate() {
-        match validate_event_at(raw, &state.limits, clock) {
+        match validate_event_at(raw, &limits, clock) {
             Ok(e) => valid.push((raw.get().len(), e)),
             Err(err) => {
-                telemetry::rejected(&err.field);
+                telemetry::rejected(&err);
                 rejected.push(Rejected {
                     index,
                     error: err.to_string(),

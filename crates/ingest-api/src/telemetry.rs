@@ -27,7 +27,7 @@ fn describe() {
     );
     describe_counter!(
         "eventtracker_ingest_events_rejected_total",
-        "Events rejected, by the field that was wrong"
+        "Events rejected, by the field that was wrong (reason), or `retention`: older than what the flushers' retention keeps"
     );
     describe_counter!(
         "eventtracker_ingest_redis_errors_total",
@@ -109,15 +109,21 @@ pub fn accepted(n: usize) {
     metrics::counter!("eventtracker_ingest_events_accepted_total").increment(n as u64);
 }
 
-/// `field` is the field an event was rejected for: one of the event's known fields, `event` (not
-/// an object), or else an unknown key, counted as `unknown_field` so labels stay a fixed set.
-pub fn rejected(field: &str) {
-    let reason = event_model::event::FIELDS
-        .iter()
-        .chain(&["event"])
-        .find(|k| **k == field)
-        .copied()
-        .unwrap_or("unknown_field");
+/// Counted by reason: `retention` for an event older than what retention keeps, else the field
+/// it was rejected for: one of the event's known fields, `event` (not an object), or else an
+/// unknown key, counted as `unknown_field` so labels stay a fixed set.
+pub fn rejected(error: &event_model::EventError) {
+    let field = error.field.as_str();
+    let reason = if error.older_than_retention {
+        "retention"
+    } else {
+        event_model::event::FIELDS
+            .iter()
+            .chain(&["event"])
+            .find(|k| **k == field)
+            .copied()
+            .unwrap_or("unknown_field")
+    };
     metrics::counter!("eventtracker_ingest_events_rejected_total", "reason" => reason).increment(1);
 }
 

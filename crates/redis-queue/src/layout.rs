@@ -70,6 +70,51 @@ impl Layout {
         }
     }
 
+    /// The key recording the retention the flushers apply (`<key>:retention`, in whole
+    /// seconds): ingest-api refuses events older than it, so that nothing it accepts is
+    /// already due for deletion. Written by every flusher started with `--retention`, at each
+    /// pass; left in place by one without (an operator deletes it to turn retention off).
+    pub fn retention_key(&self) -> String {
+        format!("{}:retention", self.base)
+    }
+
+    /// Records `keep` under [`Layout::retention_key`].
+    pub async fn record_retention(
+        &self,
+        redis: &Shared,
+        keep: std::time::Duration,
+    ) -> Result<(), QueueError> {
+        let key = self.retention_key();
+        redis
+            .query(async |c| {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(keep.as_secs())
+                    .query_async::<()>(c)
+                    .await
+            })
+            .await
+    }
+
+    /// The retention recorded under [`Layout::retention_key`], if any.
+    pub async fn recorded_retention(
+        &self,
+        redis: &Shared,
+    ) -> Result<Option<std::time::Duration>, QueueError> {
+        let key = self.retention_key();
+        let stored: Option<String> = redis
+            .query(async |c| redis::cmd("GET").arg(&key).query_async(c).await)
+            .await?;
+        stored
+            .map(|s| match s.parse::<u64>() {
+                Ok(secs) if secs > 0 => Ok(std::time::Duration::from_secs(secs)),
+                _ => Err(QueueError::Config(format!(
+                    "{key} holds {s:?}, not a whole number of seconds above 0"
+                ))),
+            })
+            .transpose()
+    }
+
     /// Verifies (and with `record`, records if absent) the shard count under one count key.
     /// The queue's own key also refuses a sharded layout while the unsharded stream `<key>`
     /// still holds entries (a switch from one shard to several without draining first).
