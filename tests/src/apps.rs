@@ -19,10 +19,14 @@ pub const TOKEN: &str = "test-token-0123456789";
 pub const SOURCE: &str = "test-source";
 
 impl Ingest {
-    /// Starts ingest-api on a free port with the test token; `extra` adds flags.
+    /// Starts ingest-api on a free port (unless `extra` has a `--bind`) with the test token;
+    /// `extra` adds flags.
     pub fn start(redis_url: &str, stream_key: &str, extra: &[&str]) -> Ingest {
         let mut cmd = Command::new(bin("ingest-api"));
-        cmd.args(["--bind", "127.0.0.1:0", "--redis-url", redis_url])
+        if !extra.contains(&"--bind") {
+            cmd.args(["--bind", "127.0.0.1:0"]);
+        }
+        cmd.args(["--redis-url", redis_url])
             .args(["--stream-key", stream_key])
             .args(["--tokens", &format!("{SOURCE}={TOKEN}")])
             .args(["--workers", "2"])

@@ -71,10 +71,10 @@ pub async fn run(
                 layout,
                 keep,
             };
-            tokio::spawn(retention_loop(pass, every, stop.clone()));
+            stop.spawn(retention_loop(pass, every, stop.clone()));
         }
         None => {
-            tokio::spawn(async move { retention::warn_if_recorded(&redis, &layout).await });
+            stop.spawn(async move { retention::warn_if_recorded(&redis, &layout).await });
         }
     }
     let result = match wait_for_layout(&consumers[0], &config, &stop).await {
@@ -90,6 +90,11 @@ pub async fn run(
         Err(e) => Err(e),
     };
     probes.stop(true).await;
+    // Whatever ended the run (a worker's fatal error too), the tasks beside it end now.
+    stop.trigger();
+    if !stop.tasks_done().await {
+        log::warn!("background tasks still running at the shutdown deadline: abandoned");
+    }
     result
 }
 
@@ -178,7 +183,7 @@ async fn run_workers(
     stop: &Shutdown,
 ) -> Result<(), FlusherError> {
     let stats = Arc::new(Stats::default());
-    tokio::spawn(queue_gauges(
+    stop.spawn(queue_gauges(
         consumers[0].query_handle(),
         stats.clone(),
         stop.clone(),
@@ -195,7 +200,7 @@ async fn run_workers(
                 n,
                 stop.clone(),
             );
-            tokio::spawn(async move { worker.run().await })
+            stop.spawn(async move { worker.run().await })
         })
         .collect();
     let all = async {

@@ -133,7 +133,11 @@ pub struct Config {
     #[arg(long, env = "INGEST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    /// Seconds between SIGTERM/SIGINT and closing the listener: /readyz answers 503 and requests are still served, each answer with `Connection: close`, so load balancers stop sending first. Set it to how long yours takes to notice (probe interval × failures).
+    #[arg(long, env = "INGEST_DRAIN_DELAY_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub drain_delay_secs: u64,
+
+    /// Seconds in-flight requests get to finish once the listener is closed (after --drain-delay-secs).
     #[arg(long, env = "INGEST_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub shutdown_timeout_secs: u64,
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
 use event_model::Limits;
+use service_kit::shutdown::Shutdown;
 
 pub use config::Config;
 
@@ -39,6 +40,9 @@ pub struct AppState {
     pub retry_after_secs: u32,
     /// Renders `/metrics`; `None` when another recorder owns the process.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Triggered on SIGTERM/SIGINT: from then on `/readyz` answers 503 and every answer closes
+    /// its connection, until the listener closes `--drain-delay-secs` later.
+    pub shutdown: Shutdown,
 }
 
 /// Why ingest-api could not start.
@@ -65,7 +69,7 @@ pub enum StartError {
 }
 
 impl AppState {
-    pub fn from_config(config: &Config) -> Result<Self, StartError> {
+    pub fn from_config(config: &Config, shutdown: Shutdown) -> Result<Self, StartError> {
         let tokens = TokenStore::load(&config.tokens, config.tokens_file.as_deref())?;
         if tokens.is_empty() {
             return Err(StartError::NoTokens);
@@ -103,6 +107,7 @@ impl AppState {
             rate_limiter,
             retry_after_secs: config.retry_after_secs,
             metrics: None,
+            shutdown,
         })
     }
 }
@@ -155,10 +160,14 @@ impl StartError {
     }
 }
 
-/// Binds `--bind`, says where it listens (tests and scripts read the line to learn the port
-/// when it ends in `:0`), and serves until `shutdown` resolves.
-pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
-    let listener = TcpListener::bind(config.bind).map_err(|source| StartError::Bind {
+/// Binds `--bind` (with SO_REUSEPORT, so a new instance can bind it while this one still
+/// serves), says where it listens (tests and scripts read the line to learn the port when it
+/// ends in `:0`), and serves until `shutdown` resolves.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let listener = bind(config.bind).map_err(|source| StartError::Bind {
         addr: config.bind,
         source,
     })?;
@@ -166,14 +175,32 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     run(config, listener, shutdown).await
 }
 
-/// Serves until `shutdown` resolves, then stops taking connections and lets in-flight requests
-/// finish (up to `--shutdown-timeout-secs`).
+/// A listening socket that shares its port with other processes of the same user that ask for
+/// the same (SO_REUSEPORT: the kernel spreads new connections over them), as a rolling restart
+/// on one host needs. The backlog is actix-web's default.
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(2048)?;
+    Ok(socket.into())
+}
+
+/// Serves until `shutdown` resolves (or a fatal error), then drains: `/readyz` answers 503 and
+/// every answer closes its connection for `--drain-delay-secs`, then the listener closes and
+/// in-flight requests get `--shutdown-timeout-secs` to finish; the tasks spawned are waited for.
 pub async fn run(
     config: Config,
     listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let mut state = AppState::from_config(&config)?;
+    // The grace counts from the signal: the drain delay, then the in-flight requests' time.
+    let stop = Shutdown::new(Duration::from_secs(
+        config.drain_delay_secs + config.shutdown_timeout_secs,
+    ));
+    let mut state = AppState::from_config(&config, stop.clone())?;
     state.metrics = telemetry::install_metrics();
     telemetry::init_shard_metrics(config.shards);
     telemetry::init_source_metrics(&state.tokens.sources());
@@ -197,23 +224,41 @@ pub async fn run(
         Ok(()) => {}
     }
     let (fatal_tx, fatal_rx) = tokio::sync::oneshot::channel();
-    let length_task = tokio::spawn(track_queue_length(state.clone(), fatal_tx));
+    // Backpressure needs fresh lengths while requests are served, the drain included.
+    let (served_tx, served_rx) = tokio::sync::oneshot::channel::<()>();
+    stop.spawn(track_queue_length(state.clone(), fatal_tx, served_rx));
     let server = http_server(state, &config, listener)?;
     let handle = server.handle();
-    let stopper = async move {
-        let fatal = tokio::select! {
-            () = shutdown => None,
-            Ok(e) = fatal_rx => Some(e),
-        };
-        match &fatal {
-            None => log::info!("shutting down: no new connections, finishing in-flight requests"),
-            Some(e) => log::error!("stopping: {e}"),
+    let drain = Duration::from_secs(config.drain_delay_secs);
+    let stopper = {
+        let stop = stop.clone();
+        async move {
+            let fatal = tokio::select! {
+                () = shutdown => None,
+                Ok(e) = fatal_rx => Some(e),
+            };
+            stop.trigger();
+            match &fatal {
+                None => {
+                    log::info!(
+                        "draining: /readyz answers 503 and connections close after each answer; \
+                         the listener closes in {} s",
+                        drain.as_secs()
+                    );
+                    tokio::time::sleep(drain).await;
+                    log::info!("shutting down: no new connections, finishing in-flight requests");
+                }
+                Some(e) => log::error!("stopping: {e}"),
+            }
+            handle.stop(true).await;
+            fatal
         }
-        handle.stop(true).await;
-        fatal
     };
     let (served, fatal) = tokio::join!(server, stopper);
-    length_task.abort();
+    let _ = served_tx.send(());
+    if !stop.tasks_done().await {
+        log::warn!("background tasks still running at the shutdown deadline: abandoned");
+    }
     served?;
     if let Some(e) = fatal {
         return Err(e.into());
@@ -235,7 +280,17 @@ fn http_server(
                 let start = std::time::Instant::now();
                 let fut = actix_web::dev::Service::call(srv, req);
                 async move {
-                    let res = fut.await?;
+                    let mut res = fut.await?;
+                    // Draining: the client opens its next connection elsewhere.
+                    let draining = res
+                        .request()
+                        .app_data::<web::Data<AppState>>()
+                        .is_some_and(|s| s.shutdown.is_triggered());
+                    if draining {
+                        res.response_mut()
+                            .head_mut()
+                            .set_connection_type(actix_web::http::ConnectionType::Close);
+                    }
                     let route = res.request().match_pattern();
                     telemetry::request(
                         route.as_deref().unwrap_or("unmatched"),
@@ -284,18 +339,22 @@ fn resource(path: &str, route: actix_web::Route, allow: &'static str) -> actix_w
         .default_service(web::to(move || routes::method_not_allowed(allow)))
 }
 
-/// Keeps the cached shard lengths fresh, so backpressure costs no Redis call per request, and
-/// finds shards whose node answers again. Sends a layout mismatch (found once Redis is
-/// reachable) to `fatal`.
+/// Keeps the cached shard lengths (and the recorded retention) fresh, so backpressure costs no
+/// Redis call per request, and finds shards whose node answers again, until the server has
+/// `served` its last request. Sends a layout mismatch (found once Redis is reachable) to `fatal`.
 async fn track_queue_length(
     state: web::Data<AppState>,
     fatal: tokio::sync::oneshot::Sender<queue::QueueError>,
+    mut served: tokio::sync::oneshot::Receiver<()>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut served => return,
+        }
         if let Err(e) = state.queue.check_layout().await
             && e.is_fatal()
         {

@@ -233,6 +233,12 @@ fn content_encoding(req: &HttpRequest) -> Result<Encoding, ApiError> {
 /// `GET /readyz`: the shard count is checked and at least one shard's node answers within the
 /// timeout.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    if state.shutdown.is_triggered() {
+        return HttpResponse::ServiceUnavailable().json(serde_json::json!({
+            "status": "draining",
+            "reason": "shutting down: the listener closes after --drain-delay-secs",
+        }));
+    }
     match state.queue.ping().await {
         Ok(()) => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
         Err(e) => HttpResponse::ServiceUnavailable().json(serde_json::json!({

@@ -1,18 +1,23 @@
 //! A named shutdown handle, as mini-redis and Relay have: one place says "stop" (a signal, or a
-//! worker that failed), every task can ask whether it was said and wait for it, and a grace
-//! deadline bounds how long the work in hand may take after it.
+//! worker that failed), every task can ask whether it was said and wait for it, a grace
+//! deadline bounds how long the work in hand may take after it, and the tasks a binary spawns
+//! through it are waited for before it exits (mini-redis's `shutdown_complete`, done with
+//! tokio-util's `TaskTracker`). Both binaries use it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
 
-/// Cheap to clone; every clone sees the same trigger.
+/// Cheap to clone; every clone sees the same trigger and tracks the same tasks.
 #[derive(Clone)]
 pub struct Shutdown {
     tx: Arc<watch::Sender<bool>>,
     rx: watch::Receiver<bool>,
     grace: Duration,
+    tasks: TaskTracker,
 }
 
 impl Shutdown {
@@ -23,6 +28,27 @@ impl Shutdown {
             tx: Arc::new(tx),
             rx,
             grace,
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// Spawns `task`, tracked: [`Shutdown::tasks_done`] waits for it. A task meant to run
+    /// until shutdown ends on [`Shutdown::triggered`] itself.
+    pub fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.tasks.spawn(task)
+    }
+
+    /// Resolves once every task of [`Shutdown::spawn`] has ended, or at the grace deadline,
+    /// whichever comes first (`false`: some were still running; they are abandoned).
+    pub async fn tasks_done(&self) -> bool {
+        self.tasks.close();
+        tokio::select! {
+            () = self.tasks.wait() => true,
+            () = self.deadline() => self.tasks.is_empty(),
         }
     }
 
@@ -100,5 +126,28 @@ mod tests {
         other.triggered().await;
         other.deadline().await;
         assert!(other.sleep(Duration::from_secs(3600)).await);
+    }
+
+    #[tokio::test]
+    async fn tasks_done_waits_for_the_tracked_tasks_up_to_the_deadline() {
+        let s = Shutdown::new(Duration::from_millis(50));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let waiter = s.clone();
+        s.spawn(async move {
+            waiter.triggered().await;
+            let _ = tx.send(());
+        });
+        let stuck = s.clone();
+        s.trigger();
+        assert!(!s.tasks.is_empty());
+        // One task ends on the trigger; one that never ends is abandoned at the deadline.
+        let never = stuck.spawn(std::future::pending::<()>());
+        assert!(!s.tasks_done().await, "the stuck task was still running");
+        assert!(rx.await.is_ok(), "the first task ran to its end");
+        never.abort();
+        let done = Shutdown::new(Duration::from_secs(3600));
+        done.spawn(async {});
+        done.trigger();
+        assert!(done.tasks_done().await);
     }
 }
