@@ -216,6 +216,40 @@ async fn numbers_postgresql_cannot_store_are_refused_at_the_door() {
     }
 }
 
+/// Numbers past a double's range that PostgreSQL's numeric stores (`'{"v":1e400}'::jsonb` works)
+/// are accepted and stored as sent: the contract allows every number numeric stores. They were
+/// refused with "number out of range", as the first pass read numbers as f64.
+#[tokio::test]
+async fn numbers_beyond_a_double_that_postgresql_stores_are_accepted_and_stored() {
+    let p = Pipeline::start(PipelineOptions::default()).await;
+    let numbers = ["1e400", "-1.5e+9999", "1e-400", "12345678901234567890e300"];
+    let events: Vec<String> = numbers
+        .iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            format!(
+                r#"{{"name":"big{i}","timestamp":"2026-01-01T00:00:00Z","properties":{{"x":{raw}}}}}"#
+            )
+        })
+        .collect();
+    let (status, body) = p.ingest.post_text(format!("[{}]", events.join(","))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["accepted"], numbers.len(), "{body}");
+    p.db.wait_rows(numbers.len() as i64).await;
+    let client = p.db.client().await;
+    for (i, raw) in numbers.iter().enumerate() {
+        let same: bool = client
+            .query_one(
+                "SELECT properties = jsonb_build_object('x', $2::text::numeric) FROM events WHERE name = $1",
+                &[&format!("big{i}"), raw],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(same, "{raw} stored as sent");
+    }
+}
+
 /// `flusher migrate` refuses a database whose encoding is not UTF8 (jsonb and text would then
 /// refuse what ingest-api accepted).
 #[tokio::test]

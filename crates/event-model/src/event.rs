@@ -414,20 +414,61 @@ fn check_properties(text: &str, limits: &Limits) -> Result<(), EventError> {
     if surely_fine(text, limits.max_properties_depth) {
         return Ok(());
     }
-    let mut de = serde_json::Deserializer::from_str(text);
-    let check = PropertiesCheck {
-        depth: 1,
-        max_depth: limits.max_properties_depth,
-    };
-    match de::DeserializeSeed::deserialize(check, &mut de) {
-        Ok(()) => check_numbers(text),
-        Err(e) => {
+    let walk = |text: &str| {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let check = PropertiesCheck {
+            depth: 1,
+            max_depth: limits.max_properties_depth,
+        };
+        de::DeserializeSeed::deserialize(check, &mut de).map_err(|e| {
             let msg = e.to_string();
             // serde_json appends " at line L column C"; the position inside one value helps nobody.
             let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
-            Err(EventError::new("properties", msg))
+            EventError::new("properties", msg)
+        })
+    };
+    match walk(text) {
+        // serde_json reads each number as an f64 on the way, and refuses one past its range
+        // (`1e400`), which PostgreSQL's numeric stores: numbers are judged by `check_numbers`
+        // against PostgreSQL's range, so the walk is done again with every number as `0`.
+        Err(e) if e.problem == "number out of range" => walk(&numbers_as_zero(text))?,
+        other => other?,
+    }
+    check_numbers(text)
+}
+
+/// Valid JSON `text` with every number replaced by `0`: the same structure, keys and strings.
+fn numbers_as_zero(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped, mut in_number) = (false, false, false);
+    for c in text.chars() {
+        if in_string {
+            out.push(c);
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        if in_number && matches!(c, '0'..='9' | '-' | '+' | '.' | 'e' | 'E') {
+            continue;
+        }
+        in_number = false;
+        match c {
+            '-' | '0'..='9' => {
+                in_number = true;
+                out.push('0');
+            }
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            _ => out.push(c),
         }
     }
+    out
 }
 
 /// Whether valid JSON `text` certainly passes the checks below, found in one pass over its
@@ -1339,6 +1380,36 @@ mod tests {
                 "longer than 8 characters",
             );
         }
+    }
+
+    #[test]
+    fn numbers_past_a_double_that_numeric_stores_pass_and_the_rest_is_still_checked() {
+        for raw in ["1e400", "-1.5e+9999", "12345678901234567890e300", "1E+400"] {
+            let json = event_with("properties", &format!(r#"{{"a":[{raw},"x"],"b":{raw}}}"#));
+            assert!(check(&json).is_ok(), "{raw}: {:?}", check(&json));
+        }
+        // Past numeric's range still refused, with what numeric allows.
+        let json = event_with("properties", r#"{"a":1e200000}"#);
+        assert_rejected(
+            check(&json),
+            "properties",
+            "the number 1e200000 is out of PostgreSQL's range",
+        );
+        // The walk after a big number still finds NUL, lone surrogates and depth.
+        let json = event_with("properties", r#"{"a":1e400,"b":"x\u0000"}"#);
+        assert_rejected(check(&json), "properties", "must not contain NUL");
+        let json = event_with("properties", r#"{"a":1e400,"b":"\ud800"}"#);
+        assert!(check(&json).is_err());
+        let deep = format!(r#"{{"a":1e400,"b":{}1{}}}"#, "[".repeat(40), "]".repeat(40));
+        assert_rejected(
+            check(&event_with("properties", &deep)),
+            "properties",
+            "nested deeper than 32 levels",
+        );
+        assert_eq!(
+            numbers_as_zero(r#"{"a\"1":[-1.5e+9,"2\\",3],"b":true}"#),
+            r#"{"a\"1":[0,"2\\",0],"b":true}"#
+        );
     }
 
     #[test]
