@@ -11,6 +11,7 @@ pub mod queue;
 pub mod scan;
 pub mod skew;
 pub mod timestamp;
+mod view;
 
 pub use batch::{Batch, BatchError, parse_batch};
 pub use event::{EventError, Limits, ValidEvent, validate_event, validate_event_at};

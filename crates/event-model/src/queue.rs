@@ -4,9 +4,7 @@
 //! every version it knows, so a rolling upgrade can mix releases; an entry of an unknown version
 //! is dead-lettered rather than guessed at.
 
-use std::borrow::Cow;
-
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -17,6 +15,9 @@ pub const ENTRY_VERSION: &str = "1";
 pub const VERSION_FIELD: &str = "v";
 /// Stream field holding the event.
 pub const EVENT_FIELD: &str = "e";
+
+use crate::view::micros;
+pub use crate::view::{EventView, Text};
 
 /// One accepted event, exactly as its row will be stored. It serialises as its
 /// [`EntryEvent`], the one definition of the entry's JSON.
@@ -158,30 +159,6 @@ impl Serialize for QueuedEvent {
     }
 }
 
-/// An entry's event read in place, as the flusher stores it: strings are borrowed from the
-/// entry's bytes (copied only when they hold a JSON escape), the properties are the entry's own
-/// JSON text, and timestamps stay microseconds since the Unix epoch, as the binary COPY wants
-/// them. It reads exactly what [`QueuedEvent::encode`] writes (a unit test holds the two
-/// together) and refuses what [`QueuedEvent::decode`] refuses, with one exception: the
-/// properties object of an entry in `encode`'s exact form is delimited, not validated (see
-/// [`crate::scan::view`]); PostgreSQL refuses a bad one and the row is dead-lettered.
-#[derive(Debug, PartialEq, Eq)]
-pub struct EventView<'a> {
-    pub time: i64,
-    pub event_id: Uuid,
-    pub name: Text<'a>,
-    pub source: Text<'a>,
-    pub device_id: Option<Text<'a>>,
-    pub session_id: Option<Text<'a>>,
-    pub user_id: Option<Text<'a>>,
-    /// The device's own timestamp when `time` was corrected for its clock's skew.
-    pub device_time: Option<i64>,
-    /// The properties object's JSON text.
-    pub properties: &'a str,
-    pub sent_at: Option<i64>,
-    pub received_at: i64,
-}
-
 /// What serde_json reads when the entry is not in `encode`'s exact form.
 #[derive(Deserialize)]
 struct ViewJson<'a> {
@@ -209,6 +186,7 @@ struct ViewJson<'a> {
     received_at: i64,
 }
 
+/// Reading an entry into the view (whose type is in `view`, a leaf the scanner shares).
 impl<'a> EventView<'a> {
     /// Reads an entry's event from its `v` and `e` fields, as [`QueuedEvent::decode`] does:
     /// [`crate::scan::view`] first, serde_json when the entry is not in `encode`'s exact form.
@@ -237,73 +215,6 @@ impl<'a> EventView<'a> {
             sent_at: v.sent_at,
             received_at: v.received_at,
         })
-    }
-}
-
-/// A string of an entry: borrowed when the JSON held it verbatim, owned when it had escapes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Text<'a>(pub Cow<'a, str>);
-
-impl std::ops::Deref for Text<'_> {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = Text<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Owned(v.to_string())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(Visitor)
-    }
-}
-
-/// Microseconds kept as they are, checked to be a time [`QueuedEvent`] could hold.
-pub(crate) mod micros {
-    use serde::{Deserialize, Deserializer};
-    use time::OffsetDateTime;
-
-    /// Whether `micros` since the Unix epoch is a time [`super::QueuedEvent`] can hold (the
-    /// scanner's check too).
-    pub(crate) fn holdable(micros: i64) -> Result<i64, time::error::ComponentRange> {
-        let secs = micros.div_euclid(1_000_000);
-        if (FIRST_SECOND..=LAST_SECOND).contains(&secs) {
-            return Ok(micros);
-        }
-        // Out of range: the calendar's own error.
-        OffsetDateTime::from_unix_timestamp(secs).map(|_| micros)
-    }
-
-    /// The first and last Unix seconds an `OffsetDateTime` holds: comparing with them is what
-    /// `from_unix_timestamp` checks, without building a date (the flusher does it 3 times a row).
-    const FIRST_SECOND: i64 = time::PrimitiveDateTime::MIN.assume_utc().unix_timestamp();
-    const LAST_SECOND: i64 = time::PrimitiveDateTime::MAX.assume_utc().unix_timestamp();
-
-    fn check<E: serde::de::Error>(micros: i64) -> Result<i64, E> {
-        holdable(micros).map_err(E::custom)
-    }
-
-    pub fn in_range<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-        check(i64::deserialize(d)?)
-    }
-
-    pub fn opt_in_range<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-        Option::<i64>::deserialize(d)?.map(check).transpose()
     }
 }
 
@@ -427,6 +338,7 @@ mod opt_unix_micros {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::borrow::Cow;
     use time::macros::datetime;
 
     fn sample() -> QueuedEvent {

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 
 use uuid::Uuid;
 
-use crate::queue::{EventView, Text};
+use crate::view::{EventView, Text, micros};
 
 /// Reads `e` as `encode` writes it, or `None` when it is not exactly that form.
 ///
@@ -87,7 +87,7 @@ impl<'a> Cursor<'a> {
         {
             self.i += 16;
             let micros = eight_digits(high) * 100_000_000 + eight_digits(low);
-            return crate::queue::micros::holdable(i64::try_from(micros).ok()?).ok();
+            return micros::holdable(i64::try_from(micros).ok()?).ok();
         }
         let neg = rest.first() == Some(&b'-');
         let from = usize::from(neg);
@@ -106,7 +106,7 @@ impl<'a> Cursor<'a> {
             return None;
         }
         self.i += end;
-        crate::queue::micros::holdable(if neg { -magnitude } else { magnitude }).ok()
+        micros::holdable(if neg { -magnitude } else { magnitude }).ok()
     }
 
     /// A string with no escape and no control character, borrowed.
@@ -321,7 +321,7 @@ mod tests {
             let number: String = text.chars().take_while(|c| *c == '-' || c.is_ascii_digit()).collect();
             let want = serde_json::from_str::<i64>(&number)
                 .ok()
-                .and_then(|n| crate::queue::micros::holdable(n).ok());
+                .and_then(|n| micros::holdable(n).ok());
             prop_assert_eq!(got, want);
             if got.is_some() {
                 prop_assert_eq!(c.i, number.len());
