@@ -334,3 +334,30 @@ async fn events_older_than_the_retention_are_refused_not_accepted_then_deleted()
     .await;
     assert_eq!(p.db.count().await, 5);
 }
+
+/// The Lua scripts go by SHA (EVALSHA). A Redis that forgot them (`SCRIPT FLUSH`, as after a
+/// restart without the scripts) answers NOSCRIPT: each is loaded again and the call goes
+/// through, so rate limiting, settling entries and the memory reading all carry on.
+#[tokio::test]
+async fn scripts_forgotten_by_redis_are_loaded_again() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let p = Pipeline::start(PipelineOptions {
+        ingest: &["--rate-limits", &format!("{SOURCE}=100000/100000")],
+        redis_url: Some(&url),
+        ..Default::default()
+    })
+    .await;
+    p.ingest.post_ok(&batch("before", 5)).await;
+    p.db.wait_rows(5).await;
+    let loaded = redis_cli_out(redis.port, &["INFO", "memory"]);
+    assert!(!loaded.contains("number_of_cached_scripts:0"), "{loaded}");
+    assert_eq!(redis_cli_out(redis.port, &["SCRIPT", "FLUSH"]).trim(), "OK");
+    let flushed = redis_cli_out(redis.port, &["INFO", "memory"]);
+    assert!(flushed.contains("number_of_cached_scripts:0"), "{flushed}");
+    p.ingest.post_ok(&batch("after", 5)).await;
+    p.db.wait_rows(10).await;
+    wait_stream_empty(&p.redis().await, &p.key).await;
+    let again = redis_cli_out(redis.port, &["INFO", "memory"]);
+    assert!(!again.contains("number_of_cached_scripts:0"), "loaded again: {again}");
+}

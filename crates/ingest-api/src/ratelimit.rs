@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use redis_queue::{QueueError, Shared, redis};
+use redis_queue::{QueueError, Shared, scripts};
 
 /// One source's limit.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -62,22 +62,6 @@ pub struct RateLimiter {
     prefix: String,
 }
 
-/// KEYS[1]: the source's state. ARGV: emission interval (µs per event), burst (events), cost
-/// (events). Returns 0 when admitted (and records it), else µs until it would be.
-const GCRA_LUA: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local tau = interval * tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
-local new_tat = tat + interval * tonumber(ARGV[3])
-local wait = new_tat - tau - now
-if wait > 0 then return math.ceil(wait) end
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
-return 0
-"#;
-
 impl RateLimiter {
     /// `stream_key` names the state keys (`<stream_key>:ratelimit:<source>`).
     pub fn new(limits: HashMap<String, Limit>, stream_key: &str) -> Self {
@@ -104,14 +88,13 @@ impl RateLimiter {
         };
         let interval_us = 1e6 / limit.per_sec;
         let key = format!("{}{source}", self.prefix);
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(GCRA_LUA)
-            .arg(1)
+        let mut cmd = scripts::evalsha(&scripts::GCRA);
+        cmd.arg(1)
             .arg(&key)
             .arg(interval_us)
             .arg(limit.burst)
             .arg(events);
-        let wait_us: i64 = redis.query(async |c| cmd.query_async(c).await).await?;
+        let wait_us: i64 = scripts::query(redis, &scripts::GCRA, &cmd).await?;
         if wait_us <= 0 {
             return Ok(Admission::Admitted);
         }

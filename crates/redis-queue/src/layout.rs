@@ -199,14 +199,13 @@ impl Layout {
             .arg("-")
             .arg("+")
             .arg("COUNT")
-            .arg(1)
-            // EVAL routes by its key: on a cluster it asks the node that holds the shard.
-            .cmd("EVAL")
-            .arg(MEMORY_LUA)
+            .arg(1);
+        // EVALSHA routes by its key: on a cluster it asks the node that holds the shard.
+        crate::scripts::pipe_evalsha(&mut pipe, &crate::scripts::MEMORY)
             .arg(1)
             .arg(&key);
         let (len, oldest, (used, max)): (u64, Vec<(String, redis::Value)>, (u64, u64)) =
-            redis.query(async |c| pipe.query_async(c).await).await?;
+            crate::scripts::query_pipe(redis, &crate::scripts::MEMORY, &pipe).await?;
         let lag = oldest
             .first()
             .map(|(id, _)| event_model::queue::entry_age(id, crate::now_since_epoch()))
@@ -256,16 +255,6 @@ pub struct ShardStats {
     /// every write that may grow memory.
     pub memory_ratio: f64,
 }
-
-/// Reads `INFO memory` on the node that holds KEYS[1]. Flagged `no-writes` and `allow-oom`, so
-/// it runs on a node that is out of memory too.
-const MEMORY_LUA: &str = r#"#!lua flags=no-writes,allow-oom
-local info = redis.call('INFO', 'memory')
-local used = tonumber(string.match(info, 'used_memory:(%d+)')) or 0
-local uncounted = tonumber(string.match(info, 'mem_not_counted_for_evict:(%d+)')) or 0
-local max = tonumber(string.match(info, 'maxmemory:(%d+)')) or 0
-return {math.max(used - uncounted, 0), max}
-"#;
 
 /// Which of a layout's count keys were verified, shared by the tasks of one process: each is
 /// checked once, the unchecked ones again until they answer.

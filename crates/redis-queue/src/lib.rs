@@ -18,6 +18,7 @@ pub mod append;
 mod layout;
 pub mod reader;
 mod resp;
+pub mod scripts;
 pub mod settle;
 pub mod writer;
 pub use layout::{Layout, LayoutCheck, MEMORY_RATIO_GAUGE, MEMORY_RATIO_HELP, ShardStats};

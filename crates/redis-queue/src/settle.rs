@@ -8,35 +8,8 @@
 
 use redis::Cmd;
 
+use crate::scripts::{self, ACK_DELETE, DEAD_LETTER};
 use crate::{QueueError, Shared};
-
-/// Deletes, then acknowledges, entries of KEYS[1] for group ARGV[1]: IDs ARGV[2..]. `unpack`
-/// takes at most a few thousand values, so IDs go in slices of 1,000 (straight from ARGV: no
-/// table is built).
-const ACK_DELETE_LUA: &str = r#"#!lua flags=allow-oom
-local n = 0
-for i = 2, #ARGV, 1000 do
-  local j = math.min(i + 999, #ARGV)
-  redis.call('XDEL', KEYS[1], unpack(ARGV, i, j))
-  n = n + redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, i, j))
-end
-return n
-"#;
-
-/// Moves entry ARGV[3] of KEYS[1] to the dead-letter stream KEYS[2] (fields ARGV[4..] as
-/// name/value pairs) only if it is still pending with consumer ARGV[2] of group ARGV[1]:
-/// another flusher that claimed it in the meantime settles it instead, so an entry is
-/// dead-lettered once whatever the timing. Returns 1 if it moved it, 0 if not.
-const DEAD_LETTER_LUA: &str = r#"#!lua flags=allow-oom
-local mine = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', 0, ARGV[3], ARGV[3], 1, ARGV[2])
-if #mine == 0 then return 0 end
-local fields = {}
-for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('XADD', KEYS[2], '*', unpack(fields))
-redis.call('XDEL', KEYS[1], ARGV[3])
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-return 1
-"#;
 
 /// The command that acknowledges and deletes entries whose rows are committed, atomically,
 /// also while Redis is out of memory; `None` for no IDs. Built apart from [`run`] so that the
@@ -46,8 +19,8 @@ pub fn ack_delete<'i>(
     group: &str,
     ids: impl IntoIterator<Item = &'i str>,
 ) -> Option<Cmd> {
-    let mut cmd = redis::cmd("EVAL");
-    cmd.arg(ACK_DELETE_LUA).arg(1).arg(key).arg(group);
+    let mut cmd = scripts::evalsha(&ACK_DELETE);
+    cmd.arg(1).arg(key).arg(group);
     let mut any = false;
     for id in ids {
         cmd.arg(id);
@@ -58,7 +31,7 @@ pub fn ack_delete<'i>(
 
 /// Sends an [`ack_delete`] command: returns how many of its entries were still pending.
 pub async fn run(redis: &Shared, cmd: &Cmd) -> Result<u64, QueueError> {
-    redis.query(async |c| cmd.query_async(c).await).await
+    scripts::query(redis, &ACK_DELETE, cmd).await
 }
 
 /// One entry for [`dead_letter`]: its ID and every field the dead-letter entry gets (the
@@ -84,9 +57,7 @@ pub async fn dead_letter(
     }
     let mut pipe = redis::pipe();
     for d in dead {
-        let cmd = pipe
-            .cmd("EVAL")
-            .arg(DEAD_LETTER_LUA)
+        let cmd = scripts::pipe_evalsha(&mut pipe, &DEAD_LETTER)
             .arg(2)
             .arg(key)
             .arg(dead_key)
@@ -97,6 +68,8 @@ pub async fn dead_letter(
             cmd.arg(*k).arg(*v);
         }
     }
-    let moved: Vec<u64> = redis.query(async |c| pipe.query_async(c).await).await?;
+    // Sent again after a NOSCRIPT: an entry moved the first time is no longer pending, and the
+    // script leaves it.
+    let moved: Vec<u64> = scripts::query_pipe(redis, &DEAD_LETTER, &pipe).await?;
     Ok(moved.iter().sum())
 }
