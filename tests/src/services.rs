@@ -71,6 +71,16 @@ impl TestDb {
         connect(&self.url).await
     }
 
+    /// Adds (or drops) a CHECK constraint that makes PostgreSQL refuse rows named `poison`.
+    pub async fn set_poison_check(&self, on: bool) {
+        let sql = if on {
+            "ALTER TABLE events ADD CONSTRAINT no_poison CHECK (name <> 'poison')"
+        } else {
+            "ALTER TABLE events DROP CONSTRAINT no_poison"
+        };
+        self.client().await.batch_execute(sql).await.unwrap();
+    }
+
     /// Waits until the table holds at least `n` rows.
     pub async fn wait_rows(&self, n: i64) {
         wait_for(&format!("{n} rows"), LONG, || async {

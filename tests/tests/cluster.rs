@@ -475,7 +475,7 @@ async fn dead_letters_stay_with_their_shard_on_a_cluster() {
     })
     .await;
     let (ingest, db, key) = (&p.ingest, &p.db, p.key.as_str());
-    set_poison_check(db, true).await;
+    db.set_poison_check(true).await;
     // Requests go to shards 0, 1, 2, 3, 0, … : the poison is in the 6th, so on shard 1.
     for i in 0..8 {
         let mut events = batch(&format!("good-{i}"), 5);
@@ -508,7 +508,7 @@ async fn dead_letters_stay_with_their_shard_on_a_cluster() {
         "an ID without its shard: {err}"
     );
 
-    set_poison_check(db, false).await;
+    db.set_poison_check(false).await;
     let (ok, out, err) = cluster_dead_letters(&urls, key, &["requeue", &id]);
     assert!(ok, "{err}");
     assert!(out.contains("requeued 1"), "{out}");
@@ -517,16 +517,6 @@ async fn dead_letters_stay_with_their_shard_on_a_cluster() {
     assert_eq!(xlen(&mut c, &shard_key(key, 1)).await, 1, "back on shard 1");
     let _flusher = p.start_flusher(&flags, &[]);
     db.wait_rows(41).await;
-}
-
-/// Adds (or drops) a CHECK constraint that makes PostgreSQL refuse rows named `poison`.
-async fn set_poison_check(db: &TestDb, on: bool) {
-    let sql = if on {
-        "ALTER TABLE events ADD CONSTRAINT no_poison CHECK (name <> 'poison')"
-    } else {
-        "ALTER TABLE events DROP CONSTRAINT no_poison"
-    };
-    db.client().await.batch_execute(sql).await.unwrap();
 }
 
 /// `dead-letters list` shows one dead letter, the refused row on shard 1 with its SQLSTATE; its

@@ -72,7 +72,7 @@ async fn crash_after_commit_before_ack_is_deduplicated() {
 async fn poison_entries_are_dead_lettered_and_requeued() {
     let p = Pipeline::start(PipelineOptions::without_flushers()).await;
     let (ingest, db, key) = (&p.ingest, &p.db, &p.key);
-    set_poison_check(db, true).await;
+    db.set_poison_check(true).await;
     let mut events: Vec<Value> = (0..98).map(|i| event("good", i)).collect();
     events.insert(41, event("poison", 0));
     let (status, body) = ingest.post(&json!(events)).await;
@@ -107,7 +107,7 @@ async fn poison_entries_are_dead_lettered_and_requeued() {
     let refused_id = the_two_dead_letters_listed(&p, &garbage_id);
 
     // Fix the cause, replay the refused one, and it is stored.
-    set_poison_check(db, false).await;
+    db.set_poison_check(false).await;
     let out = dead_letters(&p, &["requeue", &refused_id]);
     assert!(out.contains("requeued 1"), "{out}");
     assert_eq!(xlen(&mut r, &dead_key).await, 1);
@@ -199,16 +199,6 @@ async fn queue_garbage(r: &mut MultiplexedConnection, key: &str) -> String {
         .query_async(r)
         .await
         .unwrap()
-}
-
-/// Adds (or drops) a CHECK constraint that makes PostgreSQL refuse rows named `poison`.
-async fn set_poison_check(db: &TestDb, on: bool) {
-    let sql = if on {
-        "ALTER TABLE events ADD CONSTRAINT no_poison CHECK (name <> 'poison')"
-    } else {
-        "ALTER TABLE events DROP CONSTRAINT no_poison"
-    };
-    db.client().await.batch_execute(sql).await.unwrap();
 }
 
 /// Runs `flusher dead-letters ARGS…` on the pipeline's queue; fails unless it succeeds, gives

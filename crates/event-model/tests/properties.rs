@@ -128,17 +128,39 @@ fn json_str(s: &str) -> String {
     serde_json::to_string(s).unwrap()
 }
 
-/// How validate_event shows an unknown key back: NUL escaped, cut at 64 characters.
+/// How the contract says an unknown key is shown back: "the smallest unknown key (byte order) is
+/// named, NUL shown as `\u0000`, cut at 64 characters with `…`". Written from that sentence,
+/// not from the code: cut first (a NUL counts as one character), then escape.
 fn printable(key: &str) -> String {
-    let mut s: String = key
-        .chars()
-        .take(64)
-        .collect::<String>()
-        .replace('\0', "\\u0000");
-    if key.chars().count() > 64 {
-        s.push('…');
+    let (kept, cut) = match key.char_indices().nth(64) {
+        Some((at, _)) => (&key[..at], true),
+        None => (key, false),
+    };
+    let mut shown = String::new();
+    for c in kept.chars() {
+        if c == '\0' {
+            shown.push_str("\\u0000");
+        } else {
+            shown.push(c);
+        }
     }
-    s
+    if cut {
+        shown.push('…');
+    }
+    shown
+}
+
+#[test]
+fn the_oracle_shows_keys_as_the_contract_says() {
+    assert_eq!(printable("colour"), "colour");
+    assert_eq!(printable("a\0b"), "a\\u0000b");
+    let sixty_four = "k".repeat(64);
+    assert_eq!(printable(&sixty_four), sixty_four);
+    assert_eq!(printable(&"k".repeat(65)), format!("{sixty_four}…"));
+    // 63 characters and a NUL are 64: nothing cut, the NUL shown as 6 characters.
+    let with_nul = format!("{}\0", "k".repeat(63));
+    assert_eq!(printable(&with_nul), format!("{}\\u0000", "k".repeat(63)));
+    assert_eq!(printable(&"é".repeat(70)), format!("{}…", "é".repeat(64)));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -26,12 +26,24 @@ use std::time::Instant;
 
 use et_tests::*;
 
+/// Faults injected into a running pipeline under load; fails on any loss or duplicate.
+#[derive(clap::Parser)]
+#[command(name = "chaos")]
 pub(crate) struct Opts {
+    /// Events sent in all.
+    #[arg(long, default_value_t = 50_000)]
     pub events: usize,
     /// The load is spread over this long, so that every fault lands while events flow.
+    #[arg(long, default_value_t = 25)]
     pub seconds: u64,
+    /// Clients sending at once.
+    #[arg(long, default_value_t = 8)]
     pub clients: usize,
+    /// Events per request.
+    #[arg(long, default_value_t = 50)]
     pub batch: usize,
+    /// On a Redis Cluster of its own (8 shards) instead of one node.
+    #[arg(long)]
     pub cluster: bool,
 }
 
@@ -40,7 +52,7 @@ pub(crate) const CLUSTER_SHARDS: usize = 8;
 
 #[tokio::main]
 async fn main() {
-    let opts = parse_args();
+    let opts = <Opts as clap::Parser>::parse();
     let started = Instant::now();
     let mut rig = Rig::start(&opts).await;
     rig.announce(&opts);
@@ -168,38 +180,4 @@ impl Queue {
             }
         }
     }
-}
-
-fn parse_args() -> Opts {
-    let mut o = Opts {
-        events: 50_000,
-        seconds: 25,
-        clients: 8,
-        batch: 50,
-        cluster: false,
-    };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut num = || -> usize {
-            it.next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("{a} needs a number"))
-        };
-        match a.as_str() {
-            "--events" => o.events = num(),
-            "--clients" => o.clients = num(),
-            "--batch" => o.batch = num(),
-            "--seconds" => o.seconds = num() as u64,
-            "--cluster" => o.cluster = true,
-            "-h" | "--help" => {
-                println!(
-                    "usage: chaos [--events N (50000)] [--seconds S (25)] [--clients N (8)] [--batch N (50)] [--cluster]"
-                );
-                std::process::exit(0);
-            }
-            other => panic!("unknown argument {other}"),
-        }
-    }
-    o
 }

@@ -94,25 +94,20 @@ impl Rig {
     }
 }
 
+/// A long run at half the measured drain rate, a flusher SIGKILLed every minute; fails on any
+/// loss, duplicate, or growth of memory or descriptors.
+#[derive(clap::Parser)]
+#[command(name = "soak")]
+struct Opts {
+    /// How long, in minutes.
+    #[arg(long, default_value_t = 10, conflicts_with = "seconds")]
+    minutes: u64,
+    /// How long, in seconds (instead of --minutes).
+    #[arg(long)]
+    seconds: Option<u64>,
+}
+
 fn parse_args() -> Duration {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut total = Duration::from_secs(600);
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut num = || -> u64 {
-            it.next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("{a} needs a whole number"))
-        };
-        match a.as_str() {
-            "--minutes" => total = Duration::from_secs(60 * num()),
-            "--seconds" => total = Duration::from_secs(num()),
-            "-h" | "--help" => {
-                println!("usage: soak [--minutes M (10) | --seconds S]");
-                std::process::exit(0);
-            }
-            other => panic!("unknown argument {other}"),
-        }
-    }
-    total
+    let o = <Opts as clap::Parser>::parse();
+    Duration::from_secs(o.seconds.unwrap_or(60 * o.minutes))
 }
