@@ -359,5 +359,8 @@ async fn scripts_forgotten_by_redis_are_loaded_again() {
     p.db.wait_rows(10).await;
     wait_stream_empty(&p.redis().await, &p.key).await;
     let again = redis_cli_out(redis.port, &["INFO", "memory"]);
-    assert!(!again.contains("number_of_cached_scripts:0"), "loaded again: {again}");
+    assert!(
+        !again.contains("number_of_cached_scripts:0"),
+        "loaded again: {again}"
+    );
 }

@@ -27,7 +27,7 @@ pub struct Stats {
     pub dead_lettered: AtomicU64,
     pub claimed: AtomicU64,
     pub backoffs: AtomicU64,
-    /// The queue as last read by the gauge task (see `lib.rs`), for the summary line.
+    /// The queue as last read by the gauge task (`service::queue_gauges`), for the summary line.
     pub queue: std::sync::Mutex<telemetry::QueueState>,
 }
 

@@ -1,5 +1,6 @@
 //! Per-source rate limits: events per second and a burst, one limit per source whatever the
-//! number of ingest-api instances, kept in Redis as Sentry Relay keeps its quotas.
+//! number of ingest-api instances, kept in Redis (Sentry Relay keeps its quotas there too, as
+//! counters of fixed windows; this is GCRA instead, exact across any window).
 //!
 //! The algorithm is GCRA (a token bucket stored as one timestamp, the "theoretical arrival
 //! time"), run as one Lua script on Redis's own clock: atomic, so instances never race, and

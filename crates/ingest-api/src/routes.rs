@@ -230,8 +230,9 @@ fn content_encoding(req: &HttpRequest) -> Result<Encoding, ApiError> {
     }
 }
 
-/// `GET /readyz`: the shard count is checked and at least one shard's node answers within the
-/// timeout.
+/// `GET /readyz`: 503 while draining (after SIGTERM), else 200 when at least one shard's node
+/// answers within the timeout. (The shard count is checked by the background task, which stops
+/// the process on a mismatch, not here.)
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     if state.shutdown.is_triggered() {
         return HttpResponse::ServiceUnavailable().json(serde_json::json!({

@@ -30,10 +30,11 @@ pub enum QueueError {
     Timeout(Duration),
     #[error("redis: {0}")]
     Redis(#[from] RedisError),
-    /// An error reply read by [`reader::StreamReader`] (redis-rs's own are in `Redis`).
+    /// An error reply read by the lean RESP code (`resp.rs`, under [`reader::StreamReader`] and
+    /// the [`writer::Writers`]); redis-rs's own are in `Redis`.
     #[error("redis: {code} {message}")]
     Reply { code: String, message: String },
-    /// A reply [`reader::StreamReader`] could not parse.
+    /// A reply the lean RESP code could not parse.
     #[error("redis protocol: {0}")]
     Protocol(String),
     #[error("every shard's Redis node is past the memory limit")]

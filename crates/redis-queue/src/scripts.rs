@@ -10,25 +10,25 @@ use redis::{Cmd, ErrorKind, FromRedisValue, Pipeline, RedisResult, Script, Serve
 
 use crate::{QueueError, Shared};
 
-/// Deletes, then acknowledges, entries of KEYS[1] for group ARGV[1]: IDs ARGV[2..]. `unpack`
+/// Deletes, then acknowledges, entries of `KEYS[1]` for group `ARGV[1]`: IDs `ARGV[2..]`. `unpack`
 /// takes at most a few thousand values, so IDs go in slices of 1,000 (straight from ARGV: no
 /// table is built). Flagged `allow-oom`.
 pub static ACK_DELETE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/ack_delete.lua")));
 
-/// Moves entry ARGV[3] of KEYS[1] to the dead-letter stream KEYS[2] (fields ARGV[4..] as
-/// name/value pairs) only if it is still pending with consumer ARGV[2] of group ARGV[1]:
+/// Moves entry `ARGV[3]` of `KEYS[1]` to the dead-letter stream `KEYS[2]` (fields `ARGV[4..]` as
+/// name/value pairs) only if it is still pending with consumer `ARGV[2]` of group `ARGV[1]`:
 /// another flusher that claimed it in the meantime settles it instead, so an entry is
 /// dead-lettered once whatever the timing. Returns 1 if it moved it, 0 if not. `allow-oom`.
 pub static DEAD_LETTER: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/dead_letter.lua")));
 
-/// Reads `INFO memory` on the node that holds KEYS[1]: {used memory as `maxmemory` counts it,
-/// maxmemory}. Flagged `no-writes` and `allow-oom`, so it runs on a node out of memory too.
+/// Reads `INFO memory` on the node that holds `KEYS[1]`: `{used memory as maxmemory counts it,
+/// maxmemory}`. Flagged `no-writes` and `allow-oom`, so it runs on a node out of memory too.
 pub static MEMORY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/memory.lua")));
 
-/// GCRA on Redis's clock for the rate limit of key KEYS[1]: ARGV[1] the interval between
-/// events in µs, ARGV[2] the burst, ARGV[3] the events asked for. Returns 0 when admitted (the
+/// GCRA on Redis's clock for the rate limit of key `KEYS[1]`: `ARGV[1]` the interval between
+/// events in µs, `ARGV[2]` the burst, `ARGV[3]` the events asked for. Returns 0 when admitted (the
 /// state advanced), else the µs to wait.
 pub static GCRA: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/gcra.lua")));
 
