@@ -29,6 +29,8 @@ pub struct Stats {
     pub backoffs: AtomicU64,
     /// The queue as last read by the gauge task (see `lib.rs`), for the summary line.
     pub queue: std::sync::Mutex<telemetry::QueueState>,
+    /// Whether the workers' writes fail, for `/readyz`.
+    pub writes: Arc<telemetry::WriteHealth>,
 }
 
 impl Stats {
@@ -96,7 +98,7 @@ pub struct Worker {
     pub(crate) config: RunConfig,
     pub(crate) stats: Arc<Stats>,
     /// This worker's number in the process: where its first sweep starts; worker 0 reports.
-    index: usize,
+    pub(crate) index: usize,
     pub(crate) stop: Shutdown,
     /// The acknowledgement of the last committed batch, still running: it overlaps the next
     /// batch's reads and COPY, and is awaited when the next one starts and before the worker

@@ -12,6 +12,7 @@ use event_model::EventView;
 
 use crate::FlusherError;
 use crate::consumer::Entry;
+use crate::error::sqlstate_class;
 use crate::flush::Worker;
 use crate::sink::{self, WriteError, WritePath};
 use crate::telemetry;
@@ -105,6 +106,8 @@ impl Worker {
                 return Ok(());
             }
         }
+        // Every entry settled (a row refused after retries is dead-lettered): nothing fails now.
+        self.stats.writes.ok(self.index);
         Ok(())
     }
 
@@ -144,6 +147,7 @@ impl Worker {
         // Counted when committed, before the entries leave the stream: whoever sees the stream
         // empty sees every row of it counted.
         self.stats.written(part.len(), path, started.elapsed());
+        self.stats.writes.ok(self.index);
         self.ack_behind(shard, part.iter().map(|(e, _)| e.id.as_str()))
             .await?;
         if path == WritePath::Dedup {
@@ -208,7 +212,9 @@ impl Worker {
                 "PostgreSQL refused a batch of {} ({sqlstate}, {count} time(s) in a row): {message}",
                 part.len()
             );
-            return Ok(self.retry_later(shard, part, iso, &e).await);
+            return Ok(self
+                .retry_later(shard, part, iso, &e, sqlstate_class(&sqlstate))
+                .await);
         }
         iso.streak = None;
         iso.backoff = self.backoff_start();
@@ -244,7 +250,8 @@ impl Worker {
         e: &FlusherError,
     ) -> Step {
         let what = format!("writing to PostgreSQL failed: {e}");
-        self.retry_later(shard, part, iso, &what).await
+        self.retry_later(shard, part, iso, &what, e.postgres_class())
+            .await
     }
 
     /// Waits out the backoff, cut short by shutdown (or leaves everything pending when shutdown
@@ -256,6 +263,7 @@ impl Worker {
         part: Vec<Row<'e>>,
         iso: &mut Isolation<'e>,
         what: &str,
+        class: String,
     ) -> Step {
         if self.stopping() {
             log::warn!(
@@ -265,7 +273,8 @@ impl Worker {
             return Step::LeftPending;
         }
         log::warn!("{what}; retrying in {:?}", iso.backoff);
-        telemetry::postgres_error();
+        telemetry::postgres_error(class);
+        self.stats.writes.failing(self.index, what);
         self.stats.backoff();
         let backoff = self.stop.sleep(iso.backoff);
         self.keeping_claim(shard, &part, iso, backoff).await;

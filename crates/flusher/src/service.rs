@@ -54,7 +54,8 @@ pub async fn run(
         &common.database_url,
         config.pg_pool_size.max(config.concurrency),
     )?;
-    let probes = serve_probes(&config, &consumers[0], &pool)?;
+    let stats = Arc::new(Stats::default());
+    let probes = serve_probes(&config, &consumers[0], &pool, stats.writes.clone())?;
     log_start(&name, &common, &config);
     let stop = Shutdown::new(Duration::from_secs(config.shutdown_timeout_secs));
     stop.trigger_on(async move {
@@ -72,7 +73,7 @@ pub async fn run(
                 "flusher {name}: ready in {} ms",
                 started.elapsed().as_millis()
             );
-            run_workers(consumers, pool, &config, &name, &stop).await
+            run_workers(consumers, pool, &config, &name, &stop, stats).await
         }
         Ok(false) => Ok(()),
         Err(e) => Err(e),
@@ -96,6 +97,7 @@ fn serve_probes(
     config: &RunConfig,
     consumer: &Consumer,
     pool: &Pool,
+    writes: Arc<telemetry::WriteHealth>,
 ) -> Result<actix_web::dev::ServerHandle, FlusherError> {
     let listener = std::net::TcpListener::bind(config.metrics_bind).map_err(|source| {
         FlusherError::MetricsBind {
@@ -110,6 +112,7 @@ fn serve_probes(
         pool: pool.clone(),
         timeout: Duration::from_millis(config.redis_timeout_ms),
         metrics: telemetry::install_metrics(),
+        writes,
     };
     let server = telemetry::serve(listener, probes)?;
     let handle = server.handle();
@@ -164,8 +167,8 @@ async fn run_workers(
     config: &RunConfig,
     name: &str,
     stop: &Shutdown,
+    stats: Arc<Stats>,
 ) -> Result<(), FlusherError> {
-    let stats = Arc::new(Stats::default());
     tokio::spawn(queue_gauges(
         consumers[0].query_handle(),
         stats.clone(),
@@ -226,7 +229,7 @@ async fn queue_gauges(consumer: Consumer, stats: Arc<Stats>, stop: Shutdown) {
             // No shard answered: say so, rather than leave the last reading standing.
             Err(e) => {
                 log::debug!("reading the queue state: {e}");
-                telemetry::all_shards_unreachable(consumer.shards());
+                telemetry::queue_state_unknown(consumer.shards());
             }
         }
         if stop.sleep(Duration::from_secs(5)).await {

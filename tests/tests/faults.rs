@@ -1,0 +1,169 @@
+//! The faults an operator meets, as the flusher reports them: a full disk (its SQLSTATE in the
+//! log and on the error counter, `/readyz` 503 while writes fail), a flusher cut off from Redis
+//! (its queue gauges marked unknown, not frozen), a column whose type changed (refused at start,
+//! never a reason to dead-letter), and the papercuts around them: `flusher run` flags, consumers
+//! left in the group, `dead-letters purge --all` reading everything into memory.
+
+
+use et_tests::*;
+
+/// GET `path` of a flusher's probe server: (status, body).
+async fn probe(flusher: &Flusher, path: &str) -> (u16, String) {
+    let res = http()
+        .get(format!("{}{path}", flusher.metrics_url()))
+        .send()
+        .await
+        .expect("probe answered");
+    let status = res.status().as_u16();
+    (status, res.text().await.unwrap_or_default())
+}
+
+/// Waits until `/readyz` answers `status`; returns its body.
+async fn wait_ready_status(flusher: &Flusher, status: u16) -> String {
+    wait_for(&format!("/readyz {status}"), LONG, || async {
+        let (s, body) = probe(flusher, "/readyz").await;
+        (s == status).then_some(body)
+    })
+    .await
+}
+
+/// A full disk, as PostgreSQL reports it (SQLSTATE 53100), on every row written to `events`.
+const DISK_FULL: &str = r#"
+    CREATE FUNCTION disk_full() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+      RAISE EXCEPTION 'could not extend file "base/16384/16385": No space left on device'
+        USING ERRCODE = '53100';
+    END $$;
+    CREATE TRIGGER disk_full BEFORE INSERT ON events
+      FOR EACH ROW EXECUTE FUNCTION disk_full();"#;
+
+/// While PostgreSQL refuses every write for a full disk, the flusher logs the SQLSTATE and the
+/// message, counts the errors under `class="53"`, and answers `/readyz` 503 (naming the
+/// failure); once space is back the rows are written, nothing dead-lettered, and it is ready
+/// again.
+#[tokio::test]
+async fn a_full_disk_is_named_counted_and_makes_the_flusher_unready() {
+    let p = Pipeline::start(PipelineOptions::default()).await;
+    let flusher = &p.flushers[0];
+    wait_ready_status(flusher, 200).await;
+    let db = p.db.client().await;
+    db.batch_execute(DISK_FULL).await.unwrap();
+    p.ingest.post_ok(&batch("disk", 5)).await;
+
+    let body = wait_ready_status(flusher, 503).await;
+    assert!(body.contains("53100"), "/readyz names the failure: {body}");
+    let log = wait_for("the SQLSTATE in the log", LONG, || async {
+        let log = flusher.proc.log_text();
+        log.contains("No space left on device").then_some(log)
+    })
+    .await;
+    assert!(log.contains("53100"), "the SQLSTATE is logged:\n{log}");
+    let page = scrape(&flusher.metrics_url()).await;
+    let class53 = labelled_in(
+        &page,
+        "eventtracker_flusher_postgres_errors_total",
+        "class=\"53\"",
+    );
+    assert!(
+        class53.is_some_and(|n| n > 0.0),
+        "class 53 counted:\n{page}"
+    );
+
+    db.batch_execute("DROP TRIGGER disk_full ON events")
+        .await
+        .unwrap();
+    p.db.wait_rows(5).await;
+    wait_ready_status(flusher, 200).await;
+    assert_eq!(dead_lettered_by(flusher).await, 0.0);
+}
+
+/// Writes that wait on a lock past `--pg-timeout-ms` make the flusher unready too (counted
+/// under `class="timeout"`: no SQLSTATE), and ready again after the write that succeeds.
+#[tokio::test]
+async fn writes_that_time_out_make_the_flusher_unready_until_one_succeeds() {
+    let p = Pipeline::start(PipelineOptions {
+        flusher: &["--pg-timeout-ms", "300", "--claim-idle-ms", "5000"],
+        ..Default::default()
+    })
+    .await;
+    let flusher = &p.flushers[0];
+    wait_ready_status(flusher, 200).await;
+    let lock = p.db.client().await;
+    lock.batch_execute("BEGIN; LOCK TABLE events IN SHARE MODE")
+        .await
+        .unwrap();
+    p.ingest.post_ok(&batch("locked", 5)).await;
+    let body = wait_ready_status(flusher, 503).await;
+    assert!(body.contains("300 ms"), "/readyz says why: {body}");
+    let page = scrape(&flusher.metrics_url()).await;
+    let timeouts = labelled_in(
+        &page,
+        "eventtracker_flusher_postgres_errors_total",
+        "class=\"timeout\"",
+    );
+    assert!(timeouts.is_some_and(|n| n > 0.0), "{page}");
+    lock.batch_execute("COMMIT").await.unwrap();
+    p.db.wait_rows(5).await;
+    wait_ready_status(flusher, 200).await;
+}
+
+/// Thaws a frozen private Redis when dropped, so a failing test never leaves it stopped.
+struct ThawRedis<'a>(&'a RedisServer);
+
+impl Drop for ThawRedis<'_> {
+    fn drop(&mut self) {
+        self.0.thaw();
+    }
+}
+
+/// A flusher that cannot reach Redis does not keep exporting its last reading of the queue (0
+/// and 0 while the real backlog grows): it says the state is unknown
+/// (`eventtracker_queue_state_known 0`) and its backlog and lag samples are NaN, which `max()`
+/// in the alerting rules skips. Once Redis answers again the gauges are numbers again.
+#[tokio::test]
+async fn a_flusher_cut_off_from_redis_marks_its_queue_gauges_unknown() {
+    let redis = RedisServer::start();
+    let p = Pipeline::start(PipelineOptions {
+        redis_url: Some(&redis.url()),
+        flusher: &["--redis-timeout-ms", "300"],
+        ..Default::default()
+    })
+    .await;
+    let flusher = &p.flushers[0];
+    let url = flusher.metrics_url();
+    p.ingest.post_ok(&batch("before", 3)).await;
+    p.db.wait_rows(3).await;
+    wait_for("a known, empty queue", LONG, || async {
+        let page = scrape(&url).await;
+        (metric_in(&page, "eventtracker_queue_state_known") == Some(1.0)
+            && metric_in(&page, "eventtracker_queue_backlog") == Some(0.0))
+        .then_some(())
+    })
+    .await;
+
+    redis.freeze();
+    let thaw = ThawRedis(&redis);
+    let page = wait_for("the queue state marked unknown", LONG, || async {
+        let page = scrape(&url).await;
+        (metric_in(&page, "eventtracker_queue_state_known") == Some(0.0)).then_some(page)
+    })
+    .await;
+    for gauge in [
+        "eventtracker_queue_backlog",
+        "eventtracker_queue_lag_seconds",
+    ] {
+        let v = metric_in(&page, gauge);
+        assert!(
+            v.is_none_or(f64::is_nan),
+            "{gauge} must not keep its last reading ({v:?}) while Redis is unreachable:\n{page}"
+        );
+    }
+    drop(thaw);
+    wait_for("the queue state known again", LONG, || async {
+        let page = scrape(&url).await;
+        (metric_in(&page, "eventtracker_queue_state_known") == Some(1.0)
+            && metric_in(&page, "eventtracker_queue_backlog") == Some(0.0))
+        .then_some(())
+    })
+    .await;
+}
