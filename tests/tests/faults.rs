@@ -4,6 +4,7 @@
 //! never a reason to dead-letter), and the papercuts around them: `flusher run` flags, consumers
 //! left in the group, `dead-letters purge --all` reading everything into memory.
 
+use std::time::Duration;
 
 use et_tests::*;
 
@@ -166,4 +167,83 @@ async fn a_flusher_cut_off_from_redis_marks_its_queue_gauges_unknown() {
         .then_some(())
     })
     .await;
+}
+
+/// `device_id` made an integer: the column the flusher writes as text.
+const DEVICE_ID_INTEGER: &str =
+    "ALTER TABLE events ALTER COLUMN device_id TYPE integer USING NULL::integer";
+
+/// A flusher started on an `events` table whose column has another type than the one it
+/// writes refuses to start, naming the column and both types.
+#[tokio::test]
+async fn a_column_of_another_type_stops_the_flusher_at_start() {
+    let db = TestDb::migrated(&shared_admin_url()).await;
+    db.client()
+        .await
+        .batch_execute(DEVICE_ID_INTEGER)
+        .await
+        .unwrap();
+    let mut flusher = Flusher::start(&shared_redis_url(), &db.url, &unique("events"), &[], &[]);
+    let status = flusher.proc.wait_exit(Duration::from_secs(60));
+    let log = flusher.proc.log_text();
+    assert!(!status.success(), "refused to start:\n{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("device_id"))
+        .unwrap_or_else(|| panic!("the column is named:\n{log}"));
+    assert!(
+        line.contains("text") && line.contains("integer"),
+        "expected and found types named: {line}"
+    );
+}
+
+/// A column whose type changes under a running flusher (SQLSTATE 22P03 on the binary COPY) is
+/// no reason to dead-letter: the flusher stops with the column named, the entries stay queued,
+/// and once the column is back a flusher writes them all.
+#[tokio::test]
+async fn a_column_changed_under_a_running_flusher_dead_letters_nothing() {
+    let p = Pipeline::start(PipelineOptions {
+        flusher: &["--claim-idle-ms", "1000", "--concurrency", "1"],
+        ..Default::default()
+    })
+    .await;
+    p.ingest.post_ok(&batch("before", 5)).await;
+    p.db.wait_rows(5).await;
+    let db = p.db.client().await;
+    db.batch_execute(DEVICE_ID_INTEGER).await.unwrap();
+    p.ingest.post_ok(&batch("after", 5)).await;
+
+    let mut flusher = p.flushers.into_iter().next().unwrap();
+    let status = flusher.proc.wait_exit(LONG);
+    let log = flusher.proc.log_text();
+    assert!(!status.success(), "the flusher stopped:\n{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("device_id") && l.contains("integer")),
+        "the column is named:\n{log}"
+    );
+    let mut r = redis_conn(&p.redis_url).await;
+    assert_eq!(
+        xlen(&mut r, &format!("{}:dead", p.key)).await,
+        0,
+        "nothing dead-lettered:\n{log}"
+    );
+    assert_eq!(
+        xlen(&mut r, &p.key).await,
+        5,
+        "the entries wait in the queue"
+    );
+
+    db.batch_execute("ALTER TABLE events ALTER COLUMN device_id TYPE text")
+        .await
+        .unwrap();
+    let _rescuer = Flusher::start(
+        &p.redis_url,
+        &p.db.url,
+        &p.key,
+        &["--claim-idle-ms", "1000"],
+        &[],
+    );
+    p.db.wait_rows(10).await;
+    wait_stream_empty(&r, &p.key).await;
 }

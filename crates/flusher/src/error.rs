@@ -99,7 +99,8 @@ impl From<redis_queue::redis::RedisError> for FlusherError {
 
 impl FlusherError {
     /// The process must stop: the queue's layout in Redis does not match this process's
-    /// settings (a different shard count, an unsharded backlog), or a worker panicked.
+    /// settings (a different shard count, an unsharded backlog), the `events` columns do not
+    /// match what it writes, or a worker panicked.
     pub fn is_fatal(&self) -> bool {
         match self {
             FlusherError::Queue(e) => e.is_fatal(),

@@ -100,6 +100,8 @@ pub struct Worker {
     /// This worker's number in the process: where its first sweep starts; worker 0 reports.
     pub(crate) index: usize,
     pub(crate) stop: Shutdown,
+    /// Whether the `events` columns were checked (see [`crate::sink::write`]).
+    pub(crate) schema: Arc<crate::sink::SchemaCheck>,
     /// The acknowledgement of the last committed batch, still running: it overlaps the next
     /// batch's reads and COPY, and is awaited when the next one starts and before the worker
     /// ends.
@@ -138,6 +140,7 @@ impl Worker {
         stats: Arc<Stats>,
         index: usize,
         stop: Shutdown,
+        schema: Arc<crate::sink::SchemaCheck>,
     ) -> Self {
         Worker {
             consumer,
@@ -146,6 +149,7 @@ impl Worker {
             stats,
             index,
             stop,
+            schema,
             ack_in_flight: std::sync::Mutex::new(None),
         }
     }
@@ -207,18 +211,22 @@ impl Worker {
             written_at_summary: 0,
         };
         let mut cursor = self.index % n;
-        while !self.stopping() {
-            let mut ready = self.ready_shards(&mut shards, cursor).await?;
-            if ready.is_empty() {
-                continue;
+        let drained = async {
+            while !self.stopping() {
+                let mut ready = self.ready_shards(&mut shards, cursor).await?;
+                if ready.is_empty() {
+                    continue;
+                }
+                self.chores(&mut chores, &mut ready, &mut shards).await?;
+                cursor = self.sweep(&ready, &mut shards, cursor).await?;
             }
-            self.chores(&mut chores, &mut ready, &mut shards).await;
-            cursor = self.sweep(&ready, &mut shards, cursor).await;
+            Ok(())
         }
+        .await;
         if let Err(e) = self.ack_settled().await {
             log::warn!("acknowledging the last batch: {e}; its entries stay pending");
         }
-        Ok(())
+        drained
     }
 
     /// The shards whose backoff is over, in sweep order from `cursor`, with their shard count
@@ -266,13 +274,13 @@ impl Worker {
 
     /// Between batches: prune idle consumers (every minute), claim and write stale entries
     /// (every half `--claim-idle-ms`; a shard that fails is dropped from `ready`), log the
-    /// summary (worker 0).
+    /// summary (worker 0). A fatal error (see [`FlusherError::is_fatal`]) stops the worker.
     async fn chores(
         &mut self,
         chores: &mut Chores,
         ready: &mut Vec<usize>,
         shards: &mut [ShardBackoff],
-    ) {
+    ) -> Result<(), FlusherError> {
         if chores.last_prune.elapsed() >= PRUNE_EVERY {
             chores.last_prune = Instant::now();
             let idle = Duration::from_secs(self.config.consumer_idle_secs);
@@ -285,8 +293,10 @@ impl Worker {
         if chores.last_claim.elapsed() >= chores.claim_every {
             chores.last_claim = Instant::now();
             for &s in ready.iter() {
-                if let Err(e) = self.claim_and_write(s).await {
-                    self.shard_trouble(s, &mut shards[s], &e);
+                match self.claim_and_write(s).await {
+                    Err(e) if e.is_fatal() => return Err(e),
+                    Err(e) => self.shard_trouble(s, &mut shards[s], &e),
+                    Ok(()) => {}
                 }
             }
             ready.retain(|&s| shards[s].retry_at <= Instant::now());
@@ -294,6 +304,7 @@ impl Worker {
         if self.index == 0 {
             self.log_summary(chores);
         }
+        Ok(())
     }
 
     /// Every 10 s while there is work, every 5 minutes when idle: a quiet log at rest.
@@ -324,13 +335,13 @@ impl Worker {
 
     /// Reads the ready shards in turn and writes the first batch found. One shard: a blocking
     /// read, as ever. Several: no blocking, but a short block on the last when none had
-    /// entries. Returns where the next sweep starts.
+    /// entries. Returns where the next sweep starts, or the fatal error that stops the worker.
     async fn sweep(
         &mut self,
         ready: &[usize],
         shards: &mut [ShardBackoff],
         cursor: usize,
-    ) -> usize {
+    ) -> Result<usize, FlusherError> {
         let n = shards.len();
         let block = Duration::from_millis(self.config.block_ms);
         let sweep_block = (block / n as u32).max(Duration::from_millis(10));
@@ -356,8 +367,10 @@ impl Worker {
                         Ok(entries) => self.write_reading_ahead(s, entries).await,
                         Err(e) => Err(e),
                     };
-                    if let Err(e) = result {
-                        self.shard_trouble(s, &mut shards[s], &e);
+                    match result {
+                        Err(e) if e.is_fatal() => return Err(e),
+                        Err(e) => self.shard_trouble(s, &mut shards[s], &e),
+                        Ok(()) => {}
                     }
                     true
                 }
@@ -367,10 +380,10 @@ impl Worker {
                 }
             };
             if found || self.stopping() {
-                return (s + 1) % n;
+                return Ok((s + 1) % n);
             }
         }
-        (cursor + 1) % n
+        Ok((cursor + 1) % n)
     }
 
     /// Under a backlog (a read came back full), more reads of the same shard without blocking,

@@ -79,7 +79,7 @@ impl Worker {
         };
         while let Some(part) = iso.todo.pop() {
             let events: Vec<&EventView<'_>> = part.iter().map(|(_, e)| e).collect();
-            let write = sink::write(&self.pool, &events, self.config.pg_timeout());
+            let write = sink::write(&self.pool, &events, self.config.pg_timeout(), &self.schema);
             let started = Instant::now();
             // One attempt may take up to four `--pg-timeout-ms` (taking a connection, the COPY,
             // the de-duplicating write, the guarded write of corrected rows, each bounded on its
@@ -101,6 +101,13 @@ impl Worker {
                         .await?
                 }
                 Err(WriteError::Transient(e)) => self.unavailable(shard, part, &mut iso, &e).await,
+                // Fatal: the process stops; the entries stay pending for a flusher that fits.
+                Err(WriteError::Schema(e)) => {
+                    return Err(match e {
+                        FlusherError::Schema(_) => e,
+                        other => FlusherError::Schema(other.to_string()),
+                    });
+                }
             };
             if let Step::LeftPending = step {
                 return Ok(());
@@ -283,6 +290,9 @@ impl Worker {
         Step::Next
     }
 
+    /// Moves a row PostgreSQL refused to the dead letters, unless the `events` columns no longer
+    /// fit what this flusher writes (a column whose type changed refuses every row, some with a
+    /// data error such as 22P02): then `FlusherError::Schema`, and nothing is dead-lettered.
     async fn dead_letter_row(
         &self,
         shard: usize,
@@ -290,6 +300,11 @@ impl Worker {
         message: String,
         sqlstate: String,
     ) -> Result<(), FlusherError> {
+        match sink::check_columns_pooled(&self.pool, self.config.pg_timeout()).await {
+            Err(e) if e.is_fatal() => return Err(e),
+            Err(e) => log::warn!("could not check the events columns before dead-lettering: {e}"),
+            Ok(()) => {}
+        }
         let moved = self
             .consumer
             .dead_letter(shard, &[(entry, message, Some(sqlstate))])

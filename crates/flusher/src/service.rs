@@ -66,6 +66,19 @@ pub async fn run(
         let every = Duration::from_secs(config.retention_every_secs);
         tokio::spawn(retention_loop(pool.clone(), keep, every, stop.clone()));
     }
+    let schema = Arc::new(sink::SchemaCheck::default());
+    // A table that does not fit is refused before any entry is read. PostgreSQL not answering
+    // yet is no reason to wait: the columns are then checked before the first write.
+    match sink::check_columns_pooled(&pool, config.pg_timeout()).await {
+        Ok(()) => schema.set_verified(),
+        Err(e) if e.is_fatal() => {
+            probes.stop(true).await;
+            return Err(e);
+        }
+        Err(e) => log::warn!(
+            "cannot check the events columns yet ({e}); they are checked before the first write"
+        ),
+    }
     let result = match wait_for_layout(&consumers[0], &config, &stop).await {
         Ok(true) => {
             // Benchmarks subtract this from their drain clock (see bench/README.md).
@@ -73,7 +86,7 @@ pub async fn run(
                 "flusher {name}: ready in {} ms",
                 started.elapsed().as_millis()
             );
-            run_workers(consumers, pool, &config, &name, &stop, stats).await
+            run_workers(consumers, pool, &config, &name, &stop, stats, schema).await
         }
         Ok(false) => Ok(()),
         Err(e) => Err(e),
@@ -168,6 +181,7 @@ async fn run_workers(
     name: &str,
     stop: &Shutdown,
     stats: Arc<Stats>,
+    schema: Arc<sink::SchemaCheck>,
 ) -> Result<(), FlusherError> {
     tokio::spawn(queue_gauges(
         consumers[0].query_handle(),
@@ -185,6 +199,7 @@ async fn run_workers(
                 stats.clone(),
                 n,
                 stop.clone(),
+                schema.clone(),
             );
             tokio::spawn(async move { worker.run().await })
         })
