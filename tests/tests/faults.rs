@@ -4,6 +4,7 @@
 //! never a reason to dead-letter), and the papercuts around them: `flusher run` flags, consumers
 //! left in the group, `dead-letters purge --all` reading everything into memory.
 
+use std::process::Command;
 use std::time::Duration;
 
 use et_tests::*;
@@ -246,4 +247,186 @@ async fn a_column_changed_under_a_running_flusher_dead_letters_nothing() {
     );
     p.db.wait_rows(10).await;
     wait_stream_empty(&r, &p.key).await;
+}
+
+/// The options `BINARY ARGS… --help` lists.
+fn help_flags(args: &[&str]) -> Vec<String> {
+    let out = Command::new(bin("flusher"))
+        .args(args)
+        .arg("--help")
+        .output()
+        .expect("flusher --help");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("--"))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|f| format!("--{f}"))
+        .collect()
+}
+
+/// `flusher` and `flusher run` are the same: every option of `flusher --help` is taken after
+/// `run` as well, and a flusher started as `flusher run --metrics-bind … --batch-size …` runs.
+#[tokio::test]
+async fn flusher_run_takes_every_run_flag() {
+    let top = help_flags(&[]);
+    let run = help_flags(&["run"]);
+    for flag in &top {
+        assert!(run.contains(flag), "`flusher run --help` lacks {flag}");
+    }
+    let p = Pipeline::start(PipelineOptions::without_flushers()).await;
+    let mut cmd = Command::new(bin("flusher"));
+    cmd.arg("run")
+        .args(["--redis-url", &p.redis_url, "--database-url", &p.db.url])
+        .args(["--stream-key", &p.key, "--metrics-bind", "127.0.0.1:0"])
+        .args([
+            "--batch-size",
+            "7",
+            "--concurrency",
+            "1",
+            "--block-ms",
+            "200",
+        ])
+        .args(["--consumer", "after-run"])
+        .env("RUST_LOG", "info");
+    let flusher = Flusher {
+        proc: Proc::spawn("flusher", cmd),
+    };
+    flusher.metrics_url();
+    p.ingest.post_ok(&batch("run", 10)).await;
+    p.db.wait_rows(10).await;
+}
+
+/// A flusher stopped with SIGTERM removes its consumers from the group (none is left behind
+/// for an hour); a consumer that still holds pending entries stays, so nothing is lost.
+#[tokio::test]
+async fn a_cleanly_stopped_flusher_leaves_the_group() {
+    let p = Pipeline::start(PipelineOptions::without_flushers()).await;
+    let mut r = p.redis().await;
+    let mut leaver = p.start_flusher(&["--consumer", "leaver", "--concurrency", "2"], &[]);
+    p.ingest.post_ok(&batch("leave", 20)).await;
+    p.db.wait_rows(20).await;
+    wait_stream_empty(&r, &p.key).await;
+    let names = |c: Vec<(String, u64)>| c.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+    assert!(
+        !consumers(&mut r, &p.key, "flushers").await.is_empty(),
+        "the consumers that read are in the group"
+    );
+    assert!(leaver.proc.terminate().success());
+    assert_eq!(
+        names(consumers(&mut r, &p.key, "flushers").await),
+        Vec::<String>::new(),
+        "a stopped flusher's consumers are gone:\n{}",
+        leaver.proc.log_text()
+    );
+
+    // A consumer with pending entries stays in the group when its flusher stops.
+    let lock = p.db.client().await;
+    lock.batch_execute("BEGIN; LOCK TABLE events IN SHARE MODE")
+        .await
+        .unwrap();
+    let mut holder = p.start_flusher(
+        &[
+            "--consumer",
+            "holder",
+            "--concurrency",
+            "1",
+            "--pg-timeout-ms",
+            "300",
+        ],
+        &[],
+    );
+    p.ingest.post_ok(&batch("held", 5)).await;
+    wait_for("the holder to hold 5 entries", LONG, || {
+        let mut r = r.clone();
+        let key = p.key.clone();
+        async move {
+            let held = pending_once_grouped(&mut r, &key, "flushers").await?;
+            (held == [("holder".to_string(), 5)]).then_some(())
+        }
+    })
+    .await;
+    assert!(holder.proc.terminate().success());
+    assert_eq!(
+        consumers(&mut r, &p.key, "flushers").await,
+        [("holder".to_string(), 5)],
+        "{}",
+        holder.proc.log_text()
+    );
+    lock.batch_execute("COMMIT").await.unwrap();
+}
+
+/// Runs `flusher ARGS…` under GNU time: (exit ok, stdout, peak RSS in KiB).
+fn run_measured(args: &[&str]) -> (bool, String, u64) {
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "maxrss_kib=%M"])
+        .arg(bin("flusher"))
+        .args(args)
+        .output()
+        .expect("/usr/bin/time flusher");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let rss = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("maxrss_kib="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no maxrss in:\n{stderr}"));
+    (
+        out.status.success(),
+        format!("{}{stderr}", String::from_utf8_lossy(&out.stdout)),
+        rss,
+    )
+}
+
+/// `flusher dead-letters purge --all` on 20,000 dead letters of 2 KiB (40 MiB) deletes them all
+/// and says how many, without reading them into memory: its peak RSS stays within 16 MiB of a
+/// purge of an empty stream.
+#[tokio::test]
+async fn purging_every_dead_letter_does_not_read_them_into_memory() {
+    let redis_url = shared_redis_url();
+    let (key, empty_key) = (unique("events"), unique("events"));
+    let dead = format!("{key}:dead");
+    let mut r = redis_conn(&redis_url).await;
+    let filler = "x".repeat(2048);
+    for _ in 0..20 {
+        let mut pipe = redis::pipe();
+        for _ in 0..1000 {
+            pipe.cmd("XADD")
+                .arg(&dead)
+                .arg("*")
+                .arg("e")
+                .arg(&filler)
+                .arg("dl_reason")
+                .arg("test")
+                .ignore();
+        }
+        let () = pipe.query_async(&mut r).await.unwrap();
+    }
+    assert_eq!(xlen(&mut r, &dead).await, 20_000);
+    let purge = |k: &str| {
+        let args = [
+            "dead-letters",
+            "purge",
+            "--all",
+            "--redis-url",
+            &redis_url,
+            "--stream-key",
+            k,
+        ];
+        run_measured(&args)
+    };
+    let (ok, out, base) = purge(&empty_key);
+    assert!(ok, "{out}");
+    let (ok, out, rss) = purge(&key);
+    assert!(ok, "{out}");
+    assert!(out.contains("purged 20000 dead letters"), "{out}");
+    assert_eq!(xlen(&mut r, &dead).await, 0);
+    assert!(
+        rss < base + 16 * 1024,
+        "peak RSS {rss} KiB against {base} KiB for an empty stream: the dead letters were read"
+    );
+    let _: () = redis::cmd("DEL")
+        .arg(&dead)
+        .query_async(&mut r)
+        .await
+        .unwrap();
 }

@@ -226,7 +226,34 @@ impl Worker {
         if let Err(e) = self.ack_settled().await {
             log::warn!("acknowledging the last batch: {e}; its entries stay pending");
         }
+        self.leave_group().await;
         drained
+    }
+
+    /// On the way out: this worker's consumer leaves the group of every shard where it holds
+    /// nothing pending, rather than linger until another flusher prunes it
+    /// (`--consumer-idle-secs`).
+    async fn leave_group(&self) {
+        for s in 0..self.consumer.shards() {
+            match self.consumer.leave_group(s).await {
+                Ok(true) => log::debug!(
+                    "consumer {} left the group of {}",
+                    self.consumer.consumer,
+                    self.consumer.key(s)
+                ),
+                Ok(false) => log::info!(
+                    "consumer {} stays in the group of {}: it holds pending entries, which \
+                     another flusher claims after --claim-idle-ms",
+                    self.consumer.consumer,
+                    self.consumer.key(s)
+                ),
+                Err(e) => log::warn!(
+                    "consumer {} could not leave the group of {}: {e}",
+                    self.consumer.consumer,
+                    self.consumer.key(s)
+                ),
+            }
+        }
     }
 
     /// The shards whose backoff is over, in sweep order from `cursor`, with their shard count
