@@ -16,6 +16,10 @@ use crate::error::FlusherError;
 use crate::flush::{Stats, Worker};
 use crate::{retention, sink, telemetry};
 
+/// The longest the start waits for PostgreSQL to show the `events` columns (less when
+/// `--pg-timeout-ms` is).
+const START_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Drains the queue until `shutdown` resolves, then finishes the batches in hand (within
 /// `--shutdown-timeout-secs`) and returns.
 pub async fn run(
@@ -68,8 +72,14 @@ pub async fn run(
     }
     let schema = Arc::new(sink::SchemaCheck::default());
     // A table that does not fit is refused before any entry is read. PostgreSQL not answering
-    // yet is no reason to wait: the columns are then checked before the first write.
-    match sink::check_columns_pooled(&pool, config.pg_timeout()).await {
+    // (soon) is no reason to wait: the columns are then checked before the first write.
+    let check = sink::check_columns_pooled(&pool, config.pg_timeout().min(START_CHECK_TIMEOUT));
+    let checked = tokio::select! {
+        checked = check => checked,
+        () = stop.triggered() => Ok(()),
+    };
+    match checked {
+        Ok(()) if stop.is_triggered() => {}
         Ok(()) => schema.set_verified(),
         Err(e) if e.is_fatal() => {
             probes.stop(true).await;

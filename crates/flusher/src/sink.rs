@@ -104,18 +104,23 @@ pub async fn check_columns(client: &tokio_postgres::Client) -> Result<(), Flushe
     )))
 }
 
-/// [`check_columns`] on a pooled connection, within `timeout`.
+/// [`check_columns`] on a pooled connection, taking it and querying each within `timeout`. A
+/// connection whose query was cut off is closed, never handed to a write.
 pub async fn check_columns_pooled(pool: &Pool, timeout: Duration) -> Result<(), FlusherError> {
-    let check = async {
-        let client = pool.get().await?;
-        check_columns(&client).await
+    let cut_off = |what| FlusherError::PostgresTimeout {
+        what,
+        ms: timeout.as_millis(),
     };
-    tokio::time::timeout(timeout, check)
+    let client = tokio::time::timeout(timeout, pool.get())
         .await
-        .map_err(|_| FlusherError::PostgresTimeout {
-            what: "checking the events columns",
-            ms: timeout.as_millis(),
-        })?
+        .map_err(|_| cut_off("taking a connection"))??;
+    match tokio::time::timeout(timeout, check_columns(&client)).await {
+        Ok(checked) => checked,
+        Err(_) => {
+            drop(deadpool_postgres::Object::take(client));
+            Err(cut_off("checking the events columns"))
+        }
+    }
 }
 
 /// How far apart the corrected times of one event's attempts may be for the guard to find the
