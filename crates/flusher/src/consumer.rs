@@ -435,7 +435,10 @@ impl Consumer {
     /// entry of any shard), for metrics and the periodic log line. Shards that cannot be read
     /// are counted in `unreachable`; an error only when none can be.
     pub async fn queue_state(&self) -> Result<crate::telemetry::QueueState, FlusherError> {
-        let mut total = crate::telemetry::QueueState::default();
+        let mut total = crate::telemetry::QueueState {
+            known: true,
+            ..Default::default()
+        };
         let mut last = None;
         let states =
             futures_util::future::join_all((0..self.shards()).map(|n| self.shard_state(n))).await;
@@ -493,6 +496,7 @@ impl Consumer {
             dead: dead_len,
             unreachable: 0,
             memory_ratio: stats.memory_ratio,
+            known: true,
         })
     }
 

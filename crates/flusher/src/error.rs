@@ -148,3 +148,23 @@ impl FlusherError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstate_classes_are_two_characters_or_other() {
+        assert_eq!(sqlstate_class("53100"), "53");
+        assert_eq!(sqlstate_class("57P01"), "57");
+        assert_eq!(sqlstate_class("et001"), "ET");
+        assert_eq!(sqlstate_class("5"), "other");
+        assert_eq!(sqlstate_class("\"x1"), "other");
+        let timeout = FlusherError::PostgresTimeout {
+            what: "the COPY",
+            ms: 300,
+        };
+        assert_eq!(timeout.postgres_class(), "timeout");
+        assert_eq!(FlusherError::Config("x".into()).postgres_class(), "other");
+    }
+}

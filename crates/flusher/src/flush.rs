@@ -351,11 +351,18 @@ impl Worker {
             / chores.last_summary.elapsed().as_secs_f64();
         chores.written_at_summary = written;
         chores.last_summary = Instant::now();
+        let backlog = if queue.known {
+            format!(
+                "backlog {}, lag {:.1}s",
+                queue.backlog,
+                queue.lag.as_secs_f64()
+            )
+        } else {
+            "backlog and lag unknown (no shard answered)".to_string()
+        };
         log::info!(
-            "flusher {}: {rate:.0} events/s, backlog {}, lag {:.1}s, {}",
+            "flusher {}: {rate:.0} events/s, {backlog}, {}",
             self.consumer.consumer,
-            queue.backlog,
-            queue.lag.as_secs_f64(),
             self.stats.summary()
         );
     }

@@ -255,6 +255,9 @@ async fn queue_gauges(consumer: Consumer, stats: Arc<Stats>, stop: Shutdown) {
             Err(e) => {
                 log::debug!("reading the queue state: {e}");
                 telemetry::queue_state_unknown(consumer.shards());
+                if let Ok(mut last) = stats.queue.lock() {
+                    *last = telemetry::QueueState::default();
+                }
             }
         }
         if stop.sleep(Duration::from_secs(5)).await {

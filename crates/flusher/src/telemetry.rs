@@ -165,6 +165,9 @@ pub struct QueueState {
     pub unreachable: usize,
     /// The fullest shard node's memory over its maxmemory (see [`redis_queue::ShardStats`]).
     pub memory_ratio: f64,
+    /// Whether at least one shard was read: false before the first reading and after a read
+    /// no shard answered (the numbers above mean nothing then).
+    pub known: bool,
 }
 
 impl QueueState {
@@ -291,4 +294,25 @@ pub fn serve(
     .shutdown_timeout(1)
     .listen(listener)?
     .run())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_fail_until_every_failing_worker_commits_again() {
+        let health = WriteHealth::default();
+        assert_eq!(health.problem(), None);
+        health.failing(1, "SQLSTATE 53100: disk full");
+        health.failing(0, "postgres: the COPY took longer than 300 ms");
+        health.failing(1, "SQLSTATE 53100: still full");
+        let problem = health.problem().unwrap();
+        assert!(problem.contains("53100: still full"), "{problem}");
+        health.ok(1);
+        assert!(health.problem().unwrap().contains("300 ms"));
+        health.ok(0);
+        health.ok(7);
+        assert_eq!(health.problem(), None);
+    }
 }
