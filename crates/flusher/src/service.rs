@@ -1,7 +1,8 @@
 //! `flusher run`: the long-running service. Its steps, in order: check the settings, connect,
-//! serve the probes, wait until the queue's shard count is verified, then run the workers (one
-//! per `--concurrency`, each a consumer of the group) with the gauge and retention tasks beside
-//! them, until shutdown or the first fatal error.
+//! serve the probes, check the `events` columns (refusing to run when they differ), wait until
+//! the queue's shard count is verified, then run the workers (one per `--concurrency`, each a
+//! consumer of the group) with the gauge and retention tasks beside them, until shutdown or the
+//! first fatal error. On the way out each worker's consumer leaves the group.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,4 +1,6 @@
-//! Writing rows to PostgreSQL. The fast path is one binary COPY in one transaction. When it hits
+//! Writing rows to PostgreSQL. Binary COPY applies no casts, so the `events` columns are checked
+//! against [`EXPECTED_COLUMNS`] before the first write ([`check_columns`]). The fast path is one
+//! binary COPY in one transaction. When it hits
 //! a unique violation (a redelivered batch, an SDK retry) the batch goes through a temporary
 //! staging table and `INSERT … ON CONFLICT DO NOTHING`, de-duplicated within the batch first.
 //!
