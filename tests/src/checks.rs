@@ -273,11 +273,11 @@ pub async fn dead_lettered_by(flusher: &Flusher) -> f64 {
 }
 
 /// The counter `eventtracker_flusher_{name}_total` of a running flusher (`postgres_errors`,
-/// `redis_errors`, `claimed`…); fails the test when the flusher does not export it.
+/// `redis_errors`, `claimed`…), summed over its labels (`postgres_errors` has a `class`); fails
+/// the test when the flusher does not export it.
 pub async fn flusher_count(flusher: &Flusher, name: &str) -> f64 {
     let full = format!("eventtracker_flusher_{name}_total");
-    metric(&flusher.metrics_url(), &full)
-        .await
+    metric_sum_in(&scrape(&flusher.metrics_url()).await, &full)
         .unwrap_or_else(|| panic!("the flusher exports {full}"))
 }
 
@@ -300,6 +300,14 @@ pub fn metric_in(page: &str, name: &str) -> Option<f64> {
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// The sum of every sample of `name` (any labels), or `None` when the page has none.
+pub fn metric_sum_in(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(None, |sum, v| Some(sum.unwrap_or(0.0) + v))
 }
 
 /// A sample with exactly these labels (`source="a",outcome="b"`), or `None`.

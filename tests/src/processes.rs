@@ -44,7 +44,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub(crate) fn spawn(name: &str, mut cmd: Command) -> Proc {
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("log file");

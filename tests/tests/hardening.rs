@@ -400,19 +400,16 @@ async fn a_silent_postgresql_times_out_and_nothing_is_lost() {
     .await;
     let (ingest, db, key) = (&p.ingest, &p.db, &p.key);
     let flusher = &p.flushers[0];
-    let metrics = flusher.metrics_url();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = tokio::spawn(steady_load(ingest.url.clone(), stop.clone()));
     db.wait_rows(100).await;
-    let errors_before = metric(&metrics, "eventtracker_flusher_postgres_errors_total")
-        .await
-        .expect("the postgres error counter");
+    let errors_before = flusher_count(flusher, "postgres_errors").await;
     pg.freeze();
     wait_for(
         "a write to time out while PostgreSQL is frozen",
         LONG,
         || async {
-            let errors = metric(&metrics, "eventtracker_flusher_postgres_errors_total").await?;
+            let errors = flusher_count(flusher, "postgres_errors").await;
             (errors > errors_before).then_some(())
         },
     )

@@ -118,72 +118,78 @@ pub struct GlobalArgs {
     pub log_format: LogFormat,
 }
 
-/// Settings of the drain loop.
+/// Settings of the drain loop. Global, as [`GlobalArgs`] are: `flusher run --batch-size 10` and
+/// `flusher --batch-size 10 run` mean the same (`flusher` alone is `flusher run`).
 #[derive(Debug, Clone, Args)]
 pub struct RunConfig {
     /// Consumer name in the group; defaults to `<hostname>-<pid>`.
-    #[arg(long, env = "FLUSHER_CONSUMER")]
+    #[arg(long, global = true, env = "FLUSHER_CONSUMER")]
     pub consumer: Option<String>,
 
     /// Entries read and written per batch.
-    #[arg(long, env = "FLUSHER_BATCH_SIZE", default_value_t = 100, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
+    #[arg(long, global = true, env = "FLUSHER_BATCH_SIZE", default_value_t = 100, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000))]
     pub batch_size: usize,
 
     /// Most rows one COPY carries: under a backlog, up to this many entries (several reads of --batch-size) are written in one statement, and the next COPY's entries are read while it is written; a light load is written read by read. Must be at least --batch-size.
-    #[arg(long, env = "FLUSHER_MAX_COPY_ROWS", default_value_t = 3000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    #[arg(long, global = true, env = "FLUSHER_MAX_COPY_ROWS", default_value_t = 3000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     pub max_copy_rows: usize,
 
     /// Batches in flight at once: each read by its own consumer (`<consumer>-<n>`) and written
     /// on its own pooled PostgreSQL connection.
-    #[arg(long, env = "FLUSHER_CONCURRENCY", default_value_t = 2, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+    #[arg(long, global = true, env = "FLUSHER_CONCURRENCY", default_value_t = 2, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
     pub concurrency: usize,
 
     /// How long one blocking read waits for new entries, in milliseconds (with shards: after a sweep of all found none, a read blocks on one shard for this / shards).
-    #[arg(long, env = "FLUSHER_BLOCK_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    #[arg(long, global = true, env = "FLUSHER_BLOCK_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub block_ms: u64,
 
     /// Timeout of every other Redis call, in milliseconds.
-    #[arg(long, env = "FLUSHER_REDIS_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    #[arg(long, global = true, env = "FLUSHER_REDIS_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub redis_timeout_ms: u64,
 
     /// Entries pending longer than this (ms) with another consumer are claimed and written.
-    #[arg(long, env = "FLUSHER_CLAIM_IDLE_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    #[arg(long, global = true, env = "FLUSHER_CLAIM_IDLE_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
     pub claim_idle_ms: u64,
 
     /// Consumers idle this long (seconds) with nothing pending are removed from the group.
-    #[arg(long, env = "FLUSHER_CONSUMER_IDLE_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(0..=31_536_000))]
+    #[arg(long, global = true, env = "FLUSHER_CONSUMER_IDLE_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(0..=31_536_000))]
     pub consumer_idle_secs: u64,
 
     /// An entry delivered more often than this is retried alone (and dead-lettered only if its data is refused).
-    #[arg(long, env = "FLUSHER_MAX_DELIVERIES", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long, global = true, env = "FLUSHER_MAX_DELIVERIES", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_deliveries: u64,
 
     /// First wait after a failed write, in milliseconds; doubles each time.
-    #[arg(long, env = "FLUSHER_BACKOFF_INITIAL_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    #[arg(long, global = true, env = "FLUSHER_BACKOFF_INITIAL_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub backoff_initial_ms: u64,
 
     /// Longest wait between retries, in milliseconds.
-    #[arg(long, env = "FLUSHER_BACKOFF_MAX_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    #[arg(long, global = true, env = "FLUSHER_BACKOFF_MAX_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub backoff_max_ms: u64,
 
     /// Address of the /metrics, /healthz and /readyz endpoints.
-    #[arg(long, env = "FLUSHER_METRICS_BIND", default_value = "0.0.0.0:9100")]
+    #[arg(
+        long,
+        global = true,
+        env = "FLUSHER_METRICS_BIND",
+        default_value = "0.0.0.0:9100"
+    )]
     pub metrics_bind: SocketAddr,
 
     /// Longest wait for a pooled PostgreSQL connection, and for each COPY (or de-duplicating write) to commit, in milliseconds; past it the connection is dropped and the batch retried. Must be below --claim-idle-ms [default: half of --claim-idle-ms, at most 10000].
-    #[arg(long, env = "FLUSHER_PG_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    #[arg(long, global = true, env = "FLUSHER_PG_TIMEOUT_MS", value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub pg_timeout_ms: Option<u64>,
 
     /// How often a running flusher drops chunks older than --retention, in seconds (one flusher at a time).
-    #[arg(long, env = "FLUSHER_RETENTION_EVERY_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    #[arg(long, global = true, env = "FLUSHER_RETENTION_EVERY_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub retention_every_secs: u64,
 
     /// PostgreSQL connections in the pool.
-    #[arg(long, env = "FLUSHER_PG_POOL_SIZE", default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    #[arg(long, global = true, env = "FLUSHER_PG_POOL_SIZE", default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     pub pg_pool_size: usize,
 
     /// Seconds to finish the batch in hand after SIGTERM/SIGINT before exiting anyway.
-    #[arg(long, env = "FLUSHER_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    #[arg(long, global = true, env = "FLUSHER_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub shutdown_timeout_secs: u64,
 }
 

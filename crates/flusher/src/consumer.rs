@@ -435,7 +435,10 @@ impl Consumer {
     /// entry of any shard), for metrics and the periodic log line. Shards that cannot be read
     /// are counted in `unreachable`; an error only when none can be.
     pub async fn queue_state(&self) -> Result<crate::telemetry::QueueState, FlusherError> {
-        let mut total = crate::telemetry::QueueState::default();
+        let mut total = crate::telemetry::QueueState {
+            known: true,
+            ..Default::default()
+        };
         let mut last = None;
         let states =
             futures_util::future::join_all((0..self.shards()).map(|n| self.shard_state(n))).await;
@@ -493,6 +496,7 @@ impl Consumer {
             dead: dead_len,
             unreachable: 0,
             memory_ratio: stats.memory_ratio,
+            known: true,
         })
     }
 
@@ -522,7 +526,29 @@ impl Consumer {
         }
         Ok(removed)
     }
+
+    /// Removes this consumer from the group of one shard unless it still holds pending entries
+    /// (checked and removed in one script, as in [`Consumer::remove_idle_consumers`]): a
+    /// cleanly stopped flusher leaves no consumer behind, and loses nothing. `Ok(false)`: kept,
+    /// its pending entries are claimed by another flusher after `--claim-idle-ms`.
+    pub async fn leave_group(&self, shard: usize) -> Result<bool, FlusherError> {
+        let script = redis::Script::new(LEAVE_GROUP_LUA);
+        let (key, group, me) = (&self.key(shard), &self.group, &self.consumer);
+        let left: i64 = self
+            .query(async |c| script.key(key).arg(group).arg(me).invoke_async(c).await)
+            .await?;
+        Ok(left == 1)
+    }
 }
+
+/// 1: removed (or never there); 0: kept, it holds pending entries; -1: no such group or stream.
+const LEAVE_GROUP_LUA: &str = r#"
+local ok, held = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if not ok then return -1 end
+if #held > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"#;
 
 const PRUNE_CONSUMERS_LUA: &str = r#"
 local removed = {}

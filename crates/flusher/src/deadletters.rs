@@ -86,8 +86,28 @@ pub async fn requeue(stream: &Consumer, which: Selection) -> Result<usize, Flush
     Ok(entries.len())
 }
 
-/// Deletes dead letters for good.
+/// Deletes dead letters for good. `--all` empties each shard's dead-letter stream with one
+/// `XTRIM … MAXLEN 0`, which says how many it deleted: nothing is read into memory, however
+/// many there are.
 pub async fn purge(stream: &Consumer, which: Selection) -> Result<usize, FlusherError> {
+    if let Selection::All = which {
+        let mut purged = 0;
+        for shard in 0..stream.shards() {
+            let key = &stream.dead_key(shard);
+            let n: usize = stream
+                .query(async |c| {
+                    redis::cmd("XTRIM")
+                        .arg(key)
+                        .arg("MAXLEN")
+                        .arg(0)
+                        .query_async(c)
+                        .await
+                })
+                .await?;
+            purged += n;
+        }
+        return Ok(purged);
+    }
     let entries = select(stream, which).await?;
     for shard in 0..stream.shards() {
         let ids: Vec<&String> = entries

@@ -20,8 +20,10 @@ pub enum FlusherError {
     Queue(#[from] QueueError),
     #[error("unexpected redis reply: {0}")]
     Protocol(String),
-    #[error("postgres: {0}")]
-    Postgres(#[from] tokio_postgres::Error),
+    /// With its SQLSTATE and message when PostgreSQL answered with an error (tokio-postgres's
+    /// own text is only "db error"). Not a `source`: the message already says all it holds.
+    #[error("postgres: {}", describe_postgres(.0))]
+    Postgres(tokio_postgres::Error),
     #[error("postgres pool: {0}")]
     PostgresPool(#[from] deadpool_postgres::PoolError),
     /// Taking a connection or a write took longer than `--pg-timeout-ms`.
@@ -44,8 +46,51 @@ pub enum FlusherError {
     Io(#[from] std::io::Error),
     #[error("a worker panicked: {0}")]
     Panic(#[from] tokio::task::JoinError),
+    /// The `events` table does not have the columns this flusher writes, with their types: no
+    /// row could be written, and none must be dead-lettered for it.
+    #[error("{0}")]
+    Schema(String),
 }
 
+impl From<tokio_postgres::Error> for FlusherError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        FlusherError::Postgres(e)
+    }
+}
+
+/// `SQLSTATE 53100: could not extend file …` for an error PostgreSQL sent (with its detail and
+/// hint), else the client's text and its cause (`error connecting to server: Connection
+/// refused`).
+pub fn describe_postgres(e: &tokio_postgres::Error) -> String {
+    use std::error::Error;
+    if let Some(db) = e.as_db_error() {
+        let mut text = format!("SQLSTATE {}: {}", db.code().code(), db.message());
+        if let Some(detail) = db.detail() {
+            text.push_str(&format!(" (detail: {detail})"));
+        }
+        if let Some(hint) = db.hint() {
+            text.push_str(&format!(" (hint: {hint})"));
+        }
+        return text;
+    }
+    match e.source() {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}
+
+/// The `class` label of `eventtracker_flusher_postgres_errors_total` for a failed write: the
+/// SQLSTATE's class (its first two characters, e.g. `53` for insufficient resources such as a
+/// full disk), or, when PostgreSQL sent none, `connection` (no connection, or it broke),
+/// `timeout` (`--pg-timeout-ms` passed) or `other`.
+pub fn sqlstate_class(sqlstate: &str) -> String {
+    match sqlstate.get(..2) {
+        Some(class) if class.bytes().all(|b| b.is_ascii_alphanumeric()) => {
+            class.to_ascii_uppercase()
+        }
+        _ => "other".into(),
+    }
+}
 impl From<redis_queue::redis::RedisError> for FlusherError {
     fn from(e: redis_queue::redis::RedisError) -> Self {
         FlusherError::Queue(QueueError::Redis(e))
@@ -54,11 +99,12 @@ impl From<redis_queue::redis::RedisError> for FlusherError {
 
 impl FlusherError {
     /// The process must stop: the queue's layout in Redis does not match this process's
-    /// settings (a different shard count, an unsharded backlog), or a worker panicked.
+    /// settings (a different shard count, an unsharded backlog), the `events` columns do not
+    /// match what it writes, or a worker panicked.
     pub fn is_fatal(&self) -> bool {
         match self {
             FlusherError::Queue(e) => e.is_fatal(),
-            FlusherError::Panic(_) | FlusherError::Usage(_) => true,
+            FlusherError::Panic(_) | FlusherError::Usage(_) | FlusherError::Schema(_) => true,
             _ => false,
         }
     }
@@ -73,11 +119,52 @@ impl FlusherError {
         matches!(self, FlusherError::Queue(e) if e.code() == Some("NOGROUP"))
     }
 
+    /// The `class` label this error is counted under (see [`sqlstate_class`]).
+    pub fn postgres_class(&self) -> String {
+        let client = |e: &tokio_postgres::Error| match e.as_db_error() {
+            Some(db) => sqlstate_class(db.code().code()),
+            None if e.is_closed()
+                || std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()) =>
+            {
+                "connection".into()
+            }
+            None => "other".into(),
+        };
+        match self {
+            FlusherError::Postgres(e) => client(e),
+            FlusherError::PostgresPool(deadpool_postgres::PoolError::Backend(e)) => client(e),
+            FlusherError::PostgresPool(deadpool_postgres::PoolError::Timeout(_))
+            | FlusherError::PostgresTimeout { .. } => "timeout".into(),
+            FlusherError::PostgresPool(_) => "connection".into(),
+            _ => "other".into(),
+        }
+    }
+
     /// An error reply from a healthy Redis (as opposed to a connection that failed).
     pub fn redis_code(&self) -> Option<&str> {
         match self {
             FlusherError::Queue(e) => e.code(),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstate_classes_are_two_characters_or_other() {
+        assert_eq!(sqlstate_class("53100"), "53");
+        assert_eq!(sqlstate_class("57P01"), "57");
+        assert_eq!(sqlstate_class("et001"), "ET");
+        assert_eq!(sqlstate_class("5"), "other");
+        assert_eq!(sqlstate_class("\"x1"), "other");
+        let timeout = FlusherError::PostgresTimeout {
+            what: "the COPY",
+            ms: 300,
+        };
+        assert_eq!(timeout.postgres_class(), "timeout");
+        assert_eq!(FlusherError::Config("x".into()).postgres_class(), "other");
     }
 }

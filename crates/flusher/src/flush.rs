@@ -29,6 +29,8 @@ pub struct Stats {
     pub backoffs: AtomicU64,
     /// The queue as last read by the gauge task (`service::queue_gauges`), for the summary line.
     pub queue: std::sync::Mutex<telemetry::QueueState>,
+    /// Whether the workers' writes fail, for `/readyz`.
+    pub writes: Arc<telemetry::WriteHealth>,
 }
 
 impl Stats {
@@ -96,8 +98,10 @@ pub struct Worker {
     pub(crate) config: RunConfig,
     pub(crate) stats: Arc<Stats>,
     /// This worker's number in the process: where its first sweep starts; worker 0 reports.
-    index: usize,
+    pub(crate) index: usize,
     pub(crate) stop: Shutdown,
+    /// Whether the `events` columns were checked (see [`crate::sink::write`]).
+    pub(crate) schema: Arc<crate::sink::SchemaCheck>,
     /// The acknowledgement of the last committed batch, still running: it overlaps the next
     /// batch's reads and COPY, and is awaited when the next one starts and before the worker
     /// ends.
@@ -136,6 +140,7 @@ impl Worker {
         stats: Arc<Stats>,
         index: usize,
         stop: Shutdown,
+        schema: Arc<crate::sink::SchemaCheck>,
     ) -> Self {
         Worker {
             consumer,
@@ -144,6 +149,7 @@ impl Worker {
             stats,
             index,
             stop,
+            schema,
             ack_in_flight: std::sync::Mutex::new(None),
         }
     }
@@ -205,18 +211,49 @@ impl Worker {
             written_at_summary: 0,
         };
         let mut cursor = self.index % n;
-        while !self.stopping() {
-            let mut ready = self.ready_shards(&mut shards, cursor).await?;
-            if ready.is_empty() {
-                continue;
+        let drained = async {
+            while !self.stopping() {
+                let mut ready = self.ready_shards(&mut shards, cursor).await?;
+                if ready.is_empty() {
+                    continue;
+                }
+                self.chores(&mut chores, &mut ready, &mut shards).await?;
+                cursor = self.sweep(&ready, &mut shards, cursor).await?;
             }
-            self.chores(&mut chores, &mut ready, &mut shards).await;
-            cursor = self.sweep(&ready, &mut shards, cursor).await;
+            Ok(())
         }
+        .await;
         if let Err(e) = self.ack_settled().await {
             log::warn!("acknowledging the last batch: {e}; its entries stay pending");
         }
-        Ok(())
+        self.leave_group().await;
+        drained
+    }
+
+    /// On the way out: this worker's consumer leaves the group of every shard where it holds
+    /// nothing pending, rather than linger until another flusher prunes it
+    /// (`--consumer-idle-secs`).
+    async fn leave_group(&self) {
+        for s in 0..self.consumer.shards() {
+            match self.consumer.leave_group(s).await {
+                Ok(true) => log::debug!(
+                    "consumer {} left the group of {}",
+                    self.consumer.consumer,
+                    self.consumer.key(s)
+                ),
+                Ok(false) => log::info!(
+                    "consumer {} stays in the group of {}: it holds pending entries, which \
+                     another flusher claims after --claim-idle-ms",
+                    self.consumer.consumer,
+                    self.consumer.key(s)
+                ),
+                Err(e) => log::warn!(
+                    "consumer {} could not leave the group of {}: {e}",
+                    self.consumer.consumer,
+                    self.consumer.key(s)
+                ),
+            }
+        }
     }
 
     /// The shards whose backoff is over, in sweep order from `cursor`, with their shard count
@@ -264,13 +301,13 @@ impl Worker {
 
     /// Between batches: prune idle consumers (every minute), claim and write stale entries
     /// (every half `--claim-idle-ms`; a shard that fails is dropped from `ready`), log the
-    /// summary (worker 0).
+    /// summary (worker 0). A fatal error (see [`FlusherError::is_fatal`]) stops the worker.
     async fn chores(
         &mut self,
         chores: &mut Chores,
         ready: &mut Vec<usize>,
         shards: &mut [ShardBackoff],
-    ) {
+    ) -> Result<(), FlusherError> {
         if chores.last_prune.elapsed() >= PRUNE_EVERY {
             chores.last_prune = Instant::now();
             let idle = Duration::from_secs(self.config.consumer_idle_secs);
@@ -283,8 +320,10 @@ impl Worker {
         if chores.last_claim.elapsed() >= chores.claim_every {
             chores.last_claim = Instant::now();
             for &s in ready.iter() {
-                if let Err(e) = self.claim_and_write(s).await {
-                    self.shard_trouble(s, &mut shards[s], &e);
+                match self.claim_and_write(s).await {
+                    Err(e) if e.is_fatal() => return Err(e),
+                    Err(e) => self.shard_trouble(s, &mut shards[s], &e),
+                    Ok(()) => {}
                 }
             }
             ready.retain(|&s| shards[s].retry_at <= Instant::now());
@@ -292,6 +331,7 @@ impl Worker {
         if self.index == 0 {
             self.log_summary(chores);
         }
+        Ok(())
     }
 
     /// Every 10 s while there is work, every 5 minutes when idle: a quiet log at rest.
@@ -311,24 +351,31 @@ impl Worker {
             / chores.last_summary.elapsed().as_secs_f64();
         chores.written_at_summary = written;
         chores.last_summary = Instant::now();
+        let backlog = if queue.known {
+            format!(
+                "backlog {}, lag {:.1}s",
+                queue.backlog,
+                queue.lag.as_secs_f64()
+            )
+        } else {
+            "backlog and lag unknown (no shard answered)".to_string()
+        };
         log::info!(
-            "flusher {}: {rate:.0} events/s, backlog {}, lag {:.1}s, {}",
+            "flusher {}: {rate:.0} events/s, {backlog}, {}",
             self.consumer.consumer,
-            queue.backlog,
-            queue.lag.as_secs_f64(),
             self.stats.summary()
         );
     }
 
     /// Reads the ready shards in turn and writes the first batch found. One shard: a blocking
     /// read, as ever. Several: no blocking, but a short block on the last when none had
-    /// entries. Returns where the next sweep starts.
+    /// entries. Returns where the next sweep starts, or the fatal error that stops the worker.
     async fn sweep(
         &mut self,
         ready: &[usize],
         shards: &mut [ShardBackoff],
         cursor: usize,
-    ) -> usize {
+    ) -> Result<usize, FlusherError> {
         let n = shards.len();
         let block = Duration::from_millis(self.config.block_ms);
         let sweep_block = (block / n as u32).max(Duration::from_millis(10));
@@ -354,8 +401,10 @@ impl Worker {
                         Ok(entries) => self.write_reading_ahead(s, entries).await,
                         Err(e) => Err(e),
                     };
-                    if let Err(e) = result {
-                        self.shard_trouble(s, &mut shards[s], &e);
+                    match result {
+                        Err(e) if e.is_fatal() => return Err(e),
+                        Err(e) => self.shard_trouble(s, &mut shards[s], &e),
+                        Ok(()) => {}
                     }
                     true
                 }
@@ -365,10 +414,10 @@ impl Worker {
                 }
             };
             if found || self.stopping() {
-                return (s + 1) % n;
+                return Ok((s + 1) % n);
             }
         }
-        (cursor + 1) % n
+        Ok((cursor + 1) % n)
     }
 
     /// Under a backlog (a read came back full), more reads of the same shard without blocking,

@@ -12,6 +12,7 @@ use event_model::EventView;
 
 use crate::FlusherError;
 use crate::consumer::Entry;
+use crate::error::sqlstate_class;
 use crate::flush::Worker;
 use crate::sink::{self, WriteError, WritePath};
 use crate::telemetry;
@@ -78,7 +79,7 @@ impl Worker {
         };
         while let Some(part) = iso.todo.pop() {
             let events: Vec<&EventView<'_>> = part.iter().map(|(_, e)| e).collect();
-            let write = sink::write(&self.pool, &events, self.config.pg_timeout());
+            let write = sink::write(&self.pool, &events, self.config.pg_timeout(), &self.schema);
             let started = Instant::now();
             // One attempt may take up to four `--pg-timeout-ms` (taking a connection, the COPY,
             // the de-duplicating write, the guarded write of corrected rows, each bounded on its
@@ -100,11 +101,20 @@ impl Worker {
                         .await?
                 }
                 Err(WriteError::Transient(e)) => self.unavailable(shard, part, &mut iso, &e).await,
+                // Fatal: the process stops; the entries stay pending for a flusher that fits.
+                Err(WriteError::Schema(e)) => {
+                    return Err(match e {
+                        FlusherError::Schema(_) => e,
+                        other => FlusherError::Schema(other.to_string()),
+                    });
+                }
             };
             if let Step::LeftPending = step {
                 return Ok(());
             }
         }
+        // Every entry settled (a row refused after retries is dead-lettered): nothing fails now.
+        self.stats.writes.ok(self.index);
         Ok(())
     }
 
@@ -144,6 +154,7 @@ impl Worker {
         // Counted when committed, before the entries leave the stream: whoever sees the stream
         // empty sees every row of it counted.
         self.stats.written(part.len(), path, started.elapsed());
+        self.stats.writes.ok(self.index);
         self.ack_behind(shard, part.iter().map(|(e, _)| e.id.as_str()))
             .await?;
         if path == WritePath::Dedup {
@@ -208,7 +219,9 @@ impl Worker {
                 "PostgreSQL refused a batch of {} ({sqlstate}, {count} time(s) in a row): {message}",
                 part.len()
             );
-            return Ok(self.retry_later(shard, part, iso, &e).await);
+            return Ok(self
+                .retry_later(shard, part, iso, &e, sqlstate_class(&sqlstate))
+                .await);
         }
         iso.streak = None;
         iso.backoff = self.backoff_start();
@@ -244,7 +257,8 @@ impl Worker {
         e: &FlusherError,
     ) -> Step {
         let what = format!("writing to PostgreSQL failed: {e}");
-        self.retry_later(shard, part, iso, &what).await
+        self.retry_later(shard, part, iso, &what, e.postgres_class())
+            .await
     }
 
     /// Waits out the backoff, cut short by shutdown (or leaves everything pending when shutdown
@@ -256,6 +270,7 @@ impl Worker {
         part: Vec<Row<'e>>,
         iso: &mut Isolation<'e>,
         what: &str,
+        class: String,
     ) -> Step {
         if self.stopping() {
             log::warn!(
@@ -265,7 +280,8 @@ impl Worker {
             return Step::LeftPending;
         }
         log::warn!("{what}; retrying in {:?}", iso.backoff);
-        telemetry::postgres_error();
+        telemetry::postgres_error(class);
+        self.stats.writes.failing(self.index, what);
         self.stats.backoff();
         let backoff = self.stop.sleep(iso.backoff);
         self.keeping_claim(shard, &part, iso, backoff).await;
@@ -274,6 +290,9 @@ impl Worker {
         Step::Next
     }
 
+    /// Moves a row PostgreSQL refused to the dead letters, unless the `events` columns no longer
+    /// fit what this flusher writes (a column whose type changed refuses every row, some with a
+    /// data error such as 22P02): then `FlusherError::Schema`, and nothing is dead-lettered.
     async fn dead_letter_row(
         &self,
         shard: usize,
@@ -281,6 +300,11 @@ impl Worker {
         message: String,
         sqlstate: String,
     ) -> Result<(), FlusherError> {
+        match sink::check_columns_pooled(&self.pool, self.config.pg_timeout()).await {
+            Err(e) if e.is_fatal() => return Err(e),
+            Err(e) => log::warn!("could not check the events columns before dead-lettering: {e}"),
+            Ok(()) => {}
+        }
         let moved = self
             .consumer
             .dead_letter(shard, &[(entry, message, Some(sqlstate))])

@@ -1,7 +1,8 @@
 //! `flusher run`: the long-running service. Its steps, in order: check the settings, connect,
-//! serve the probes, wait until the queue's shard count is verified, then run the workers (one
-//! per `--concurrency`, each a consumer of the group) with the gauge and retention tasks beside
-//! them, until shutdown or the first fatal error.
+//! serve the probes, check the `events` columns (refusing to run when they differ), wait until
+//! the queue's shard count is verified, then run the workers (one per `--concurrency`, each a
+//! consumer of the group) with the gauge and retention tasks beside them, until shutdown or the
+//! first fatal error. On the way out each worker's consumer leaves the group.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,10 @@ use crate::consumer::Consumer;
 use crate::error::FlusherError;
 use crate::flush::{Stats, Worker};
 use crate::{retention, sink, telemetry};
+
+/// The longest the start waits for PostgreSQL to show the `events` columns (less when
+/// `--pg-timeout-ms` is).
+const START_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Drains the queue until `shutdown` resolves, then finishes the batches in hand (within
 /// `--shutdown-timeout-secs`) and returns.
@@ -54,7 +59,8 @@ pub async fn run(
         &common.database_url,
         config.pg_pool_size.max(config.concurrency),
     )?;
-    let probes = serve_probes(&config, &consumers[0], &pool)?;
+    let stats = Arc::new(Stats::default());
+    let probes = serve_probes(&config, &consumers[0], &pool, stats.writes.clone())?;
     log_start(&name, &common, &config);
     let stop = Shutdown::new(Duration::from_secs(config.shutdown_timeout_secs));
     stop.trigger_on(async move {
@@ -77,6 +83,26 @@ pub async fn run(
             stop.spawn(async move { retention::warn_if_recorded(&redis, &layout).await });
         }
     }
+    let schema = Arc::new(sink::SchemaCheck::default());
+    // A table that does not fit is refused before any entry is read. PostgreSQL not answering
+    // (soon) is no reason to wait: the columns are then checked before the first write.
+    let check = sink::check_columns_pooled(&pool, config.pg_timeout().min(START_CHECK_TIMEOUT));
+    let checked = tokio::select! {
+        checked = check => checked,
+        () = stop.triggered() => Ok(()),
+    };
+    match checked {
+        Ok(()) if stop.is_triggered() => {}
+        Ok(()) => schema.set_verified(),
+        Err(e) if e.is_fatal() => {
+            probes.stop(true).await;
+            stop.trigger();
+            return Err(e);
+        }
+        Err(e) => log::warn!(
+            "cannot check the events columns yet ({e}); they are checked before the first write"
+        ),
+    }
     let result = match wait_for_layout(&consumers[0], &config, &stop).await {
         Ok(true) => {
             // Benchmarks subtract this from their drain clock (see bench/README.md).
@@ -84,7 +110,7 @@ pub async fn run(
                 "flusher {name}: ready in {} ms",
                 started.elapsed().as_millis()
             );
-            run_workers(consumers, pool, &config, &name, &stop).await
+            run_workers(consumers, pool, &config, &name, &stop, stats, schema).await
         }
         Ok(false) => Ok(()),
         Err(e) => Err(e),
@@ -113,6 +139,7 @@ fn serve_probes(
     config: &RunConfig,
     consumer: &Consumer,
     pool: &Pool,
+    writes: Arc<telemetry::WriteHealth>,
 ) -> Result<actix_web::dev::ServerHandle, FlusherError> {
     let listener = std::net::TcpListener::bind(config.metrics_bind).map_err(|source| {
         FlusherError::MetricsBind {
@@ -127,6 +154,7 @@ fn serve_probes(
         pool: pool.clone(),
         timeout: Duration::from_millis(config.redis_timeout_ms),
         metrics: telemetry::install_metrics(),
+        writes,
     };
     let server = telemetry::serve(listener, probes)?;
     let handle = server.handle();
@@ -181,8 +209,9 @@ async fn run_workers(
     config: &RunConfig,
     name: &str,
     stop: &Shutdown,
+    stats: Arc<Stats>,
+    schema: Arc<sink::SchemaCheck>,
 ) -> Result<(), FlusherError> {
-    let stats = Arc::new(Stats::default());
     stop.spawn(queue_gauges(
         consumers[0].query_handle(),
         stats.clone(),
@@ -199,6 +228,7 @@ async fn run_workers(
                 stats.clone(),
                 n,
                 stop.clone(),
+                schema.clone(),
             );
             stop.spawn(async move { worker.run().await })
         })
@@ -243,7 +273,10 @@ async fn queue_gauges(consumer: Consumer, stats: Arc<Stats>, stop: Shutdown) {
             // No shard answered: say so, rather than leave the last reading standing.
             Err(e) => {
                 log::debug!("reading the queue state: {e}");
-                telemetry::all_shards_unreachable(consumer.shards());
+                telemetry::queue_state_unknown(consumer.shards());
+                if let Ok(mut last) = stats.queue.lock() {
+                    *last = telemetry::QueueState::default();
+                }
             }
         }
         if stop.sleep(Duration::from_secs(5)).await {

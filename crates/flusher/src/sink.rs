@@ -1,4 +1,6 @@
-//! Writing rows to PostgreSQL. The fast path is one binary COPY in one transaction. When it hits
+//! Writing rows to PostgreSQL. Binary COPY applies no casts, so the `events` columns are checked
+//! against [`EXPECTED_COLUMNS`] before the first write ([`check_columns`]). The fast path is one
+//! binary COPY in one transaction. When it hits
 //! a unique violation (a redelivered batch, an SDK retry) the batch goes through a temporary
 //! staging table and `INSERT … ON CONFLICT DO NOTHING`, de-duplicated within the batch first.
 //!
@@ -20,6 +22,108 @@ use tokio_postgres::error::SqlState;
 use crate::FlusherError;
 
 const COLUMNS: &str = "time, event_id, name, source, device_id, session_id, user_id, properties, sent_at, received_at, device_time";
+
+/// The columns of `events` COPY writes, each with the type its binary form is encoded for (as
+/// `format_type` names it; see [`encode_binary`]). Binary COPY applies no casts: a column of
+/// another type refuses every row (22P03), or worse takes them as something else.
+pub const EXPECTED_COLUMNS: [(&str, &str); 11] = [
+    ("time", "timestamp with time zone"),
+    ("event_id", "uuid"),
+    ("name", "text"),
+    ("source", "text"),
+    ("device_id", "text"),
+    ("session_id", "text"),
+    ("user_id", "text"),
+    ("properties", "jsonb"),
+    ("sent_at", "timestamp with time zone"),
+    ("received_at", "timestamp with time zone"),
+    ("device_time", "timestamp with time zone"),
+];
+
+/// Whether the `events` columns were found as [`EXPECTED_COLUMNS`] says, shared by the
+/// workers: checked at start, or before the first write when PostgreSQL did not answer then.
+#[derive(Debug, Default)]
+pub struct SchemaCheck {
+    verified: std::sync::atomic::AtomicBool,
+}
+
+impl SchemaCheck {
+    pub fn verified(&self) -> bool {
+        self.verified.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_verified(&self) {
+        self.verified
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Compares the `events` table (as `COPY events` resolves it, through the search path) with
+/// [`EXPECTED_COLUMNS`]: `FlusherError::Schema` naming every missing column and every column of
+/// another type, with the type expected and the type found.
+pub async fn check_columns(client: &tokio_postgres::Client) -> Result<(), FlusherError> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, NULL), format_type(a.atttypid, a.atttypmod)
+             FROM pg_attribute a
+             WHERE a.attrelid = to_regclass('events') AND a.attnum > 0 AND NOT a.attisdropped",
+            &[],
+        )
+        .await?;
+    if rows.is_empty() {
+        return Err(FlusherError::Schema(
+            "PostgreSQL has no table events (in the search path of this database URL): run \
+             `flusher migrate` first"
+                .into(),
+        ));
+    }
+    let found: Vec<(String, String, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let problems: Vec<String> = EXPECTED_COLUMNS
+        .iter()
+        .filter_map(
+            |(column, expected)| match found.iter().find(|(name, _, _)| name == column) {
+                None => Some(format!(
+                    "column {column} is missing (expected {expected}; run `flusher migrate`)"
+                )),
+                Some((_, base, shown)) if base != expected => Some(format!(
+                    "column {column} has type {shown}, expected {expected}"
+                )),
+                Some(_) => None,
+            },
+        )
+        .collect();
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(FlusherError::Schema(format!(
+        "the events table does not match what this flusher writes with binary COPY: {}. \
+         Restore the column (e.g. ALTER TABLE events ALTER COLUMN <column> TYPE <expected>) or \
+         run a flusher built for the new schema; nothing was written or dead-lettered meanwhile",
+        problems.join("; ")
+    )))
+}
+
+/// [`check_columns`] on a pooled connection, taking it and querying each within `timeout`. A
+/// connection whose query was cut off is closed, never handed to a write.
+pub async fn check_columns_pooled(pool: &Pool, timeout: Duration) -> Result<(), FlusherError> {
+    let cut_off = |what| FlusherError::PostgresTimeout {
+        what,
+        ms: timeout.as_millis(),
+    };
+    let client = tokio::time::timeout(timeout, pool.get())
+        .await
+        .map_err(|_| cut_off("taking a connection"))??;
+    match tokio::time::timeout(timeout, check_columns(&client)).await {
+        Ok(checked) => checked,
+        Err(_) => {
+            drop(deadpool_postgres::Object::take(client));
+            Err(cut_off("checking the events columns"))
+        }
+    }
+}
 
 /// How far apart the corrected times of one event's attempts may be for the guard to find the
 /// earlier copy: the difference of the attempts' latencies (at most `--header-timeout-ms` +
@@ -55,6 +159,10 @@ pub enum WriteError {
     Refused { sqlstate: String, message: String },
     /// PostgreSQL is down, restarting, or failed for reasons not tied to the rows: back off, retry.
     Transient(FlusherError),
+    /// The `events` columns are not what this flusher writes (found before the write, or after
+    /// PostgreSQL refused the binary form of a value, 22P03): no row is at fault, and no row can
+    /// be written until an operator acts. `FlusherError::Schema`, fatal.
+    Schema(FlusherError),
 }
 
 /// Failures in a row of one batch with the same unexpected SQLSTATE after which it is split.
@@ -90,23 +198,53 @@ pub fn pool(database_url: &str, size: usize) -> Result<Pool, FlusherError> {
 /// would otherwise hold the batch for minutes. A connection that timed out is dropped, never
 /// returned to the pool; whether its write committed is unknown, so the batch is retried and
 /// a committed one takes the de-duplication path.
+///
+/// Until `schema` is verified, the `events` columns are checked first on the same connection.
+/// When PostgreSQL refuses the binary form of a value (22P03, a column whose type changed under
+/// the flusher) they are checked again, to name the column: a [`WriteError::Schema`] either way.
 pub async fn write(
     pool: &Pool,
     rows: &[&EventView<'_>],
     timeout: Duration,
+    schema: &SchemaCheck,
 ) -> Result<WritePath, WriteError> {
     let mut client = tokio::time::timeout(timeout, pool.get())
         .await
         .map_err(|_| timed_out("taking a connection", timeout))?
         .map_err(|e| WriteError::Transient(e.into()))?;
+    if !schema.verified() {
+        match tokio::time::timeout(timeout, check_columns(&client)).await {
+            Ok(Ok(())) => schema.set_verified(),
+            Ok(Err(e)) if e.is_fatal() => return Err(WriteError::Schema(e)),
+            Ok(Err(e)) => return Err(WriteError::Transient(e)),
+            Err(_) => {
+                drop(deadpool_postgres::Object::take(client));
+                return Err(timed_out("checking the events columns", timeout));
+            }
+        }
+    }
     // Set when a statement was cut off: the connection is then in an unknown state.
     let mut cut_off = false;
     // Most batches hold no corrected row: they are written as they are, without a copy.
-    let result = if rows.iter().all(|r| r.device_time.is_none()) {
+    let mut result = if rows.iter().all(|r| r.device_time.is_none()) {
         write_plain(&mut client, rows, timeout, &mut cut_off).await
     } else {
         write_mixed(&mut client, rows, timeout, &mut cut_off).await
     };
+    if let Err(WriteError::Schema(FlusherError::Postgres(refused))) = &result
+        && !cut_off
+    {
+        let why = match tokio::time::timeout(timeout, check_columns(&client)).await {
+            Ok(Err(e)) if e.is_fatal() => e,
+            _ => FlusherError::Schema(format!(
+                "PostgreSQL refused the binary form of a value ({}): a column of the events \
+                 table does not take what this flusher writes; compare its columns with \
+                 migrations/",
+                crate::error::describe_postgres(refused)
+            )),
+        };
+        result = Err(WriteError::Schema(why));
+    }
     if cut_off {
         // Close it rather than hand it to the next batch.
         drop(deadpool_postgres::Object::take(client));
@@ -331,9 +469,14 @@ pub fn encode_binary(rows: &[&EventView<'_>]) -> BytesMut {
     buf
 }
 
-/// Data errors are the rows' fault; everything else is PostgreSQL's state.
+/// Data errors are the rows' fault; everything else is PostgreSQL's state. 22P03 (invalid
+/// binary representation) is a data exception by its class, but binary COPY only meets it when
+/// a column's type is not the one its value is encoded for: the table's fault, not the row's.
 fn classify(e: tokio_postgres::Error) -> WriteError {
     match e.as_db_error() {
+        Some(db) if db.code() == &SqlState::INVALID_BINARY_REPRESENTATION => {
+            WriteError::Schema(FlusherError::Postgres(e))
+        }
         Some(db) if is_data_error(db.code()) => WriteError::Data {
             sqlstate: db.code().code().to_string(),
             message: db.message().to_string(),

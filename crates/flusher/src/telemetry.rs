@@ -1,7 +1,13 @@
 //! The flusher's Prometheus metrics, its probe/metrics HTTP endpoint, and logging.
-//! Label values come from fixed sets only.
+//! Label values come from fixed sets only (a SQLSTATE class is two characters).
+//!
+//! Readiness tells the truth: `/readyz` answers 503 while a Redis shard cannot be reached at all,
+//! PostgreSQL does not answer, or the writes keep failing ([`WriteHealth`]: a worker backing off
+//! after a failed write, until its next write commits). The queue gauges are never left frozen:
+//! when no shard can be read they are NaN and `eventtracker_queue_state_known` is 0.
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use deadpool_postgres::Pool;
@@ -37,7 +43,7 @@ fn describe() {
     );
     describe_counter!(
         "eventtracker_flusher_postgres_errors_total",
-        "Failed PostgreSQL writes not caused by the data"
+        "Failed PostgreSQL writes not caused by the data, by class: the SQLSTATE's first two characters (53: insufficient resources, e.g. a full disk), or connection, timeout or other when PostgreSQL sent none"
     );
     describe_counter!(
         "eventtracker_flusher_redis_errors_total",
@@ -69,6 +75,10 @@ fn describe() {
         "Shards whose node did not answer the last queue-state read"
     );
     describe_gauge!(
+        "eventtracker_queue_state_known",
+        "1 when the last queue-state read reached at least one shard; 0 when none answered (the queue gauges are NaN then, not their last reading)"
+    );
+    describe_gauge!(
         redis_queue::MEMORY_RATIO_GAUGE,
         redis_queue::MEMORY_RATIO_HELP
     );
@@ -77,11 +87,13 @@ fn describe() {
         "eventtracker_flusher_events_written_total",
         "eventtracker_flusher_dead_lettered_total",
         "eventtracker_flusher_claimed_total",
-        "eventtracker_flusher_postgres_errors_total",
         "eventtracker_flusher_redis_errors_total",
         "eventtracker_flusher_backoffs_total",
     ] {
         counter!(c).absolute(0);
+    }
+    for class in POSTGRES_ERROR_CLASSES {
+        counter!("eventtracker_flusher_postgres_errors_total", "class" => class).absolute(0);
     }
     for path in ["copy", "dedup", "guarded"] {
         counter!("eventtracker_flusher_batches_written_total", "path" => path).absolute(0);
@@ -103,8 +115,15 @@ pub fn claimed(n: usize) {
     metrics::counter!("eventtracker_flusher_claimed_total").increment(n as u64);
 }
 
-pub fn postgres_error() {
-    metrics::counter!("eventtracker_flusher_postgres_errors_total").increment(1);
+/// The classes exported at 0 from the start (others appear at their first error): no
+/// connection, a timeout, 08 connection exception, 40 transaction rollback, 53 insufficient
+/// resources (disk full, out of memory, too many connections), 57 operator intervention.
+pub const POSTGRES_ERROR_CLASSES: [&str; 7] =
+    ["connection", "timeout", "other", "08", "40", "53", "57"];
+
+/// A failed write, by class (see [`crate::error::sqlstate_class`]).
+pub fn postgres_error(class: String) {
+    metrics::counter!("eventtracker_flusher_postgres_errors_total", "class" => class).increment(1);
 }
 
 pub fn redis_error() {
@@ -118,9 +137,21 @@ pub fn backoff(active: bool) {
     }
 }
 
-/// Not one shard answered the queue-state read.
-pub fn all_shards_unreachable(shards: usize) {
+/// Not one shard answered the queue-state read: the readings are unknown, not their last
+/// values (which would say "empty" while the backlog grows). NaN is what `max()` in the
+/// alerting rules skips, and dashboards draw as a gap.
+pub fn queue_state_unknown(shards: usize) {
     metrics::gauge!("eventtracker_queue_shards_unreachable").set(shards as f64);
+    metrics::gauge!("eventtracker_queue_state_known").set(0.0);
+    for gauge in [
+        "eventtracker_queue_backlog",
+        "eventtracker_queue_lag_seconds",
+        "eventtracker_queue_pending",
+        "eventtracker_queue_dead_letters",
+        redis_queue::MEMORY_RATIO_GAUGE,
+    ] {
+        metrics::gauge!(gauge).set(f64::NAN);
+    }
 }
 
 /// What the queue looks like, read every few seconds.
@@ -134,6 +165,9 @@ pub struct QueueState {
     pub unreachable: usize,
     /// The fullest shard node's memory over its maxmemory (see [`redis_queue::ShardStats`]).
     pub memory_ratio: f64,
+    /// Whether at least one shard was read: false before the first reading and after a read
+    /// no shard answered (the numbers above mean nothing then).
+    pub known: bool,
 }
 
 impl QueueState {
@@ -144,6 +178,48 @@ impl QueueState {
         metrics::gauge!("eventtracker_queue_dead_letters").set(self.dead as f64);
         metrics::gauge!("eventtracker_queue_shards_unreachable").set(self.unreachable as f64);
         metrics::gauge!(redis_queue::MEMORY_RATIO_GAUGE).set(self.memory_ratio);
+        metrics::gauge!("eventtracker_queue_state_known").set(1.0);
+    }
+}
+
+/// Whether this flusher's writes are failing, worker by worker: set when a worker backs off
+/// after a failed write, cleared when its next write commits (or its batch is settled
+/// otherwise). `/readyz` answers 503 while any worker's writes fail.
+#[derive(Debug, Default)]
+pub struct WriteHealth {
+    /// Per worker: since when and why its writes fail.
+    failing: Mutex<Vec<Option<(Instant, String)>>>,
+}
+
+impl WriteHealth {
+    pub fn failing(&self, worker: usize, why: &str) {
+        if let Ok(mut slots) = self.failing.lock() {
+            if slots.len() <= worker {
+                slots.resize(worker + 1, None);
+            }
+            let since = slots[worker]
+                .as_ref()
+                .map_or_else(Instant::now, |(t, _)| *t);
+            slots[worker] = Some((since, why.to_string()));
+        }
+    }
+
+    pub fn ok(&self, worker: usize) {
+        if let Ok(mut slots) = self.failing.lock()
+            && let Some(slot) = slots.get_mut(worker)
+        {
+            *slot = None;
+        }
+    }
+
+    /// Why the writes fail, if they do: the longest-failing worker's last error.
+    pub fn problem(&self) -> Option<String> {
+        let slots = self.failing.lock().ok()?;
+        let (since, why) = slots.iter().flatten().min_by_key(|(t, _)| *t)?;
+        Some(format!(
+            "writes failing for {} s: {why}",
+            since.elapsed().as_secs()
+        ))
     }
 }
 
@@ -154,6 +230,7 @@ pub struct Probes {
     pub pool: Pool,
     pub timeout: Duration,
     pub metrics: Option<PrometheusHandle>,
+    pub writes: std::sync::Arc<WriteHealth>,
 }
 
 impl Probes {
@@ -183,7 +260,10 @@ impl Probes {
 
 async fn readyz(probes: web::Data<Probes>) -> HttpResponse {
     let (r, p) = tokio::join!(probes.redis_ok(), probes.postgres_ok());
-    let problems: Vec<String> = [r.err(), p.err()].into_iter().flatten().collect();
+    let problems: Vec<String> = [r.err(), p.err(), probes.writes.problem()]
+        .into_iter()
+        .flatten()
+        .collect();
     if problems.is_empty() {
         HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
     } else {
@@ -214,4 +294,25 @@ pub fn serve(
     .shutdown_timeout(1)
     .listen(listener)?
     .run())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_fail_until_every_failing_worker_commits_again() {
+        let health = WriteHealth::default();
+        assert_eq!(health.problem(), None);
+        health.failing(1, "SQLSTATE 53100: disk full");
+        health.failing(0, "postgres: the COPY took longer than 300 ms");
+        health.failing(1, "SQLSTATE 53100: still full");
+        let problem = health.problem().unwrap();
+        assert!(problem.contains("53100: still full"), "{problem}");
+        health.ok(1);
+        assert!(health.problem().unwrap().contains("300 ms"));
+        health.ok(0);
+        health.ok(7);
+        assert_eq!(health.problem(), None);
+    }
 }
