@@ -172,6 +172,7 @@ stop_pg() { # NAME PORT
 needs_setup() {
   [ ! -f "$ET_TSDB_CONTROL" ] || [ ! -x /usr/bin/redis-server ] || [ ! -x "$ET_PG_BIN/initdb" ] \
     || [ ! -x /usr/bin/promtool ] || [ ! -x /usr/bin/docker-compose ] \
+    || ! command -v tc >/dev/null || ! command -v ss >/dev/null || ! command -v sysctl >/dev/null \
     || [ ! -x "$ET_WINE" ] || [ ! -f "$ET_MINGW_PREFIX/.stamp" ] \
     || ! dpkg-query -W -f='${Status}' python3-venv 2>/dev/null | grep -q 'install ok installed' \
     || ! cargo nextest --version >/dev/null 2>&1
