@@ -74,37 +74,21 @@ impl Netns {
     }
 
     /// Drops every packet to or from `port` on the namespace's `lo`, silently: no reset, no
-    /// ICMP, the peers just stop hearing from each other. A u32 filter on `lo`'s egress picks the
-    /// packets by port and redirects them to a device that is down, which drops them (this
-    /// kernel has neither netem nor the drop action; mirred and u32 are common to all).
+    /// ICMP, the peers just stop hearing from each other. A u32 filter picks the packets by port
+    /// and redirects them to a device that is down, which drops them (this kernel has neither
+    /// netem nor the drop action; mirred and u32 are common to all). On `lo`'s ingress, after
+    /// the sender's transmit succeeded, as a drop somewhere in the network: a drop on egress is
+    /// reported to the sending socket as local congestion, and TCP then re-sends every 500 ms
+    /// without counting the attempt (keepalive probes included), unlike a real partition.
     pub fn partition_port(&self, port: u16) {
         let tc = |args: &[&str]| run_ok(self.command("tc").args(args));
         tc(&["qdisc", "add", "dev", "lo", "clsact"]);
-        let port = port.to_string();
         for side in ["dport", "sport"] {
-            tc(&[
-                "filter",
-                "add",
-                "dev",
-                "lo",
-                "egress",
-                "protocol",
-                "ip",
-                "prio",
-                "1",
-                "u32",
-                "match",
-                "ip",
-                side,
-                &port,
-                "0xffff",
-                "action",
-                "mirred",
-                "egress",
-                "redirect",
-                "dev",
-                DROP_DEVICE,
-            ]);
+            let filter = format!(
+                "filter add dev lo ingress protocol ip prio 1 u32 match ip {side} {port} 0xffff \
+                 action mirred egress redirect dev {DROP_DEVICE}"
+            );
+            tc(&filter.split_whitespace().collect::<Vec<_>>());
         }
     }
 
@@ -197,6 +181,14 @@ impl TcpConn {
 /// The established TCP connections whose peer port is one of `ports`, in the namespace or on
 /// the host.
 pub fn tcp_connections(netns: Option<&Netns>, ports: &[u16]) -> Vec<TcpConn> {
+    tcp_connections_where(netns, |c| ports.contains(&c.peer_port))
+}
+
+/// The established TCP connections `keep` keeps, in the namespace or on the host.
+pub fn tcp_connections_where(
+    netns: Option<&Netns>,
+    keep: impl Fn(&TcpConn) -> bool,
+) -> Vec<TcpConn> {
     let mut cmd = match netns {
         Some(ns) => ns.command("ss"),
         None => Command::new("ss"),
@@ -221,12 +213,13 @@ pub fn tcp_connections(netns: Option<&Netns>, ports: &[u16]) -> Vec<TcpConn> {
                 .split_once("pid=")
                 .and_then(|(_, rest)| rest.split([',', ')']).next())
                 .and_then(|p| p.parse().ok());
-            ports.contains(&peer_port).then(|| TcpConn {
+            Some(TcpConn {
                 local_port,
                 peer_port,
                 pid,
                 line: line.to_string(),
             })
         })
+        .filter(|c| keep(c))
         .collect()
 }

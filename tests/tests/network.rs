@@ -109,6 +109,11 @@ async fn a_silent_partition_from_postgres_leaves_no_backend_behind() {
          flusher gave up on; it holds {:?}",
         flusher_backends(&admin).await
     );
+    // The server's side of them, its keepalive timer and unanswered probes (for the figures).
+    let server_side: Vec<String> = tcp_connections_where(Some(&netns), |c| c.local_port == pg.port)
+        .into_iter()
+        .map(|c| c.line)
+        .collect();
     netns.heal();
     let healed = Instant::now();
 
@@ -131,11 +136,12 @@ async fn a_silent_partition_from_postgres_leaves_no_backend_behind() {
     .await;
     eprintln!(
         "{} backends left behind by a {PARTITION:?} partition ended {:?} after the heal, {:?} \
-         after the partition began (keepalive window {:?})",
+         after the partition began (keepalive window {:?}); at the heal the server's side was:\n{}",
         left.len(),
         gone.0,
         gone.1,
-        pg_keepalive_window()
+        pg_keepalive_window(),
+        server_side.join("\n")
     );
 
     stop.store(true, Ordering::Relaxed);
