@@ -416,6 +416,18 @@ impl Drop for PgServer {
     }
 }
 
+/// How long scripts/conf/redis-network.conf lets Redis keep a client that vanished without a
+/// word: `tcp-keepalive` N probes after N s of silence, then 3 times N/3 s apart.
+pub fn redis_keepalive_window() -> Duration {
+    let conf = include_str!("../../scripts/conf/redis-network.conf");
+    let secs: u64 = conf
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("tcp-keepalive "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("tcp-keepalive in scripts/conf/redis-network.conf");
+    Duration::from_secs(2 * secs)
+}
+
 /// The server-side TCP settings every PostgreSQL of the project starts with (keepalives, user
 /// timeout), from the file scripts/lib.sh reads too.
 const PG_NETWORK_CONF: &str = include_str!("../../scripts/conf/postgres-network.conf");
