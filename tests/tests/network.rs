@@ -1,6 +1,8 @@
 //! Network faults that refuse nothing: packets dropped in silence. What they must not leave
-//! behind: PostgreSQL backends whose client is gone (they hold `max_connections` slots until the
-//! kernel's default keepalive, two hours), and connections nobody probes.
+//! behind: PostgreSQL backends and Redis clients whose client is gone (a backend holds a
+//! `max_connections` slot until the kernel's default keepalive, two hours; Redis keeps a client
+//! for its `tcp-keepalive`, ten minutes by default), and connections nobody probes. The
+//! partitions need root (a network namespace, `tc`): without it these tests fail and say so.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
