@@ -49,7 +49,8 @@ start_redis() { # NAME PORT [EXTRA redis-server ARGS...]
   local name=$1 port=$2 dir="$ET_DATA/redis-$1"; shift 2
   if redis_running "$name"; then echo "redis $name already running on :$port"; return 0; fi
   ensure_data_dir; mkdir -p "$dir"
-  /usr/bin/redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" \
+  # The config file first (redis-server reads it before the flags): tcp-keepalive, see the file.
+  /usr/bin/redis-server "$ET_ROOT/scripts/conf/redis-network.conf" --port "$port" --bind 127.0.0.1 --dir "$dir" \
     --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" \
     --appendonly yes --appendfsync always --maxmemory-policy noeviction --save "" "$@"
   retry 100 redis_pong "$port" || die "redis $name did not answer on :$port (see $dir/redis.log)"
@@ -127,12 +128,21 @@ stop_redis_cluster() { # NAME BASEPORT
 as_pg() { runuser -u postgres -- "$@"; }
 pg_running() { as_pg "$ET_PG_BIN/pg_ctl" -D "$ET_DATA/pg-$1" status >/dev/null 2>&1; }
 
+# pg_conf_opts FILE: `-c NAME=VALUE` for every setting of a postgresql.conf-style FILE (comments
+# and blank lines skipped), for the server's command line.
+pg_conf_opts() {
+  sed -E -e 's/#.*//' -e '/^[[:space:]]*$/d' \
+    -e 's/^[[:space:]]*([a-z_.]+)[[:space:]]*=[[:space:]]*([^[:space:]]+)[[:space:]]*$/-c \1=\2/' "$1" | tr '\n' ' '
+}
+
 # What a production install would set for a write-heavy load (deploy/README.md recommends the same):
 # fewer checkpoints (max_wal_size, checkpoint_timeout), cheaper full-page images (wal_compression,
 # lz4: PostgreSQL 15 built --with-lz4, as Debian's is), a larger WAL buffer. Durability is untouched:
-# fsync, synchronous_commit and full_page_writes stay on.
+# fsync, synchronous_commit and full_page_writes stay on. The TCP keepalives of
+# scripts/conf/postgres-network.conf end the backends of clients that vanished in a minute.
 start_pg() { # NAME PORT
-  local name=$1 port=$2 dir="$ET_DATA/pg-$1"
+  local name=$1 port=$2 dir="$ET_DATA/pg-$1" network
+  network=$(pg_conf_opts "$ET_ROOT/scripts/conf/postgres-network.conf")
   ensure_data_dir; mkdir -p "$dir"; chown postgres: "$dir"; chmod 700 "$dir"
   if [ ! -f "$dir/PG_VERSION" ]; then
     as_pg "$ET_PG_BIN/initdb" -A trust -U postgres -E UTF8 --locale=C.UTF-8 --no-sync -D "$dir" >/dev/null
@@ -143,7 +153,8 @@ start_pg() { # NAME PORT
     as_pg "$ET_PG_BIN/pg_ctl" -D "$dir" -l "$dir/postgres.log" -w -s start -o "-p $port -k $dir \
       -c listen_addresses=127.0.0.1 -c shared_preload_libraries=timescaledb \
       -c timescaledb.telemetry_level=off -c max_connections=300 \
-      -c max_wal_size=4GB -c wal_compression=lz4 -c wal_buffers=16MB -c checkpoint_timeout=15min" \
+      -c max_wal_size=4GB -c wal_compression=lz4 -c wal_buffers=16MB -c checkpoint_timeout=15min \
+      $network" \
       || die "postgres $name failed to start (see $dir/postgres.log)"
     echo "postgres $name running on :$port"
   fi
@@ -161,6 +172,7 @@ stop_pg() { # NAME PORT
 needs_setup() {
   [ ! -f "$ET_TSDB_CONTROL" ] || [ ! -x /usr/bin/redis-server ] || [ ! -x "$ET_PG_BIN/initdb" ] \
     || [ ! -x /usr/bin/promtool ] || [ ! -x /usr/bin/docker-compose ] \
+    || ! command -v tc >/dev/null || ! command -v ss >/dev/null || ! command -v sysctl >/dev/null \
     || [ ! -x "$ET_WINE" ] || [ ! -f "$ET_MINGW_PREFIX/.stamp" ] \
     || ! dpkg-query -W -f='${Status}' python3-venv 2>/dev/null | grep -q 'install ok installed' \
     || ! cargo nextest --version >/dev/null 2>&1

@@ -148,6 +148,33 @@ impl Flusher {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Flusher {
+        let cmd = Self::command(redis_url, database_url, stream_key, extra, env);
+        Flusher {
+            proc: Proc::spawn("flusher", cmd),
+        }
+    }
+
+    /// The same inside a network namespace: its URLs are as seen from inside.
+    pub fn start_in(
+        netns: &Netns,
+        redis_url: &str,
+        database_url: &str,
+        stream_key: &str,
+        extra: &[&str],
+    ) -> Flusher {
+        let cmd = Self::command(redis_url, database_url, stream_key, extra, &[]);
+        Flusher {
+            proc: Proc::spawn("flusher", netns.wrap(&cmd)),
+        }
+    }
+
+    fn command(
+        redis_url: &str,
+        database_url: &str,
+        stream_key: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Command {
         let mut cmd = Command::new(bin("flusher"));
         cmd.args(["--redis-url", redis_url, "--database-url", database_url])
             .args(["--stream-key", stream_key])
@@ -161,9 +188,7 @@ impl Flusher {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        Flusher {
-            proc: Proc::spawn("flusher", cmd),
-        }
+        cmd
     }
 
     /// The base URL of the flusher's /metrics, /healthz and /readyz (waits for it to start).

@@ -9,12 +9,14 @@
 
 mod apps;
 mod checks;
+mod netns;
 mod processes;
 mod redis_cluster;
 mod services;
 
 pub use apps::*;
 pub use checks::*;
+pub use netns::*;
 pub use processes::*;
 pub use redis_cluster::*;
 pub use services::*;

@@ -149,10 +149,13 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
 }
 
 /// `redis-server` in the foreground on 127.0.0.1:`port` with its data in `dir`: AOF with
-/// `appendfsync always` (an acknowledged write survives a crash), no RDB, `noeviction`.
+/// `appendfsync always` (an acknowledged write survives a crash), no RDB, `noeviction`, and the
+/// `tcp-keepalive` of scripts/conf/redis-network.conf.
 pub(crate) fn redis_server(port: u16, dir: &Path) -> Command {
     let mut cmd = Command::new("redis-server");
-    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+    // The config file comes first: the server-side keepalive every Redis of the project has.
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/conf/redis-network.conf"))
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .arg("--dir")
         .arg(dir)
         .args([
@@ -172,15 +175,28 @@ pub struct RedisServer {
     pub port: u16,
     pub dir: tempfile::TempDir,
     proc: Option<Proc>,
+    /// The network namespace it runs in ([`RedisServer::start_in`]).
+    netns: Option<String>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        Self::start_with(None)
+    }
+
+    /// A server inside `netns`, on its 127.0.0.1 ([`RedisServer::url`], for processes inside)
+    /// and on a Unix socket ([`RedisServer::unix_url`], for the test and processes outside).
+    pub fn start_in(netns: &Netns) -> RedisServer {
+        Self::start_with(Some(netns.name.clone()))
+    }
+
+    fn start_with(netns: Option<String>) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut s = RedisServer {
             port: free_port(),
             dir,
             proc: None,
+            netns,
         };
         s.launch();
         s
@@ -190,13 +206,28 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    fn socket(&self) -> std::path::PathBuf {
+        self.dir.path().join("redis.sock")
+    }
+
+    /// The Unix socket's URL (reachable from outside the server's network namespace).
+    pub fn unix_url(&self) -> String {
+        format!("redis+unix://{}", self.socket().display())
+    }
+
     fn launch(&mut self) {
-        let cmd = redis_server(self.port, self.dir.path());
+        let mut cmd = redis_server(self.port, self.dir.path());
+        cmd.arg("--unixsocket").arg(self.socket());
+        if let Some(ns) = &self.netns {
+            cmd = in_netns(ns, &cmd);
+        }
         self.proc = Some(Proc::spawn("redis-server", cmd));
-        let port = self.port;
+        let socket = self.socket();
         let start = Instant::now();
         while Command::new("redis-cli")
-            .args(["-p", &port.to_string(), "ping"])
+            .arg("-s")
+            .arg(&socket)
+            .arg("ping")
             .output()
             .map(|o| !String::from_utf8_lossy(&o.stdout).contains("PONG"))
             .unwrap_or(true)
@@ -241,16 +272,29 @@ impl RedisServer {
 pub struct PgServer {
     pub port: u16,
     pub dir: PathBuf,
+    /// The network namespace it runs in ([`PgServer::start_in`]).
+    netns: Option<String>,
 }
 
 impl PgServer {
     pub fn start() -> PgServer {
+        Self::start_with(None)
+    }
+
+    /// A server inside `netns`, on its 127.0.0.1 (for processes inside) and on its Unix socket
+    /// ([`PgServer::socket_url`], for the test and processes outside).
+    pub fn start_in(netns: &Netns) -> PgServer {
+        Self::start_with(Some(netns.name.clone()))
+    }
+
+    fn start_with(netns: Option<String>) -> PgServer {
         let dir = std::env::temp_dir().join(unique("et-pg"));
         std::fs::create_dir_all(&dir).expect("pg dir");
         run_ok(Command::new("chown").arg("postgres:postgres").arg(&dir));
         let s = PgServer {
             port: free_port(),
             dir,
+            netns,
         };
         run_ok(
             as_postgres(&pg_bin("initdb"))
@@ -279,21 +323,32 @@ impl PgServer {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
+    /// The maintenance database over the server's Unix socket.
+    pub fn socket_url(&self) -> String {
+        let dir = self.dir.display().to_string().replace('/', "%2F");
+        format!("postgres://postgres@{dir}:{}/postgres", self.port)
+    }
+
     pub fn start_server(&self) {
-        let opts = format!(
+        let mut opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c shared_preload_libraries=timescaledb \
              -c timescaledb.telemetry_level=off -c fsync=off",
             self.port,
             self.dir.display()
         );
-        run_ok(
-            as_postgres(&pg_bin("pg_ctl"))
-                .arg("-D")
-                .arg(self.data())
-                .args(["-w", "-t", "60", "-o", &opts, "-l"])
-                .arg(self.dir.join("log"))
-                .arg("start"),
-        );
+        for (name, value) in pg_network_settings() {
+            opts.push_str(&format!(" -c {name}={value}"));
+        }
+        let mut cmd = as_postgres(&pg_bin("pg_ctl"));
+        cmd.arg("-D")
+            .arg(self.data())
+            .args(["-w", "-t", "60", "-o", &opts, "-l"])
+            .arg(self.dir.join("log"))
+            .arg("start");
+        if let Some(ns) = &self.netns {
+            cmd = in_netns(ns, &cmd);
+        }
+        run_ok(&mut cmd);
     }
 
     /// `pg_ctl stop -m immediate`: like a crash, connections drop at once.
@@ -369,6 +424,51 @@ impl Drop for PgServer {
             .status();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// How long scripts/conf/redis-network.conf lets Redis keep a client that vanished without a
+/// word: `tcp-keepalive` N probes after N s of silence, then 3 times N/3 s apart.
+pub fn redis_keepalive_window() -> Duration {
+    let conf = include_str!("../../scripts/conf/redis-network.conf");
+    let secs: u64 = conf
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("tcp-keepalive "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("tcp-keepalive in scripts/conf/redis-network.conf");
+    Duration::from_secs(2 * secs)
+}
+
+/// The server-side TCP settings every PostgreSQL of the project starts with (keepalives, user
+/// timeout), from the file scripts/lib.sh reads too.
+const PG_NETWORK_CONF: &str = include_str!("../../scripts/conf/postgres-network.conf");
+
+/// The `name = value` settings of scripts/conf/postgres-network.conf.
+pub fn pg_network_settings() -> Vec<(String, String)> {
+    PG_NETWORK_CONF
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or_default().trim())
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (name, value) = l.split_once('=').expect("name = value");
+            (name.trim().to_string(), value.trim().to_string())
+        })
+        .collect()
+}
+
+/// How long those settings let a backend live after its client vanished without a word: the
+/// idle time before the first keepalive probe plus the probes, or the user timeout if longer
+/// (a connection with data in flight is not probed).
+pub fn pg_keepalive_window() -> Duration {
+    let get = |name: &str| -> u64 {
+        pg_network_settings()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in scripts/conf/postgres-network.conf"))
+    };
+    let probes =
+        get("tcp_keepalives_idle") + get("tcp_keepalives_interval") * get("tcp_keepalives_count");
+    Duration::from_secs(probes).max(Duration::from_millis(get("tcp_user_timeout")))
 }
 
 fn pg_bin(name: &str) -> PathBuf {

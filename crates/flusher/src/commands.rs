@@ -22,11 +22,14 @@ pub async fn dispatch(
     }
 }
 
-/// A PostgreSQL client whose connection is driven on a task (ended when the client drops).
+/// A PostgreSQL client whose connection is driven on a task (ended when the client drops),
+/// with the flusher's TCP keepalives ([`crate::sink::pg_config`]): a migration or a retention
+/// run cut off by a silent partition fails in about 30 s instead of hanging for hours.
 async fn connect_postgres(
     url: &str,
 ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), FlusherError> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    let config = crate::sink::pg_config(url, Duration::ZERO)?;
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
     let task = tokio::spawn(async move {
         if let Err(e) = connection.await {
             log::warn!("postgres connection: {e}");

@@ -58,6 +58,7 @@ pub async fn run(
     let pool = sink::pool(
         &common.database_url,
         config.pg_pool_size.max(config.concurrency),
+        config.pg_timeout(),
     )?;
     let stats = Arc::new(Stats::default());
     let probes = serve_probes(&config, &consumers[0], &pool, stats.writes.clone())?;

@@ -168,14 +168,44 @@ pub enum WriteError {
 /// Failures in a row of one batch with the same unexpected SQLSTATE after which it is split.
 pub const REFUSED_STREAK: u32 = 3;
 
-/// Creates the connection pool. No connection is made yet.
-pub fn pool(database_url: &str, size: usize) -> Result<Pool, FlusherError> {
+/// The settings of every PostgreSQL connection the flusher makes: the URL's, plus a connect
+/// timeout of 5 s and the TCP keepalives and user timeout of [`service_kit::tcp`] (the user
+/// timeout never below `call_timeout`, the longest a call on it may wait) where the URL sets
+/// none (`connect_timeout`, `keepalives_idle`, `keepalives_interval`, `keepalives_retries`,
+/// `tcp_user_timeout` in the URL win). tokio-postgres turns keepalive on by itself, but after
+/// two hours of silence: a silent partition would leave the connection for that long.
+pub fn pg_config(
+    database_url: &str,
+    call_timeout: Duration,
+) -> Result<tokio_postgres::Config, FlusherError> {
+    use service_kit::tcp;
+    /// tokio-postgres's own `keepalives_idle` when the URL gives none.
+    const LIBRARY_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
     let mut pg: tokio_postgres::Config = database_url
         .parse()
         .map_err(|e| FlusherError::Config(format!("invalid database URL: {e}")))?;
     if pg.get_connect_timeout().is_none() {
-        pg.connect_timeout(std::time::Duration::from_secs(5));
+        pg.connect_timeout(Duration::from_secs(5));
     }
+    pg.keepalives(true);
+    if pg.get_keepalives_idle() == LIBRARY_IDLE {
+        pg.keepalives_idle(tcp::KEEPALIVE_IDLE);
+    }
+    if pg.get_keepalives_interval().is_none() {
+        pg.keepalives_interval(tcp::KEEPALIVE_INTERVAL);
+    }
+    if pg.get_keepalives_retries().is_none() {
+        pg.keepalives_retries(tcp::KEEPALIVE_PROBES);
+    }
+    if pg.get_tcp_user_timeout().is_none() {
+        pg.tcp_user_timeout(tcp::user_timeout(call_timeout));
+    }
+    Ok(pg)
+}
+
+/// Creates the connection pool; `timeout` is `--pg-timeout-ms`. No connection is made yet.
+pub fn pool(database_url: &str, size: usize, timeout: Duration) -> Result<Pool, FlusherError> {
+    let mut pg = pg_config(database_url, timeout)?;
     pg.application_name("eventtracker-flusher");
     let manager = Manager::from_config(
         pg,
@@ -511,6 +541,33 @@ fn is_data_error(code: &SqlState) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_connection_probes_a_silent_server() {
+        use service_kit::tcp;
+        let pg = pg_config("postgres://u@h/db", Duration::from_secs(2)).unwrap();
+        assert!(pg.get_keepalives());
+        assert_eq!(pg.get_keepalives_idle(), tcp::KEEPALIVE_IDLE);
+        assert_eq!(pg.get_keepalives_interval(), Some(tcp::KEEPALIVE_INTERVAL));
+        assert_eq!(pg.get_keepalives_retries(), Some(tcp::KEEPALIVE_PROBES));
+        assert_eq!(pg.get_tcp_user_timeout(), Some(&tcp::USER_TIMEOUT));
+        assert_eq!(pg.get_connect_timeout(), Some(&Duration::from_secs(5)));
+        // A longer --pg-timeout-ms: the kernel never ends a write the flusher still waits for.
+        let long = pg_config("postgres://u@h/db", Duration::from_secs(90)).unwrap();
+        assert_eq!(long.get_tcp_user_timeout(), Some(&Duration::from_secs(90)));
+    }
+
+    #[test]
+    fn the_url_s_own_tcp_settings_win() {
+        let url = "postgres://u@h/db?keepalives_idle=60&keepalives_interval=7\
+                   &keepalives_retries=9&tcp_user_timeout=120&connect_timeout=3";
+        let pg = pg_config(url, Duration::from_secs(2)).unwrap();
+        assert_eq!(pg.get_keepalives_idle(), Duration::from_secs(60));
+        assert_eq!(pg.get_keepalives_interval(), Some(Duration::from_secs(7)));
+        assert_eq!(pg.get_keepalives_retries(), Some(9));
+        assert_eq!(pg.get_tcp_user_timeout(), Some(&Duration::from_secs(120)));
+        assert_eq!(pg.get_connect_timeout(), Some(&Duration::from_secs(3)));
+    }
 
     #[test]
     fn binary_copy_layout() {

@@ -113,9 +113,34 @@ impl QueueError {
 
 /// `TCP_NODELAY`, which redis-rs leaves off: with Nagle's algorithm a command written while an
 /// earlier one is unacknowledged waits for that ACK, and commands from several tasks share a
-/// multiplexed connection.
+/// multiplexed connection. And keepalive probes with a user timeout ([`service_kit::tcp`]): a
+/// Redis gone silent is noticed in about 30 s, and a blocked read does not wait for it forever.
 fn tcp_settings() -> redis::io::tcp::TcpSettings {
-    redis::io::tcp::TcpSettings::default().set_nodelay(true)
+    let settings = redis::io::tcp::TcpSettings::default()
+        .set_nodelay(true)
+        .set_keepalive(keepalive());
+    #[cfg(target_os = "linux")]
+    let settings = settings.set_user_timeout(service_kit::tcp::USER_TIMEOUT);
+    settings
+}
+
+/// The keepalive probes of every Redis connection.
+fn keepalive() -> socket2::TcpKeepalive {
+    use service_kit::tcp::{KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_PROBES};
+    socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES)
+}
+
+/// The same settings on a connection made without redis-rs ([`resp::Conn`]).
+fn configure(socket: &tokio::net::TcpStream) -> std::io::Result<()> {
+    socket.set_nodelay(true)?;
+    let sock = socket2::SockRef::from(socket);
+    sock.set_tcp_keepalive(&keepalive())?;
+    #[cfg(target_os = "linux")]
+    sock.set_tcp_user_timeout(Some(service_kit::tcp::USER_TIMEOUT))?;
+    Ok(())
 }
 
 /// How to reach Redis: one node (`redis://…`) or a Redis Cluster (a comma-separated list of

@@ -28,7 +28,7 @@ impl Conn {
         let socket = TcpStream::connect((host.as_str(), *port))
             .await
             .map_err(io_error)?;
-        socket.set_nodelay(true).map_err(io_error)?;
+        crate::configure(&socket).map_err(io_error)?;
         let mut conn = Conn {
             socket,
             buf: BytesMut::with_capacity(64 * 1024),
@@ -271,6 +271,27 @@ pub(crate) fn line(buf: &[u8], from: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A lean connection has what every Redis connection has: keepalive probes after 10 s of
+    /// silence and a user timeout (the black-box test `network` sees them armed with `ss`).
+    #[tokio::test]
+    async fn connections_probe_a_silent_peer() {
+        use service_kit::tcp;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}/", listener.local_addr().unwrap());
+        let info = redis::IntoConnectionInfo::into_connection_info(url.as_str()).unwrap();
+        let conn = Conn::connect(&info).await.unwrap().unwrap();
+        let sock = socket2::SockRef::from(&conn.socket);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), tcp::KEEPALIVE_IDLE);
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            tcp::KEEPALIVE_INTERVAL
+        );
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), tcp::KEEPALIVE_PROBES);
+        assert_eq!(sock.tcp_user_timeout().unwrap(), Some(tcp::USER_TIMEOUT));
+        assert!(sock.tcp_nodelay().unwrap());
+    }
 
     #[test]
     fn integers_and_lengths() {
