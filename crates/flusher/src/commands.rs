@@ -40,7 +40,7 @@ async fn connect_postgres(
 
 /// `flusher migrate`: applies the migrations not applied yet.
 pub async fn apply_migrations(common: &GlobalArgs) -> Result<(), FlusherError> {
-    let (mut client, task) = connect_postgres(&common.database_url).await?;
+    let (mut client, task) = connect_postgres(common.database_url.expose()).await?;
     let applied = migrate::apply(&mut client).await?;
     if applied.is_empty() {
         log::info!("schema is up to date");
@@ -60,7 +60,7 @@ pub async fn drop_old_chunks_once(common: &GlobalArgs) -> Result<(), FlusherErro
     })?;
     let (redis, check) = crate::consumer::connect(common, Duration::from_secs(10), false)?;
     retention::record(&redis, check.layout(), keep).await;
-    let (client, _task) = connect_postgres(&common.database_url).await?;
+    let (client, _task) = connect_postgres(common.database_url.expose()).await?;
     let dropped = retention::drop_old_chunks(&client, keep).await?;
     println!("dropped {} chunks", dropped.unwrap_or(0));
     Ok(())

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::retention::parse_duration;
 use service_kit::logging::LogFormat;
+use service_kit::secret::Secret;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -76,7 +77,7 @@ pub struct GlobalArgs {
         hide_env_values = true,
         global = true
     )]
-    pub database_url: String,
+    pub database_url: Secret,
 
     /// Redis URL (may hold a password; never logged); with --redis-cluster, comma-separated seed node URLs.
     #[arg(
@@ -86,7 +87,7 @@ pub struct GlobalArgs {
         hide_env_values = true,
         global = true
     )]
-    pub redis_url: String,
+    pub redis_url: Secret,
 
     /// Talk to a Redis Cluster (follows MOVED/ASK and topology changes) instead of one node.
     #[arg(long, env = "FLUSHER_REDIS_CLUSTER", global = true)]
@@ -226,5 +227,28 @@ impl RunConfig {
             self.pg_timeout_ms
                 .unwrap_or((self.claim_idle_ms / 2).clamp(1, 10_000)),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_in_urls_never_show_in_debug() {
+        let cli = Cli::try_parse_from([
+            "flusher",
+            "--database-url",
+            "postgres://u:pg-secret@db/x",
+            "--redis-url",
+            "redis://:redis-secret@r:6379/",
+        ])
+        .unwrap();
+        let shown = format!("{cli:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert_eq!(
+            cli.common.database_url.expose(),
+            "postgres://u:pg-secret@db/x"
+        );
     }
 }

@@ -31,7 +31,7 @@ pub fn connect(
     timeout: Duration,
     record: bool,
 ) -> Result<(Shared, Arc<LayoutCheck>), FlusherError> {
-    let connector = redis_queue::Connector::new(&common.redis_url, common.redis_cluster)?;
+    let connector = redis_queue::Connector::new(common.redis_url.expose(), common.redis_cluster)?;
     let layout = Layout::new(&common.stream_key, common.shards, common.redis_cluster)?;
     Ok((
         Shared::new(connector, timeout),

@@ -56,7 +56,7 @@ pub async fn run(
         })
         .collect();
     let pool = sink::pool(
-        &common.database_url,
+        common.database_url.expose(),
         config.pg_pool_size.max(config.concurrency),
         config.pg_timeout(),
     )?;
