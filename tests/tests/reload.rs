@@ -181,3 +181,66 @@ async fn sighup_reloads_and_stops_neither_binary() {
     );
     p.db.wait_rows(11).await;
 }
+
+/// Revoking every token of a source that `--rate-limits` names is a reload like any other: the
+/// flag's limit for a source no token has any more is set aside (and logged), not a reason to
+/// keep the revoked token working.
+#[tokio::test]
+async fn revoking_a_source_named_in_rate_limits_takes_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    std::fs::write(
+        &file,
+        "game=compromised-0123456789\nweb=web-secret-0123456789\n",
+    )
+    .unwrap();
+    let ingest = Ingest::start(
+        &shared_redis_url(),
+        &unique("reload"),
+        &[
+            "--tokens-file",
+            file.to_str().unwrap(),
+            "--max-events",
+            "10",
+            "--rate-limits",
+            "game=1000/1000",
+        ],
+    );
+    assert_eq!(
+        post_as(&ingest, "compromised-0123456789", &batch("reload", 1)).await,
+        200
+    );
+    replace(&file, "web=web-secret-0123456789\n");
+    let changed = Instant::now();
+    wait_status(
+        &ingest,
+        "compromised-0123456789",
+        401,
+        changed,
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(
+        post_as(&ingest, "web-secret-0123456789", &batch("reload", 1)).await,
+        200
+    );
+    let log = ingest.proc.log_text();
+    assert!(
+        log.contains("--rate-limits") && log.contains("\"game\""),
+        "{log}"
+    );
+
+    // The source comes back: its flag limit applies again.
+    replace(
+        &file,
+        "web=web-secret-0123456789\ngame=rotated-0123456789\n",
+    );
+    wait_status(
+        &ingest,
+        "rotated-0123456789",
+        200,
+        Instant::now(),
+        Duration::from_secs(1),
+    )
+    .await;
+}

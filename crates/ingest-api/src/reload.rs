@@ -26,17 +26,54 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    /// `--tokens`, the tokens file and `--rate-limits`, checked as at start.
+    /// `--tokens`, the tokens file and `--rate-limits`, checked as at start: a `--rate-limits`
+    /// source that no token has is a mistake in the flags.
     pub fn load(config: &Config) -> Result<Self, StartError> {
-        let tokens = TokenStore::load(&config.tokens, config.tokens_file.as_deref())?;
-        if tokens.is_empty() {
-            return Err(StartError::NoTokens);
-        }
+        let tokens = Self::tokens(config)?;
         let rate_limiter = crate::rate_limiter(config, &tokens)?;
         Ok(Credentials {
             tokens,
             rate_limiter,
         })
+    }
+
+    /// The same while running, where a `--rate-limits` source that no token has any more was
+    /// revoked in the file: its limit is set aside (logged) until a token brings it back, so a
+    /// flag can never keep a revoked token working.
+    pub fn reload(config: &Config) -> Result<Self, StartError> {
+        let tokens = Self::tokens(config)?;
+        let sources = tokens.sources();
+        let (kept, set_aside): (Vec<String>, Vec<String>) =
+            config.rate_limits.iter().cloned().partition(|item| {
+                let source = item.split_once('=').map_or(item.as_str(), |(s, _)| s);
+                source.trim().is_empty() || sources.contains(&source.trim())
+            });
+        if !set_aside.is_empty() {
+            let names: Vec<&str> = set_aside
+                .iter()
+                .filter_map(|item| item.split_once('=').map(|(s, _)| s.trim()))
+                .collect();
+            log::warn!(
+                "--rate-limits names sources no token has any more, their limits set aside: {names:?}"
+            );
+        }
+        let config = Config {
+            rate_limits: kept,
+            ..config.clone()
+        };
+        let rate_limiter = crate::rate_limiter(&config, &tokens)?;
+        Ok(Credentials {
+            tokens,
+            rate_limiter,
+        })
+    }
+
+    fn tokens(config: &Config) -> Result<TokenStore, StartError> {
+        let tokens = TokenStore::load(&config.tokens, config.tokens_file.as_deref())?;
+        if tokens.is_empty() {
+            return Err(StartError::NoTokens);
+        }
+        Ok(tokens)
     }
 }
 
@@ -158,7 +195,7 @@ fn reload_credentials(state: &AppState, config: &Config, cause: Cause) {
         .tokens_file
         .as_deref()
         .map_or_else(|| "--tokens".to_string(), |p| p.display().to_string());
-    match Credentials::load(config) {
+    match Credentials::reload(config) {
         Ok(credentials) => {
             let sources: Vec<String> = credentials
                 .tokens
