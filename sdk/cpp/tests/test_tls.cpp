@@ -142,7 +142,9 @@ TEST(Tls, DeliversByHostNameWithVerificationOn) {
   endpoint.replace(endpoint.find("127.0.0.1"), 9, "localhost");
   et_client *c = https_client(endpoint, h::temp_dir() + "/queue.db");
   ASSERT_NE(c, nullptr);
-  for (int i = 0; i < 250; i++) ASSERT_EQ(et_track(c, "over_tls", "{\"pad\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}", nullptr), ET_OK);
+  // 3 batches of up to 100, each over gzip_min_bytes: gzipped bodies over TLS.
+  const std::string props = "{\"pad\":\"" + std::string(32, 'x') + "\"}";
+  for (int i = 0; i < 250; i++) ASSERT_EQ(et_track(c, "over_tls", props.c_str(), nullptr), ET_OK);
   ASSERT_EQ(et_flush(c, 60000), 0);
   EXPECT_EQ(counters(c).sent, 250u);
   et_client_free(c, 1000);
