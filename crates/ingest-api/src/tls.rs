@@ -47,7 +47,6 @@ pub enum TlsError {
 }
 
 /// The certificate files and the pair in force; rustls asks it for the pair at each handshake.
-#[derive(Debug)]
 pub struct CertificateFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -101,6 +100,16 @@ impl CertificateFiles {
             Ok(current) => current.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+}
+
+impl std::fmt::Debug for CertificateFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The paths only: never the key.
+        f.debug_struct("CertificateFiles")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
     }
 }
 
