@@ -115,8 +115,7 @@ fn rustls_connector(ca_pem: &str) -> tokio_rustls::TlsConnector {
     let ca = rustls::pki_types::pem::PemObject::from_pem_slice(ca_pem.as_bytes()).unwrap();
     roots.add(ca).unwrap();
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        #[allow(deprecated)]
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
@@ -181,6 +180,16 @@ async fn https_stores_events_with_keep_alive_and_gzip_on_one_connection() {
         .connect(name, tcp)
         .await
         .expect("TLS handshake with the test CA");
+    // TLS 1.3 with the post-quantum hybrid key exchange, as the README says.
+    let (_, session) = tls.get_ref();
+    assert_eq!(
+        session.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    assert_eq!(
+        session.negotiated_key_exchange_group().map(|g| g.name()),
+        Some(rustls::NamedGroup::X25519MLKEM768)
+    );
     let (read, mut write) = tokio::io::split(tls);
     let mut reader = BufReader::new(read);
     for (i, gzipped) in [false, true, false].into_iter().enumerate() {

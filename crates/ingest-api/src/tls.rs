@@ -1,4 +1,5 @@
-//! HTTPS served by ingest-api itself (`--tls-cert`, `--tls-key`): rustls with the ring provider,
+//! HTTPS served by ingest-api itself (`--tls-cert`, `--tls-key`): rustls with the aws-lc-rs
+//! provider (TLS 1.3 and 1.2; X25519MLKEM768 offered first, then classical key exchanges),
 //! the certificate chain and key read from PEM files and swapped while the server runs, so a
 //! renewed certificate (cert-manager, certbot) is served without a restart. A new pair applies to
 //! new handshakes; connections already open keep the one they began with.
@@ -56,13 +57,8 @@ pub struct CertificateFiles {
 
 impl CertificateFiles {
     /// Reads the pair; an error if either file is unreadable or they do not match.
-    #[expect(
-        deprecated,
-        reason = "ring has no post-quantum key exchange (rustls 0.23.48 deprecates its provider \
-                  for that); aws-lc-rs has, at the cost of building AWS-LC's C sources"
-    )]
     pub fn load(cert: &Path, key: &Path) -> Result<Arc<Self>, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let pair = read_pair(cert, key, &provider)?;
         Ok(Arc::new(CertificateFiles {
             cert: cert.to_path_buf(),

@@ -95,22 +95,23 @@ TEST(Tls, RefusesBadCertificatesKeepsTheEventsAndDeliversWithCaFile) {
     }
     for (int i = 0; i < 10; i++, tracked++)
       ASSERT_EQ(et_track(c, "kept", ("{\"i\":" + std::to_string(tracked) + "}").c_str(), nullptr), ET_OK);
-    // The refusal is reported as a network failure to retry (status 0), twice (so a retry was refused too).
-    std::string message;
+    // The refusal is reported as a network failure to retry (status 0) with its reason. Not necessarily the
+    // first report after the swap: a request under way at the swap, or (seen once in ~20 runs, after the
+    // wrong-host certificate, whose handshake completes before libcurl checks the name) a resumed TLS session
+    // of the previous certificate, is refused for the previous reason.
+    std::string last;
     bool reported = h::wait_until(
         [&] {
           std::lock_guard<std::mutex> g(reports.mu);
-          int retries = 0;
           for (size_t i = seen; i < reports.all.size(); i++)
             if (reports.all[i].kind == ET_REPORT_RETRY && reports.all[i].status == 0) {
-              retries++;
-              message = reports.messages[i];
+              last = reports.messages[i];
+              if (last.find(bad_why.second) != std::string::npos) return true;
             }
-          return retries >= 2;
+          return false;
         },
         30000);
-    ASSERT_TRUE(reported) << bad << ": no RETRY report";
-    EXPECT_NE(message.find(bad_why.second), std::string::npos) << bad << ": " << message;
+    ASSERT_TRUE(reported) << bad << ": no RETRY report saying \"" << bad_why.second << "\"; the last: " << last;
     et_counters k = counters(c);
     EXPECT_EQ(k.sent, 0u) << bad;
     EXPECT_EQ(k.queued, tracked) << bad << ": the events must stay queued";
