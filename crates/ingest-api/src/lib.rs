@@ -181,6 +181,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
+    reload::survive_hangups();
     let mut state = AppState::from_config(&config)?;
     state.metrics = telemetry::install_metrics();
     telemetry::init_shard_metrics(config.shards);

@@ -132,6 +132,16 @@ enum Cause {
     FileChanged,
 }
 
+/// Replaces SIGHUP's default action (ending the process) at once, before the settings are read
+/// and Redis is asked for the queue's layout, which may take seconds: a SIGHUP in that time is
+/// ignored (the files are polled anyway) instead of killing the process. Tokio keeps the handler
+/// installed after the `Signal` is dropped.
+pub fn survive_hangups() {
+    if let Err(e) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        log::error!("cannot install the SIGHUP handler: {e}");
+    }
+}
+
 /// Rereads on SIGHUP and on file changes until the task is dropped. Installing the SIGHUP
 /// handler also means SIGHUP no longer ends the process.
 pub async fn watch(state: web::Data<AppState>, config: Config, tls: Option<Arc<CertificateFiles>>) {
