@@ -244,3 +244,34 @@ async fn revoking_a_source_named_in_rate_limits_takes_effect() {
     )
     .await;
 }
+
+/// A SIGHUP while ingest-api is still starting (here: waiting for a Redis that accepts and never
+/// answers, up to `--redis-timeout-ms`) does not end it either.
+#[tokio::test]
+async fn sighup_during_start_up_does_not_end_ingest_api() {
+    // A "Redis" that takes connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            held.push(conn);
+        }
+    });
+    let mut cmd = std::process::Command::new(bin("ingest-api"));
+    cmd.args(["--bind", "127.0.0.1:0", "--tokens", "s=secret-0123456789"])
+        .args(["--redis-url", &format!("redis://{addr}/")])
+        .args(["--redis-timeout-ms", "5000"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    signal(child.id(), "HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let exited = child.try_wait().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    holder.abort();
+    assert_eq!(exited, None, "SIGHUP during start-up ended ingest-api");
+}
