@@ -1,7 +1,7 @@
 //! What ingest-api rereads while it runs: the tokens (with the rate limits of the tokens file)
 //! and the TLS certificate and key. Both are reread on SIGHUP and when their files change
 //! (their content is compared every [`POLL`], which also sees a Kubernetes Secret's symlink
-//! swap). A file that does not parse keeps the set in force; the log says why and
+//! swap, and a change is acted on once it has settled). A file that does not parse keeps the set in force; the log says why and
 //! `eventtracker_ingest_reloads_total{what, result="error"}` counts it.
 
 use std::path::{Path, PathBuf};
@@ -15,8 +15,8 @@ use crate::ratelimit::RateLimiter;
 use crate::tls::CertificateFiles;
 use crate::{AppState, Config, StartError, telemetry};
 
-/// How often the files are compared with what was last read: a removed token is refused well
-/// within a second of the file changing.
+/// How often the files are compared with what was last read: a change is acted on at the poll
+/// after the one that saw it, so a removed token is refused within about two polls (< 1 s).
 pub const POLL: Duration = Duration::from_millis(250);
 
 /// The tokens and the rate limits that belong to them, swapped together.
@@ -100,28 +100,51 @@ impl<T> Swap<T> {
     }
 }
 
-/// The content of a file as last read (`None`: could not be read).
-struct Seen {
-    path: PathBuf,
-    content: Option<Vec<u8>>,
+/// Files reread together (the tokens file; the certificate and its key), by content. A change
+/// is acted on once the files have stayed the same for one more poll, so files written one after
+/// the other (a certificate, then its key) or in several writes are read whole, not as a
+/// half-written set that would be refused and counted as a failed reload.
+struct Watched {
+    files: Vec<(PathBuf, Option<Vec<u8>>)>,
+    changed: bool,
 }
 
-impl Seen {
-    fn new(path: &Path) -> Self {
-        Seen {
-            path: path.to_path_buf(),
-            content: std::fs::read(path).ok(),
-        }
+impl Watched {
+    fn new(paths: &[&Path]) -> Self {
+        let mut watched = Watched {
+            files: paths.iter().map(|p| (p.to_path_buf(), None)).collect(),
+            changed: false,
+        };
+        watched.read_all();
+        watched
     }
 
-    /// True when the content differs from what was last seen (and remembers it).
-    fn changed(&mut self) -> bool {
-        let now = std::fs::read(&self.path).ok();
-        if now == self.content {
+    /// Reads every file; true when any differs from what was last read (`None`: unreadable).
+    fn read_all(&mut self) -> bool {
+        let mut any = false;
+        for (path, content) in &mut self.files {
+            let now = std::fs::read(&*path).ok();
+            if now != *content {
+                *content = now;
+                any = true;
+            }
+        }
+        any
+    }
+
+    /// One poll: true when the files changed and have now settled (time to reread them).
+    fn settled_change(&mut self) -> bool {
+        if self.read_all() {
+            self.changed = true;
             return false;
         }
-        self.content = now;
-        true
+        std::mem::take(&mut self.changed)
+    }
+
+    /// After a reread for another reason (SIGHUP): what is there now counts as read.
+    fn rebase(&mut self) {
+        self.read_all();
+        self.changed = false;
     }
 }
 
@@ -153,10 +176,8 @@ pub async fn watch(state: web::Data<AppState>, config: Config, tls: Option<Arc<C
             None
         }
     };
-    let mut tokens_file = config.tokens_file.as_deref().map(Seen::new);
-    let mut tls_files = tls
-        .as_ref()
-        .map(|t| (Seen::new(&t.cert), Seen::new(&t.key)));
+    let mut tokens_file = config.tokens_file.as_deref().map(|p| Watched::new(&[p]));
+    let mut tls_files = tls.as_ref().map(|t| Watched::new(&[&t.cert, &t.key]));
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -173,13 +194,9 @@ pub async fn watch(state: web::Data<AppState>, config: Config, tls: Option<Arc<C
                     ""
                 }
             );
-            // Re-baseline, so the next poll does not reload the same content again.
-            if let Some(seen) = tokens_file.as_mut() {
-                seen.changed();
-            }
-            if let Some((cert, key)) = tls_files.as_mut() {
-                cert.changed();
-                key.changed();
+            // What is reread now is not reread again by the next polls.
+            for watched in tokens_file.iter_mut().chain(tls_files.iter_mut()) {
+                watched.rebase();
             }
             reload_credentials(&state, &config, Cause::Hangup);
             if let Some(tls) = &tls {
@@ -187,15 +204,13 @@ pub async fn watch(state: web::Data<AppState>, config: Config, tls: Option<Arc<C
             }
             continue;
         }
-        if tokens_file.as_mut().is_some_and(Seen::changed) {
+        if tokens_file.as_mut().is_some_and(Watched::settled_change) {
             reload_credentials(&state, &config, Cause::FileChanged);
         }
-        if let (Some(tls), Some((cert, key))) = (&tls, tls_files.as_mut()) {
-            // Both compared (no short circuit): a renewal writes both files.
-            let (c, k) = (cert.changed(), key.changed());
-            if c || k {
-                reload_certificate(tls, Cause::FileChanged);
-            }
+        if let (Some(tls), Some(files)) = (&tls, tls_files.as_mut())
+            && files.settled_change()
+        {
+            reload_certificate(tls, Cause::FileChanged);
         }
     }
 }
