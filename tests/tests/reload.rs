@@ -275,3 +275,59 @@ async fn sighup_during_start_up_does_not_end_ingest_api() {
     holder.abort();
     assert_eq!(exited, None, "SIGHUP during start-up ended ingest-api");
 }
+
+/// A tokens file changed while ingest-api is still starting (here: waiting up to
+/// `--redis-timeout-ms` for a Redis that never answers) is not missed: what the server uses once
+/// it answers is the file as it is, not as it was when start-up began.
+#[tokio::test]
+async fn a_tokens_file_changed_during_start_up_is_not_missed() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            held.push(conn);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    std::fs::write(&file, "game=before-start-0123456789\n").unwrap();
+    let ingest = Ingest::start(
+        &format!("redis://{addr}/"),
+        &unique("reload"),
+        &[
+            "--tokens-file",
+            file.to_str().unwrap(),
+            "--redis-timeout-ms",
+            "3000",
+        ],
+    );
+    // ingest-api printed its address and is waiting for Redis; the file changes meanwhile.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    replace(&file, "game=during-start-0123456789\n");
+    // Once it answers (Redis never does: a known token gets 503, an unknown one 401), the old
+    // token is refused within a second.
+    let client = http();
+    let answered = wait_for("ingest-api to answer", LONG, || async {
+        client
+            .get(format!("{}/healthz", ingest.url))
+            .send()
+            .await
+            .ok()
+            .map(|_| Instant::now())
+    })
+    .await;
+    wait_status(
+        &ingest,
+        "before-start-0123456789",
+        401,
+        answered,
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_ne!(
+        post_as(&ingest, "during-start-0123456789", &batch("reload", 1)).await,
+        401
+    );
+    holder.abort();
+}

@@ -23,17 +23,21 @@ pub const POLL: Duration = Duration::from_millis(250);
 pub struct Credentials {
     pub tokens: TokenStore,
     pub rate_limiter: RateLimiter,
+    /// The tokens file as it was read (`None`: no file, or unreadable), so that a change made
+    /// while ingest-api was starting is seen.
+    file_content: Option<Vec<u8>>,
 }
 
 impl Credentials {
     /// `--tokens`, the tokens file and `--rate-limits`, checked as at start: a `--rate-limits`
     /// source that no token has is a mistake in the flags.
     pub fn load(config: &Config) -> Result<Self, StartError> {
-        let tokens = Self::tokens(config)?;
+        let (tokens, file_content) = Self::tokens(config)?;
         let rate_limiter = crate::rate_limiter(config, &tokens)?;
         Ok(Credentials {
             tokens,
             rate_limiter,
+            file_content,
         })
     }
 
@@ -41,7 +45,7 @@ impl Credentials {
     /// revoked in the file: its limit is set aside (logged) until a token brings it back, so a
     /// flag can never keep a revoked token working.
     pub fn reload(config: &Config) -> Result<Self, StartError> {
-        let tokens = Self::tokens(config)?;
+        let (tokens, file_content) = Self::tokens(config)?;
         let sources = tokens.sources();
         let (kept, set_aside): (Vec<String>, Vec<String>) =
             config.rate_limits.iter().cloned().partition(|item| {
@@ -65,15 +69,22 @@ impl Credentials {
         Ok(Credentials {
             tokens,
             rate_limiter,
+            file_content,
         })
     }
 
-    fn tokens(config: &Config) -> Result<TokenStore, StartError> {
+    /// The tokens, and the file's content read just before them (a change in between is seen
+    /// as a change by the watcher: a reread too many, never one too few).
+    fn tokens(config: &Config) -> Result<(TokenStore, Option<Vec<u8>>), StartError> {
+        let content = config
+            .tokens_file
+            .as_deref()
+            .and_then(|p| std::fs::read(p).ok());
         let tokens = TokenStore::load(&config.tokens, config.tokens_file.as_deref())?;
         if tokens.is_empty() {
             return Err(StartError::NoTokens);
         }
-        Ok(tokens)
+        Ok((tokens, content))
     }
 }
 
@@ -111,12 +122,17 @@ struct Watched {
 
 impl Watched {
     fn new(paths: &[&Path]) -> Self {
-        let mut watched = Watched {
-            files: paths.iter().map(|p| (p.to_path_buf(), None)).collect(),
-            changed: false,
-        };
+        let mut watched = Watched::as_read(paths.iter().map(|p| (*p, None)));
         watched.read_all();
         watched
+    }
+
+    /// Files with the contents they had when they were last read elsewhere.
+    fn as_read<'a>(files: impl Iterator<Item = (&'a Path, Option<Vec<u8>>)>) -> Self {
+        Watched {
+            files: files.map(|(p, c)| (p.to_path_buf(), c)).collect(),
+            changed: false,
+        }
     }
 
     /// Reads every file; true when any differs from what was last read (`None`: unreadable).
@@ -153,6 +169,7 @@ impl Watched {
 enum Cause {
     Hangup,
     FileChanged,
+    StartUp,
 }
 
 /// Replaces SIGHUP's default action (ending the process) at once, before the settings are read
@@ -165,9 +182,36 @@ pub fn survive_hangups() {
     }
 }
 
-/// Rereads on SIGHUP and on file changes until the task is dropped. Installing the SIGHUP
-/// handler also means SIGHUP no longer ends the process.
-pub async fn watch(state: web::Data<AppState>, config: Config, tls: Option<Arc<CertificateFiles>>) {
+/// Rereads on SIGHUP and on file changes until the task is dropped.
+///
+/// Called (before the server starts) it first compares the tokens file with what was loaded,
+/// and rereads it at once if it changed meanwhile: start-up may have waited seconds for Redis,
+/// and a token revoked in that time must not be served. The future then watches.
+pub fn watch(
+    state: web::Data<AppState>,
+    config: Config,
+    tls: Option<Arc<CertificateFiles>>,
+) -> impl Future<Output = ()> {
+    let loaded = state.credentials.current().file_content.clone();
+    let mut tokens_file = config
+        .tokens_file
+        .as_deref()
+        .map(|p| Watched::as_read(std::iter::once((p, loaded.clone()))));
+    if tokens_file.as_mut().is_some_and(Watched::read_all) {
+        reload_credentials(&state, &config, Cause::StartUp);
+    }
+    // The pair was read just before this call.
+    let tls_files = tls.as_ref().map(|t| Watched::new(&[&t.cert, &t.key]));
+    watch_files(state, config, tls, tokens_file, tls_files)
+}
+
+async fn watch_files(
+    state: web::Data<AppState>,
+    config: Config,
+    tls: Option<Arc<CertificateFiles>>,
+    mut tokens_file: Option<Watched>,
+    mut tls_files: Option<Watched>,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = match signal(SignalKind::hangup()) {
         Ok(s) => Some(s),
@@ -176,8 +220,6 @@ pub async fn watch(state: web::Data<AppState>, config: Config, tls: Option<Arc<C
             None
         }
     };
-    let mut tokens_file = config.tokens_file.as_deref().map(|p| Watched::new(&[p]));
-    let mut tls_files = tls.as_ref().map(|t| Watched::new(&[&t.cert, &t.key]));
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -279,6 +321,7 @@ impl Cause {
         match self {
             Cause::Hangup => " (SIGHUP)",
             Cause::FileChanged => " (the file changed)",
+            Cause::StartUp => " (it changed while ingest-api was starting)",
         }
     }
 }
