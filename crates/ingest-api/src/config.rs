@@ -49,9 +49,17 @@ pub struct Config {
     )]
     pub tokens: Vec<String>,
 
-    /// File with one `source=secret` or `source=sha256:<64 hex>` a line (`#` starts a comment).
+    /// File with one `source=secret` or `source=sha256:<64 hex>` a line (`#` starts a comment). Reread on SIGHUP and when it changes (a file that does not parse keeps the tokens in force).
     #[arg(long, env = "INGEST_TOKENS_FILE")]
     pub tokens_file: Option<PathBuf>,
+
+    /// Serve HTTPS with this PEM certificate chain (leaf first); needs --tls-key. Reread on SIGHUP and when the file changes. Without it: plain HTTP, for a proxy that ends TLS.
+    #[arg(long, env = "INGEST_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert; needs --tls-cert. Reread with it.
+    #[arg(long, env = "INGEST_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 
     /// Per-source rate limits as `source=RATE` or `source=RATE/BURST` (events per second, events at once; burst defaults to one second of rate), comma-separated; also `rate=`/`burst=` on a tokens file line. Off for sources not named. Past it: 429 rate_limited.
     #[arg(long, env = "INGEST_RATE_LIMITS", value_delimiter = ',')]

@@ -8,8 +8,10 @@ pub mod config;
 pub mod error;
 pub mod queue;
 pub mod ratelimit;
+pub mod reload;
 pub mod routes;
 pub mod telemetry;
+pub mod tls;
 
 use std::net::TcpListener;
 use std::time::Duration;
@@ -23,10 +25,12 @@ pub use config::Config;
 use crate::auth::TokenStore;
 use crate::body::{BodyLimits, SharedBudget};
 use crate::queue::EventQueue;
+use crate::reload::{Credentials, Swap};
 
 /// What every request handler shares.
 pub struct AppState {
-    pub tokens: TokenStore,
+    /// The tokens and their rate limits; replaced on a reload ([`reload`]).
+    pub credentials: Swap<Credentials>,
     pub queue: EventQueue,
     pub limits: Limits,
     /// Past this skew between a batch's `sent_at` and the server's clock its events are
@@ -36,7 +40,6 @@ pub struct AppState {
     pub body_budget: SharedBudget,
     pub max_events: usize,
     pub max_queue_len: u64,
-    pub rate_limiter: ratelimit::RateLimiter,
     pub retry_after_secs: u32,
     /// Renders `/metrics`; `None` when another recorder owns the process.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
@@ -61,6 +64,8 @@ pub enum StartError {
     Usage(String),
     #[error("http server: {0}")]
     Io(#[from] std::io::Error),
+    #[error("--tls-cert/--tls-key: {0}")]
+    Tls(#[from] tls::TlsError),
     #[error("cannot listen on {addr} (--bind): {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -70,11 +75,7 @@ pub enum StartError {
 
 impl AppState {
     pub fn from_config(config: &Config, shutdown: Shutdown) -> Result<Self, StartError> {
-        let tokens = TokenStore::load(&config.tokens, config.tokens_file.as_deref())?;
-        if tokens.is_empty() {
-            return Err(StartError::NoTokens);
-        }
-        let rate_limiter = rate_limiter(config, &tokens)?;
+        let credentials = Credentials::load(config)?;
         let min_timestamp = event_model::timestamp::parse_timestamp(&config.min_timestamp)
             .map_err(StartError::MinTimestamp)?;
         let queue = EventQueue::new(
@@ -86,7 +87,7 @@ impl AppState {
             config.max_redis_memory_ratio,
         )?;
         Ok(AppState {
-            tokens,
+            credentials: Swap::new(credentials),
             queue,
             limits: Limits {
                 max_properties_bytes: config.max_properties_bytes,
@@ -104,7 +105,6 @@ impl AppState {
             body_budget: SharedBudget::new(config.max_inflight_bytes),
             max_events: config.max_events,
             max_queue_len: config.max_queue_len,
-            rate_limiter,
             retry_after_secs: config.retry_after_secs,
             metrics: None,
             shutdown,
@@ -171,7 +171,15 @@ pub async fn serve(
         addr: config.bind,
         source,
     })?;
-    println!("ingest-api listening on http://{}", listener.local_addr()?);
+    let scheme = if config.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!(
+        "ingest-api listening on {scheme}://{}",
+        listener.local_addr()?
+    );
     run(config, listener, shutdown).await
 }
 
@@ -196,6 +204,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    reload::survive_hangups();
     // The grace counts from the signal: the drain delay, then the in-flight requests' time.
     let stop = Shutdown::new(Duration::from_secs(
         config.drain_delay_secs + config.shutdown_timeout_secs,
@@ -203,7 +212,7 @@ pub async fn run(
     let mut state = AppState::from_config(&config, stop.clone())?;
     state.metrics = telemetry::install_metrics();
     telemetry::init_shard_metrics(config.shards);
-    telemetry::init_source_metrics(&state.tokens.sources());
+    telemetry::init_source_metrics(&state.credentials.current().tokens.sources());
     let state = web::Data::new(state);
     log::info!(
         "ingest-api: stream {:?}, {} shard(s){}, sources {:?}",
@@ -214,7 +223,7 @@ pub async fn run(
         } else {
             ""
         },
-        state.tokens.sources()
+        state.credentials.current().tokens.sources()
     );
     // A shard count that differs from the recorded one is fatal; Redis being down is not (the
     // check is repeated until it passes, and no request is queued before it has).
@@ -227,7 +236,16 @@ pub async fn run(
     // Backpressure needs fresh lengths while requests are served, the drain included.
     let (served_tx, served_rx) = tokio::sync::oneshot::channel::<()>();
     stop.spawn(track_queue_length(state.clone(), fatal_tx, served_rx));
-    let server = http_server(state, &config, listener)?;
+    let tls = tls::from_config(&config)?;
+    let reload = reload::watch(state.clone(), config.clone(), tls.clone());
+    let until = stop.clone();
+    stop.spawn(async move {
+        tokio::select! {
+            () = reload => {}
+            () = until.triggered() => {}
+        }
+    });
+    let server = http_server(state, &config, listener, tls)?;
     let handle = server.handle();
     let drain = Duration::from_secs(config.drain_delay_secs);
     let stopper = {
@@ -272,7 +290,8 @@ fn http_server(
     state: web::Data<AppState>,
     config: &Config,
     listener: TcpListener,
-) -> std::io::Result<actix_web::dev::Server> {
+    tls: Option<std::sync::Arc<tls::CertificateFiles>>,
+) -> Result<actix_web::dev::Server, StartError> {
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -329,7 +348,11 @@ fn http_server(
     if config.workers > 0 {
         server = server.workers(config.workers);
     }
-    Ok(server.listen(listener)?.run())
+    let server = match tls {
+        Some(tls) => server.listen_rustls_0_23(listener, tls.server_config()?)?,
+        None => server.listen(listener)?,
+    };
+    Ok(server.run())
 }
 
 /// A path with one method; any other method gets 405 with `Allow` (not the app's 404).

@@ -81,6 +81,8 @@ fn authenticate(req: &HttpRequest, state: &AppState) -> Result<String, ApiError>
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes());
     state
+        .credentials
+        .current()
         .tokens
         .authenticate(header)
         .map(str::to_string)
@@ -150,6 +152,8 @@ async fn admit(state: &AppState, source: &str, events: usize) -> Result<(), ApiE
         });
     }
     match state
+        .credentials
+        .current()
         .rate_limiter
         .admit(state.queue.redis(), source, events)
         .await

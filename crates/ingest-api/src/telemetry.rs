@@ -58,7 +58,17 @@ fn describe() {
         "eventtracker_queue_lag_seconds",
         "Age of the oldest entry still in the queue (the oldest of all shards)"
     );
+    describe_counter!(
+        "eventtracker_ingest_reloads_total",
+        "Rereads of the tokens file (what=tokens) or the TLS certificate and key (what=tls) on SIGHUP or a file change, by result (error: the set in force was kept)"
+    );
     // Make every series exist from the start, so dashboards and alerts see zeros, not gaps.
+    for what in ["tokens", "tls"] {
+        for result in ["ok", "error"] {
+            metrics::counter!("eventtracker_ingest_reloads_total", "what" => what, "result" => result)
+                .absolute(0);
+        }
+    }
     metrics::counter!("eventtracker_ingest_events_accepted_total").absolute(0);
     metrics::counter!("eventtracker_ingest_redis_errors_total").absolute(0);
 }
@@ -69,6 +79,13 @@ pub fn request(route: &str, status: u16, took: Duration) {
         .increment(1);
     metrics::histogram!("eventtracker_ingest_request_duration_seconds", "route" => route)
         .record(took.as_secs_f64());
+}
+
+/// One reread of the tokens (`what` = `tokens`) or the certificate (`tls`).
+pub fn reload(what: &'static str, ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    metrics::counter!("eventtracker_ingest_reloads_total", "what" => what, "result" => result)
+        .increment(1);
 }
 
 /// Events of a configured source by outcome (`accepted`, `rejected`, `rate_limited`); the

@@ -111,6 +111,22 @@ pub async fn signal() {
     }
 }
 
+/// Makes SIGHUP harmless (its default action ends the process): each one is logged with `what`
+/// the process does about it. For a binary with nothing to reread; call it early in `main`.
+pub fn log_hangups(what: &'static str) {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::hangup()) {
+        Ok(mut hangup) => {
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    log::info!("SIGHUP: {what}");
+                }
+            });
+        }
+        Err(e) => log::error!("cannot install the SIGHUP handler: {e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

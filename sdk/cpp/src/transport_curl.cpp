@@ -4,6 +4,7 @@
 
 #include <cstring>
 #include <mutex>
+#include <string>
 
 #include "transport.hpp"
 
@@ -53,6 +54,11 @@ class CurlTransport : public Transport {
     curl_easy_setopt(e, CURLOPT_CAINFO, rq.ca_file.empty() ? nullptr : rq.ca_file.c_str());
     curl_easy_setopt(e, CURLOPT_CAPATH, rq.ca_path.empty() ? nullptr : rq.ca_path.c_str());
     curl_easy_setopt(e, CURLOPT_PROXY, rq.proxy.empty() ? nullptr : rq.proxy.c_str());
+    // libcurl's detail of a failure ("SSL certificate problem: certificate has expired"), which its
+    // generic text for the code ("SSL peer certificate ... was not OK") leaves out.
+    char detail[CURL_ERROR_SIZE];
+    detail[0] = '\0';
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, detail);
 #if LIBCURL_VERSION_NUM >= 0x075500
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
 #else
@@ -83,6 +89,7 @@ class CurlTransport : public Transport {
     }
     curl_multi_remove_handle(multi_, e);
     curl_slist_free_all(hdr);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, nullptr);  // `detail` ends with this call
     if (cut) {
       // The connection is in an unknown state: never reuse it.
       curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
@@ -94,6 +101,7 @@ class CurlTransport : public Transport {
     if (result != CURLE_OK) {
       out->status = 0;
       out->error = curl_easy_strerror(result);
+      if (detail[0] != '\0') out->error += std::string(": ") + detail;
       return;
     }
     long status = 0;

@@ -90,6 +90,7 @@ fn run(cfg: &config::Config) -> Result<()> {
     raw::raw_xadd(cfg, &mut rep)?;
     flush::flush_rows(cfg, &mut rep)?;
     let ingest_api = ingest::ingest_row(cfg, &mut rep)?;
+    ingest::ingest_https_row(cfg, &mut rep)?;
     e2e::e2e_rows(cfg, &mut rep, ingest_api)?;
     rep.add_ratios();
     cluster::cluster_rows(cfg, &mut rep)?;

@@ -27,6 +27,7 @@ pub struct Row {
 #[derive(Serialize, Default)]
 pub struct Loadgen {
     pub ingest: Option<IngestOut>,
+    pub ingest_https: Option<IngestOut>,
     pub fill: Option<FillOut>,
     pub drains: BTreeMap<String, DrainOut>,
     pub copy: BTreeMap<String, CopyOut>,
@@ -290,6 +291,30 @@ impl Report {
             "ms",
         );
         self.loadgen.ingest = Some(out);
+    }
+
+    /// The ingest row over HTTPS, and its ratio to the plain row of the same run.
+    pub fn add_ingest_https(&mut self, out: IngestOut) {
+        self.row(
+            "ingest_https",
+            "ingest over HTTPS (ingest-api's TLS, kept-alive), 32 conns x 100",
+            out.events_per_sec,
+            "events/s",
+        );
+        self.row(
+            "ingest_https_p99",
+            "ingest over HTTPS: request latency p99",
+            out.p99_ms,
+            "ms",
+        );
+        let ratio = round(100.0 * out.events_per_sec / self.ingest_rate, 1);
+        self.row(
+            "ratio_ingest_https",
+            "ratio: ingest over HTTPS / plain ingest",
+            ratio,
+            "%",
+        );
+        self.loadgen.ingest_https = Some(out);
     }
 }
 

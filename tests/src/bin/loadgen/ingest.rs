@@ -38,6 +38,9 @@ pub struct IngestArgs {
     /// Pace the load at this many events/s (required by e2e).
     #[arg(long)]
     pub rate: Option<f64>,
+    /// For an https:// URL: trust this PEM CA certificate (only it; verification stays on).
+    #[arg(long)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -127,11 +130,17 @@ async fn context(args: &IngestArgs, track_every: Option<u64>) -> Result<IngestCt
     } else {
         format!("{}/v1/events", args.url.trim_end_matches('/'))
     };
-    let client = reqwest::Client::builder()
+    let mut client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.connections)
         .tcp_nodelay(true)
-        .timeout(Duration::from_secs(30))
-        .build()?;
+        .timeout(Duration::from_secs(30));
+    if let Some(ca) = &args.ca_file {
+        let pem = std::fs::read(ca)?;
+        client = client
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
+    }
+    let client = client.build()?;
     let health = format!("{}/healthz", url.trim_end_matches("/v1/events"));
     let warm: Vec<_> = (0..args.connections)
         .map(|_| tokio::spawn(client.get(&health).send()))
