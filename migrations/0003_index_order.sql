@@ -9,7 +9,9 @@
 -- index holds only corrected rows (`device_time` set, rare), so an ordinary row costs it nothing.
 --
 -- `(source, time DESC)` served no query of the README's "Querying events" and cost every row an
--- index entry: dropped (create it again if your queries filter on source).
+-- index entry: dropped (create it again if your queries filter on source). `events_time_idx`
+-- (`time DESC`, made by create_hypertable) is the unique key's first column: the unique index
+-- serves every query it served (a btree is read backwards as well), so it goes too.
 --
 -- Locks: building an index holds a SHARE lock on each chunk until this migration commits, so
 -- writes to `events` wait meanwhile (reads do not): `flusher migrate` says so, with the table's
@@ -19,3 +21,4 @@ DROP INDEX IF EXISTS events_event_id_time_key;
 CREATE INDEX IF NOT EXISTS events_corrected_idx ON events (event_id, device_time)
     WHERE device_time IS NOT NULL;
 DROP INDEX IF EXISTS events_source_time_idx;
+DROP INDEX IF EXISTS events_time_idx;

@@ -364,3 +364,79 @@ async fn scripts_forgotten_by_redis_are_loaded_again() {
         "loaded again: {again}"
     );
 }
+
+/// Migration 0003 on a populated table from before it: every row kept, the unique key led by
+/// `time` (same columns, so a duplicate is still refused), the source index gone, the partial
+/// index of corrected rows there; and `flusher migrate` says before it starts that writes wait,
+/// with the table's size.
+#[tokio::test]
+async fn migration_0003_reorders_the_unique_key_keeps_every_row_and_warns_first() {
+    let db = TestDb::empty(&shared_admin_url()).await;
+    let client = db.client().await;
+    client
+        .batch_execute(concat!(
+            include_str!("../../migrations/0001_events.sql"),
+            include_str!("../../migrations/0002_device_time.sql"),
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now());
+             INSERT INTO schema_migrations (version, name)
+                 VALUES (1, '0001_events.sql'), (2, '0002_device_time.sql');
+             INSERT INTO events (time, event_id, name, source, received_at, device_time)
+             SELECT now() - i * interval '1 minute', gen_random_uuid(), 'n', 's', now(),
+                    CASE WHEN i % 10 = 0 THEN now() - interval '1 year' END
+             FROM generate_series(1, 20000) AS i;
+             ANALYZE events;"
+        ))
+        .await
+        .unwrap();
+    let (ok, out) = migrate(&db.url);
+    assert!(ok, "{out}");
+    let warned = out
+        .lines()
+        .find(|l| l.contains("migration 0003_index_order.sql builds the unique index"))
+        .unwrap_or_else(|| panic!("no warning before 0003:\n{out}"));
+    assert!(warned.contains("writes to events wait"), "{warned}");
+    assert!(warned.contains("about 20000 rows"), "{warned}");
+    let indexes: Vec<(String, String)> = client
+        .query(
+            "SELECT indexname, indexdef FROM pg_indexes
+             WHERE tablename = 'events' AND schemaname = current_schema() ORDER BY indexname",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let names: Vec<&str> = indexes.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "events_corrected_idx",
+            "events_name_time_idx",
+            "events_time_event_id_key"
+        ],
+        "{indexes:?}"
+    );
+    assert!(
+        indexes[2].1.contains("UNIQUE") && indexes[2].1.contains("(\"time\", event_id)"),
+        "{indexes:?}"
+    );
+    assert!(
+        indexes[0].1.contains("WHERE (device_time IS NOT NULL)"),
+        "{indexes:?}"
+    );
+    assert_eq!(db.count().await, 20000);
+    let duplicate = client
+        .batch_execute(
+            "INSERT INTO events (time, event_id, name, source, received_at)
+             SELECT time, event_id, name, source, received_at FROM events LIMIT 1",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        duplicate.code(),
+        Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION),
+        "{duplicate}"
+    );
+}

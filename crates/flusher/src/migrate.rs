@@ -10,6 +10,8 @@ pub struct Migration {
     pub version: i32,
     pub name: &'static str,
     pub sql: &'static str,
+    /// What it holds up on a populated table, said before it starts (with the table's size).
+    pub blocks: Option<&'static str>,
 }
 
 /// Every migration, in order. A test checks this list matches the `migrations/` folder.
@@ -18,11 +20,23 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 1,
         name: "0001_events.sql",
         sql: include_str!("../../../migrations/0001_events.sql"),
+        blocks: None,
     },
     Migration {
         version: 2,
         name: "0002_device_time.sql",
         sql: include_str!("../../../migrations/0002_device_time.sql"),
+        blocks: None,
+    },
+    Migration {
+        version: 3,
+        name: "0003_index_order.sql",
+        sql: include_str!("../../../migrations/0003_index_order.sql"),
+        blocks: Some(
+            "builds the unique index (time, event_id) on every chunk of events: writes to events \
+             wait until it commits (reads do not); flushers time out, back off and retry \
+             meanwhile, nothing is lost, and the queue holds the backlog",
+        ),
     },
 ];
 
@@ -83,6 +97,14 @@ async fn apply_missing(client: &mut Client) -> Result<Vec<i32>, FlusherError> {
         .collect();
     let mut applied = Vec::new();
     for m in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
+        if let Some(what) = m.blocks {
+            let rows = approximate_rows(client).await.unwrap_or(0);
+            log::warn!(
+                "migration {} {what}; events holds about {rows} rows (how long that takes: \
+                 README, \"Upgrading\", measured by scripts/measure-schema)",
+                m.name
+            );
+        }
         let tx = client.transaction().await?;
         tx.batch_execute(m.sql)
             .await
@@ -100,6 +122,16 @@ async fn apply_missing(client: &mut Client) -> Result<Vec<i32>, FlusherError> {
         applied.push(m.version);
     }
     Ok(applied)
+}
+
+/// The rows of `events` as the statistics estimate them (every chunk), without counting.
+async fn approximate_rows(client: &Client) -> Result<i64, FlusherError> {
+    let sql = if events_is_hypertable(client).await? {
+        "SELECT approximate_row_count('events')::bigint"
+    } else {
+        "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = 'events'::regclass"
+    };
+    Ok(client.query_one(sql, &[]).await?.get(0))
 }
 
 /// Whether `events` is a TimescaleDB hypertable (false when the extension is absent).
