@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use service_kit::secret::Secret;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -49,10 +50,10 @@ pub enum TokenConfigError {
 
 impl TokenStore {
     /// Builds the store from `--tokens` pairs and an optional tokens file.
-    pub fn load(pairs: &[String], file: Option<&Path>) -> Result<Self, TokenConfigError> {
+    pub fn load(pairs: &[Secret], file: Option<&Path>) -> Result<Self, TokenConfigError> {
         let mut store = TokenStore::default();
         for (index, pair) in pairs.iter().enumerate() {
-            let pair = pair.trim();
+            let pair = pair.expose().trim();
             if pair.is_empty() {
                 continue;
             }
@@ -176,7 +177,8 @@ mod tests {
             format!("# comment\n\ngame=plain-secret\nweb=sha256:{digest}\ngame=rotated\n"),
         )
         .unwrap();
-        let store = TokenStore::load(&["cli=s1".into(), "cli=s2".into()], Some(&file)).unwrap();
+        let store =
+            TokenStore::load(&[Secret::new("cli=s1"), Secret::new("cli=s2")], Some(&file)).unwrap();
         assert_eq!(store.authenticate(Some(b"Bearer s1")), Some("cli"));
         assert_eq!(store.authenticate(Some(b"bearer s2")), Some("cli"));
         assert_eq!(
@@ -213,9 +215,9 @@ mod tests {
 
     #[test]
     fn malformed_config_is_refused() {
-        assert!(TokenStore::load(&["no-equals".into()], None).is_err());
-        assert!(TokenStore::load(&["=secret".into()], None).is_err());
-        assert!(TokenStore::load(&["source=".into()], None).is_err());
+        assert!(TokenStore::load(&[Secret::new("no-equals")], None).is_err());
+        assert!(TokenStore::load(&[Secret::new("=secret")], None).is_err());
+        assert!(TokenStore::load(&[Secret::new("source=")], None).is_err());
         let dir = std::env::temp_dir().join(format!("et-tokens-bad-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("tokens");

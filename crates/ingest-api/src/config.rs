@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use service_kit::logging::LogFormat;
+use service_kit::secret::Secret;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -26,7 +27,7 @@ pub struct Config {
         default_value = "redis://127.0.0.1:6379/",
         hide_env_values = true
     )]
-    pub redis_url: String,
+    pub redis_url: Secret,
 
     /// Talk to a Redis Cluster (follows MOVED/ASK and topology changes) instead of one node.
     #[arg(long, env = "INGEST_REDIS_CLUSTER")]
@@ -47,7 +48,7 @@ pub struct Config {
         hide_env_values = true,
         value_delimiter = ','
     )]
-    pub tokens: Vec<String>,
+    pub tokens: Vec<Secret>,
 
     /// File with one `source=secret` or `source=sha256:<64 hex>` a line (`#` starts a comment). Reread on SIGHUP and when it changes (a file that does not parse keeps the tokens in force).
     #[arg(long, env = "INGEST_TOKENS_FILE")]
@@ -155,5 +156,26 @@ pub fn ratio(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
         Ok(r) if r > 0.0 && r <= 1.0 => Ok(r),
         _ => Err(format!("{s:?} is not a number in (0, 1]")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_and_passwords_never_show_in_debug() {
+        let config = Config::try_parse_from([
+            "ingest-api",
+            "--tokens",
+            "game=token-secret,tools=other-secret",
+            "--redis-url",
+            "redis://:redis-secret@r:6379/",
+        ])
+        .unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert_eq!(config.tokens.len(), 2);
+        assert_eq!(config.tokens[1].expose(), "tools=other-secret");
     }
 }

@@ -79,7 +79,7 @@ impl AppState {
         let min_timestamp = event_model::timestamp::parse_timestamp(&config.min_timestamp)
             .map_err(StartError::MinTimestamp)?;
         let queue = EventQueue::new(
-            &config.redis_url,
+            config.redis_url.expose(),
             config.redis_cluster,
             &config.stream_key,
             config.shards,
