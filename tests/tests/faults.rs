@@ -170,6 +170,48 @@ async fn a_flusher_cut_off_from_redis_marks_its_queue_gauges_unknown() {
     .await;
 }
 
+/// ingest-api's queue gauges mean what the flusher's do: cut off from Redis it does not keep
+/// exporting its last reading (a backlog of 3 while the real one grows) but says the state is
+/// unknown (`eventtracker_queue_state_known 0`, backlog and lag NaN). Once Redis answers again
+/// the gauges are numbers again.
+#[tokio::test]
+async fn ingest_api_cut_off_from_redis_marks_its_queue_gauges_unknown() {
+    let redis = RedisServer::start();
+    let ingest = Ingest::start(
+        &redis.url(),
+        &unique("unknown"),
+        &["--redis-timeout-ms", "300"],
+    );
+    assert_eq!(ingest.post(&batch("before", 3)).await.0, 200);
+    let known_backlog_of_3 = || async {
+        let page = scrape(&ingest.url).await;
+        (metric_in(&page, "eventtracker_queue_state_known") == Some(1.0)
+            && metric_in(&page, "eventtracker_queue_backlog") == Some(3.0))
+        .then_some(())
+    };
+    wait_for("a known backlog of 3", LONG, known_backlog_of_3).await;
+
+    redis.freeze();
+    let thaw = ThawRedis(&redis);
+    let page = wait_for("the queue state marked unknown", LONG, || async {
+        let page = scrape(&ingest.url).await;
+        (metric_in(&page, "eventtracker_queue_state_known") == Some(0.0)).then_some(page)
+    })
+    .await;
+    for gauge in [
+        "eventtracker_queue_backlog",
+        "eventtracker_queue_lag_seconds",
+    ] {
+        let v = metric_in(&page, gauge);
+        assert!(
+            v.is_none_or(f64::is_nan),
+            "{gauge} must not keep its last reading ({v:?}) while Redis is unreachable:\n{page}"
+        );
+    }
+    drop(thaw);
+    wait_for("the queue state known again", LONG, known_backlog_of_3).await;
+}
+
 /// `device_id` made an integer: the column the flusher writes as text.
 const DEVICE_ID_INTEGER: &str =
     "ALTER TABLE events ALTER COLUMN device_id TYPE integer USING NULL::integer";
