@@ -28,7 +28,7 @@ pub struct Stats {
     pub claimed: AtomicU64,
     pub backoffs: AtomicU64,
     /// The queue as last read by the gauge task (`service::queue_gauges`), for the summary line.
-    pub queue: std::sync::Mutex<telemetry::QueueState>,
+    pub queue: std::sync::Mutex<redis_queue::QueueState>,
     /// Whether the workers' writes fail, for `/readyz`.
     pub writes: Arc<telemetry::WriteHealth>,
 }
@@ -65,7 +65,7 @@ impl Stats {
         telemetry::backoff(true);
     }
 
-    pub fn queue(&self) -> telemetry::QueueState {
+    pub fn queue(&self) -> redis_queue::QueueState {
         self.queue.lock().map(|q| *q).unwrap_or_default()
     }
 

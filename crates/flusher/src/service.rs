@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use futures_util::StreamExt;
+use redis_queue::QueueState;
 use service_kit::shutdown::Shutdown;
 
 use crate::config::{GlobalArgs, RunConfig};
@@ -265,7 +266,7 @@ async fn queue_gauges(consumer: Consumer, stats: Arc<Stats>, stop: Shutdown) {
     loop {
         match consumer.queue_state().await {
             Ok(q) => {
-                q.publish();
+                q.publish(true);
                 if let Ok(mut last) = stats.queue.lock() {
                     *last = q;
                 }
@@ -273,9 +274,9 @@ async fn queue_gauges(consumer: Consumer, stats: Arc<Stats>, stop: Shutdown) {
             // No shard answered: say so, rather than leave the last reading standing.
             Err(e) => {
                 log::debug!("reading the queue state: {e}");
-                telemetry::queue_state_unknown(consumer.shards());
+                QueueState::publish_unknown(consumer.shards(), true);
                 if let Ok(mut last) = stats.queue.lock() {
-                    *last = telemetry::QueueState::default();
+                    *last = QueueState::default();
                 }
             }
         }

@@ -16,12 +16,14 @@ use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFutur
 
 pub mod append;
 mod layout;
+pub mod queue_state;
 pub mod reader;
 mod resp;
 pub mod scripts;
 pub mod settle;
 pub mod writer;
-pub use layout::{Layout, LayoutCheck, MEMORY_RATIO_GAUGE, MEMORY_RATIO_HELP, ShardStats};
+pub use layout::{Layout, LayoutCheck};
+pub use queue_state::{MEMORY_RATIO_GAUGE, MEMORY_RATIO_HELP, QueueState};
 
 /// What can go wrong talking to the queue.
 #[derive(Debug, thiserror::Error)]
