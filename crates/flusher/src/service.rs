@@ -12,10 +12,12 @@ use futures_util::StreamExt;
 use redis_queue::QueueState;
 use service_kit::shutdown::Shutdown;
 
+use crate::backoff::Backoff;
 use crate::config::{GlobalArgs, RunConfig};
 use crate::consumer::Consumer;
 use crate::error::FlusherError;
-use crate::flush::{Stats, Worker};
+use crate::flush::Worker;
+use crate::stats::Stats;
 use crate::{retention, sink, telemetry};
 
 /// The longest the start waits for PostgreSQL to show the `events` columns (less when
@@ -186,17 +188,17 @@ async fn wait_for_layout(
     config: &RunConfig,
     stop: &Shutdown,
 ) -> Result<bool, FlusherError> {
-    let mut wait = Duration::from_millis(config.backoff_initial_ms);
+    let mut backoff = Backoff::of(config);
     loop {
         match consumer.check_layout().await {
             Ok(()) => return Ok(true),
             Err(e) if e.is_fatal() => return Err(e),
             Err(e) => {
+                let wait = backoff.failed();
                 log::warn!("cannot check the queue's shard count yet: {e}; retrying in {wait:?}");
                 if stop.sleep(wait).await {
                     return Ok(false);
                 }
-                wait = (wait * 2).min(Duration::from_millis(config.backoff_max_ms));
             }
         }
     }
