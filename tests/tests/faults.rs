@@ -118,6 +118,21 @@ impl Drop for ThawRedis<'_> {
     }
 }
 
+/// Backlog and lag on a `/metrics` page taken while no shard could be read: absent or NaN, never
+/// the last reading.
+fn assert_queue_gauges_unknown(page: &str) {
+    for gauge in [
+        "eventtracker_queue_backlog",
+        "eventtracker_queue_lag_seconds",
+    ] {
+        let v = metric_in(page, gauge);
+        assert!(
+            v.is_none_or(f64::is_nan),
+            "{gauge} must not keep its last reading ({v:?}) while Redis is unreachable:\n{page}"
+        );
+    }
+}
+
 /// A flusher that cannot reach Redis does not keep exporting its last reading of the queue (0
 /// and 0 while the real backlog grows): it says the state is unknown
 /// (`eventtracker_queue_state_known 0`) and its backlog and lag samples are NaN, which `max()`
@@ -150,16 +165,7 @@ async fn a_flusher_cut_off_from_redis_marks_its_queue_gauges_unknown() {
         (metric_in(&page, "eventtracker_queue_state_known") == Some(0.0)).then_some(page)
     })
     .await;
-    for gauge in [
-        "eventtracker_queue_backlog",
-        "eventtracker_queue_lag_seconds",
-    ] {
-        let v = metric_in(&page, gauge);
-        assert!(
-            v.is_none_or(f64::is_nan),
-            "{gauge} must not keep its last reading ({v:?}) while Redis is unreachable:\n{page}"
-        );
-    }
+    assert_queue_gauges_unknown(&page);
     drop(thaw);
     wait_for("the queue state known again", LONG, || async {
         let page = scrape(&url).await;
@@ -198,16 +204,7 @@ async fn ingest_api_cut_off_from_redis_marks_its_queue_gauges_unknown() {
         (metric_in(&page, "eventtracker_queue_state_known") == Some(0.0)).then_some(page)
     })
     .await;
-    for gauge in [
-        "eventtracker_queue_backlog",
-        "eventtracker_queue_lag_seconds",
-    ] {
-        let v = metric_in(&page, gauge);
-        assert!(
-            v.is_none_or(f64::is_nan),
-            "{gauge} must not keep its last reading ({v:?}) while Redis is unreachable:\n{page}"
-        );
-    }
+    assert_queue_gauges_unknown(&page);
     drop(thaw);
     wait_for("the queue state known again", LONG, known_backlog_of_3).await;
 }
