@@ -118,6 +118,21 @@ impl Drop for ThawRedis<'_> {
     }
 }
 
+/// Backlog and lag on a `/metrics` page taken while no shard could be read: absent or NaN, never
+/// the last reading.
+fn assert_queue_gauges_unknown(page: &str) {
+    for gauge in [
+        "eventtracker_queue_backlog",
+        "eventtracker_queue_lag_seconds",
+    ] {
+        let v = metric_in(page, gauge);
+        assert!(
+            v.is_none_or(f64::is_nan),
+            "{gauge} must not keep its last reading ({v:?}) while Redis is unreachable:\n{page}"
+        );
+    }
+}
+
 /// A flusher that cannot reach Redis does not keep exporting its last reading of the queue (0
 /// and 0 while the real backlog grows): it says the state is unknown
 /// (`eventtracker_queue_state_known 0`) and its backlog and lag samples are NaN, which `max()`
@@ -150,16 +165,7 @@ async fn a_flusher_cut_off_from_redis_marks_its_queue_gauges_unknown() {
         (metric_in(&page, "eventtracker_queue_state_known") == Some(0.0)).then_some(page)
     })
     .await;
-    for gauge in [
-        "eventtracker_queue_backlog",
-        "eventtracker_queue_lag_seconds",
-    ] {
-        let v = metric_in(&page, gauge);
-        assert!(
-            v.is_none_or(f64::is_nan),
-            "{gauge} must not keep its last reading ({v:?}) while Redis is unreachable:\n{page}"
-        );
-    }
+    assert_queue_gauges_unknown(&page);
     drop(thaw);
     wait_for("the queue state known again", LONG, || async {
         let page = scrape(&url).await;
@@ -168,6 +174,39 @@ async fn a_flusher_cut_off_from_redis_marks_its_queue_gauges_unknown() {
         .then_some(())
     })
     .await;
+}
+
+/// ingest-api's queue gauges mean what the flusher's do: cut off from Redis it does not keep
+/// exporting its last reading (a backlog of 3 while the real one grows) but says the state is
+/// unknown (`eventtracker_queue_state_known 0`, backlog and lag NaN). Once Redis answers again
+/// the gauges are numbers again.
+#[tokio::test]
+async fn ingest_api_cut_off_from_redis_marks_its_queue_gauges_unknown() {
+    let redis = RedisServer::start();
+    let ingest = Ingest::start(
+        &redis.url(),
+        &unique("unknown"),
+        &["--redis-timeout-ms", "300"],
+    );
+    assert_eq!(ingest.post(&batch("before", 3)).await.0, 200);
+    let known_backlog_of_3 = || async {
+        let page = scrape(&ingest.url).await;
+        (metric_in(&page, "eventtracker_queue_state_known") == Some(1.0)
+            && metric_in(&page, "eventtracker_queue_backlog") == Some(3.0))
+        .then_some(())
+    };
+    wait_for("a known backlog of 3", LONG, known_backlog_of_3).await;
+
+    redis.freeze();
+    let thaw = ThawRedis(&redis);
+    let page = wait_for("the queue state marked unknown", LONG, || async {
+        let page = scrape(&ingest.url).await;
+        (metric_in(&page, "eventtracker_queue_state_known") == Some(0.0)).then_some(page)
+    })
+    .await;
+    assert_queue_gauges_unknown(&page);
+    drop(thaw);
+    wait_for("the queue state known again", LONG, known_backlog_of_3).await;
 }
 
 /// `device_id` made an integer: the column the flusher writes as text.

@@ -9,7 +9,7 @@ use redis_queue::redis::{self, Value};
 use std::sync::Arc;
 
 use redis_queue::reader::{ReadGroup, StreamReader};
-use redis_queue::{Conn, Layout, LayoutCheck, Shared};
+use redis_queue::{Conn, Layout, LayoutCheck, QueueState, Shared};
 
 use crate::FlusherError;
 use crate::config::GlobalArgs;
@@ -434,70 +434,11 @@ impl Consumer {
     /// Backlog, lag, pending and dead-letter counts of all shards together (lag: the oldest
     /// entry of any shard), for metrics and the periodic log line. Shards that cannot be read
     /// are counted in `unreachable`; an error only when none can be.
-    pub async fn queue_state(&self) -> Result<crate::telemetry::QueueState, FlusherError> {
-        let mut total = crate::telemetry::QueueState {
-            known: true,
-            ..Default::default()
-        };
-        let mut last = None;
-        let states =
-            futures_util::future::join_all((0..self.shards()).map(|n| self.shard_state(n))).await;
-        for state in states {
-            match state {
-                Ok(q) => {
-                    total.backlog += q.backlog;
-                    total.pending += q.pending;
-                    total.dead += q.dead;
-                    total.lag = total.lag.max(q.lag);
-                    total.memory_ratio = total.memory_ratio.max(q.memory_ratio);
-                }
-                Err(e) => {
-                    total.unreachable += 1;
-                    last = Some(e);
-                }
-            }
-        }
-        match last {
-            Some(e) if total.unreachable == self.shards() => Err(e),
-            _ => Ok(total),
-        }
-    }
-
-    async fn shard_state(
-        &self,
-        shard: usize,
-    ) -> Result<crate::telemetry::QueueState, FlusherError> {
-        let (key, dead) = (&self.key(shard), &self.dead_key(shard));
-        let stats = self.layout().shard_stats(&self.redis, shard).await?;
-        let dead_len: u64 = self
-            .query(async |c| redis::cmd("XLEN").arg(dead).query_async(c).await)
-            .await?;
-        let group = &self.group;
-        // Without a group yet there is nothing pending.
-        let pending = self
-            .query(async |c| {
-                redis::cmd("XPENDING")
-                    .arg(key)
-                    .arg(group)
-                    .query_async::<Value>(c)
-                    .await
-            })
-            .await
-            .ok()
-            .and_then(|v| match as_array(v).first() {
-                Some(Value::Int(n)) => Some(*n as u64),
-                _ => None,
-            })
-            .unwrap_or(0);
-        Ok(crate::telemetry::QueueState {
-            backlog: stats.len,
-            lag: stats.lag,
-            pending,
-            dead: dead_len,
-            unreachable: 0,
-            memory_ratio: stats.memory_ratio,
-            known: true,
-        })
+    pub async fn queue_state(&self) -> Result<QueueState, FlusherError> {
+        let reads =
+            redis_queue::queue_state::read_shards(&self.redis, self.layout(), Some(&self.group))
+                .await;
+        Ok(QueueState::total(reads)?)
     }
 
     /// Removes consumers idle longer than `max_idle` that hold no pending entries. Check and

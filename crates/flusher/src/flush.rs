@@ -1,9 +1,9 @@
-//! A worker's loop: sweep the shards, read a batch, hand it to [`crate::isolate`] to be written
-//! and settled. Between batches it claims a dead flusher's entries, prunes idle consumers and
+//! A worker's loop: sweep the shards, read a batch, hand it to an [`crate::isolate::BatchWriter`]
+//! to be written and settled. Between batches it claims a dead flusher's entries, prunes idle consumers and
 //! logs a summary; a shard whose node fails waits out its own backoff while the others go on.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
@@ -12,107 +12,34 @@ use event_model::queue::{EVENT_FIELD, VERSION_FIELD};
 use service_kit::shutdown::Shutdown;
 
 use crate::FlusherError;
+use crate::ack::AckBehind;
+use crate::backoff::Backoff;
 use crate::config::RunConfig;
 use crate::consumer::{Consumer, Entry};
-use crate::isolate::Row;
-use crate::sink::WritePath;
+use crate::isolate::{BatchWriter, Row};
+use crate::stats::Stats;
 use crate::telemetry;
-
-/// Counters of what this flusher did, logged periodically (the same counts are on `/metrics`).
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub events_written: AtomicU64,
-    pub batches_written: AtomicU64,
-    pub dedup_batches: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    pub claimed: AtomicU64,
-    pub backoffs: AtomicU64,
-    /// The queue as last read by the gauge task (`service::queue_gauges`), for the summary line.
-    pub queue: std::sync::Mutex<telemetry::QueueState>,
-    /// Whether the workers' writes fail, for `/readyz`.
-    pub writes: Arc<telemetry::WriteHealth>,
-}
-
-impl Stats {
-    pub(crate) fn written(&self, events: usize, path: WritePath, took: Duration) {
-        self.events_written
-            .fetch_add(events as u64, Ordering::Relaxed);
-        self.batches_written.fetch_add(1, Ordering::Relaxed);
-        let label = match path {
-            WritePath::Copy => "copy",
-            WritePath::Dedup => {
-                self.dedup_batches.fetch_add(1, Ordering::Relaxed);
-                "dedup"
-            }
-            WritePath::Guarded => "guarded",
-        };
-        telemetry::batch_written(events, label, took);
-        telemetry::backoff(false);
-    }
-
-    pub(crate) fn dead(&self, n: usize) {
-        self.dead_lettered.fetch_add(n as u64, Ordering::Relaxed);
-        telemetry::dead_lettered(n);
-    }
-
-    fn claimed(&self, n: usize) {
-        self.claimed.fetch_add(n as u64, Ordering::Relaxed);
-        telemetry::claimed(n);
-    }
-
-    pub(crate) fn backoff(&self) {
-        self.backoffs.fetch_add(1, Ordering::Relaxed);
-        telemetry::backoff(true);
-    }
-
-    pub fn queue(&self) -> telemetry::QueueState {
-        self.queue.lock().map(|q| *q).unwrap_or_default()
-    }
-
-    pub fn summary(&self) -> String {
-        format!(
-            "written={} batches={} dedup_batches={} dead_lettered={} claimed={} backoffs={}",
-            self.events_written.load(Ordering::Relaxed),
-            self.batches_written.load(Ordering::Relaxed),
-            self.dedup_batches.load(Ordering::Relaxed),
-            self.dead_lettered.load(Ordering::Relaxed),
-            self.claimed.load(Ordering::Relaxed),
-            self.backoffs.load(Ordering::Relaxed),
-        )
-    }
-}
-
-async fn await_ack(
-    ack: Option<tokio::task::JoinHandle<Result<(), FlusherError>>>,
-) -> Result<(), FlusherError> {
-    match ack {
-        None => Ok(()),
-        Some(handle) => handle.await.map_err(FlusherError::Panic)?,
-    }
-}
 
 /// One reader of the consumer group: reads batches and writes them until shutdown.
 pub struct Worker {
-    pub(crate) consumer: Consumer,
-    pub(crate) pool: Pool,
-    pub(crate) config: RunConfig,
-    pub(crate) stats: Arc<Stats>,
+    consumer: Consumer,
+    pool: Pool,
+    config: RunConfig,
+    stats: Arc<Stats>,
     /// This worker's number in the process: where its first sweep starts; worker 0 reports.
-    pub(crate) index: usize,
-    pub(crate) stop: Shutdown,
+    index: usize,
+    stop: Shutdown,
     /// Whether the `events` columns were checked (see [`crate::sink::write`]).
-    pub(crate) schema: Arc<crate::sink::SchemaCheck>,
-    /// The acknowledgement of the last committed batch, still running: it overlaps the next
-    /// batch's reads and COPY, and is awaited when the next one starts and before the worker
-    /// ends.
-    ack_in_flight: std::sync::Mutex<Option<tokio::task::JoinHandle<Result<(), FlusherError>>>>,
+    schema: Arc<crate::sink::SchemaCheck>,
+    /// The acknowledgement of the last committed batch, still running.
+    acks: AckBehind,
 }
 
 /// Per shard: whether its consumer group is known to exist, and its backoff after an error.
 struct ShardBackoff {
     group_ready: bool,
     retry_at: Instant,
-    backoff: Duration,
+    backoff: Backoff,
 }
 
 /// When the chores between batches were last done.
@@ -150,40 +77,25 @@ impl Worker {
             index,
             stop,
             schema,
-            ack_in_flight: std::sync::Mutex::new(None),
+            acks: AckBehind::default(),
         }
     }
 
-    /// Starts acknowledging and deleting committed entries on a task of its own, then waits for
-    /// the previous acknowledgement (whose error, if any, is returned: its entries stay pending
-    /// and are claimed and de-duplicated later).
-    pub(crate) async fn ack_behind<'i>(
-        &self,
-        shard: usize,
-        ids: impl IntoIterator<Item = &'i str>,
-    ) -> Result<(), FlusherError> {
-        let next = tokio::spawn(self.consumer.ack_delete(shard, ids));
-        let previous = self.replace_ack(Some(next));
-        await_ack(previous).await
-    }
-
-    /// Waits for the acknowledgement in flight, if any.
-    pub(crate) async fn ack_settled(&self) -> Result<(), FlusherError> {
-        let previous = self.replace_ack(None);
-        await_ack(previous).await
-    }
-
-    fn replace_ack(
-        &self,
-        next: Option<tokio::task::JoinHandle<Result<(), FlusherError>>>,
-    ) -> Option<tokio::task::JoinHandle<Result<(), FlusherError>>> {
-        match self.ack_in_flight.lock() {
-            Ok(mut slot) => std::mem::replace(&mut *slot, next),
-            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), next),
+    /// What writes this worker's batches and settles their entries.
+    fn writer(&self) -> BatchWriter<'_> {
+        BatchWriter {
+            consumer: &self.consumer,
+            pool: &self.pool,
+            config: &self.config,
+            stats: &self.stats,
+            index: self.index,
+            stop: &self.stop,
+            schema: &self.schema,
+            acks: &self.acks,
         }
     }
 
-    pub(crate) fn stopping(&self) -> bool {
+    fn stopping(&self) -> bool {
         self.stop.is_triggered()
     }
 
@@ -199,7 +111,7 @@ impl Worker {
             .map(|_| ShardBackoff {
                 group_ready: false,
                 retry_at: Instant::now(),
-                backoff: self.backoff_start(),
+                backoff: Backoff::of(&self.config),
             })
             .collect();
         let claim_every = Duration::from_millis((self.config.claim_idle_ms / 2).max(100));
@@ -223,7 +135,7 @@ impl Worker {
             Ok(())
         }
         .await;
-        if let Err(e) = self.ack_settled().await {
+        if let Err(e) = self.acks.settled().await {
             log::warn!("acknowledging the last batch: {e}; its entries stay pending");
         }
         self.leave_group().await;
@@ -392,11 +304,11 @@ impl Worker {
                 .await
             {
                 Ok(entries) if entries.is_empty() => {
-                    shards[s].backoff = self.backoff_start();
+                    shards[s].backoff.reset();
                     false
                 }
                 Ok(entries) => {
-                    shards[s].backoff = self.backoff_start();
+                    shards[s].backoff.reset();
                     let result = match self.top_up(s, entries).await {
                         Ok(entries) => self.write_reading_ahead(s, entries).await,
                         Err(e) => Err(e),
@@ -490,7 +402,7 @@ impl Worker {
         if e.is_no_group() {
             state.group_ready = false;
         }
-        let wait = state.backoff;
+        let wait = state.backoff.failed();
         if self.consumer.shards() > 1 {
             log::warn!("redis, shard {shard}: {e}; retrying it in {wait:?}");
         } else {
@@ -499,15 +411,6 @@ impl Worker {
         telemetry::redis_error();
         self.stats.backoff();
         state.retry_at = Instant::now() + wait;
-        state.backoff = self.next_backoff(wait);
-    }
-
-    pub(crate) fn backoff_start(&self) -> Duration {
-        Duration::from_millis(self.config.backoff_initial_ms)
-    }
-
-    pub(crate) fn next_backoff(&self, current: Duration) -> Duration {
-        (current * 2).min(Duration::from_millis(self.config.backoff_max_ms))
     }
 
     /// Claims entries a crashed or stuck flusher left pending, and writes them.
@@ -557,7 +460,7 @@ impl Worker {
             groups.push(good);
         }
         groups.extend(alone.into_iter().map(|one| vec![one]));
-        self.write_isolating(shard, groups).await
+        self.writer().write(shard, groups).await
     }
 
     /// The entries that decode; the others go to the dead letters at once.

@@ -4,30 +4,51 @@
 //! to a row) is split until the row is alone, and that row is dead-lettered; while PostgreSQL is
 //! unavailable the batch is retried with a backoff, and on shutdown it is left pending for
 //! another flusher. Through every write and backoff the claim on the entries in hand is kept
-//! fresh.
+//! fresh. What to do after each failure is [`crate::policy::decide`]'s; this module carries it
+//! out.
 
 use std::time::{Duration, Instant};
 
+use deadpool_postgres::Pool;
 use event_model::EventView;
+use service_kit::shutdown::Shutdown;
 
 use crate::FlusherError;
-use crate::consumer::Entry;
+use crate::ack::AckBehind;
+use crate::backoff::Backoff;
+use crate::config::RunConfig;
+use crate::consumer::{Consumer, Entry};
 use crate::error::sqlstate_class;
-use crate::flush::Worker;
-use crate::sink::{self, WriteError, WritePath};
+use crate::policy::{self, Action, Failure, Part, Streak};
+use crate::sink::{self, SchemaCheck, WriteError, WritePath};
+use crate::stats::Stats;
 use crate::telemetry;
 
 /// An entry and the event it holds.
 pub type Row<'e> = (&'e Entry, EventView<'e>);
 
+/// What a worker lends to write one read's groups: its connections, settings, counters and
+/// its acknowledgement in flight.
+pub struct BatchWriter<'w> {
+    pub consumer: &'w Consumer,
+    pub pool: &'w Pool,
+    pub config: &'w RunConfig,
+    pub stats: &'w Stats,
+    /// The worker's number, for the write health (`/readyz`).
+    pub index: usize,
+    pub stop: &'w Shutdown,
+    pub schema: &'w SchemaCheck,
+    pub acks: &'w AckBehind,
+}
+
 /// The state of one read's writes: its groups and the parts split from them.
 struct Isolation<'e> {
     /// Parts still to write; the last is next.
     todo: Vec<Vec<Row<'e>>>,
-    backoff: Duration,
+    backoff: Backoff,
     last_keep: Instant,
     /// The same unexpected SQLSTATE for the part in hand, and how often in a row.
-    streak: Option<(String, u32)>,
+    streak: Option<Streak>,
     /// Whether any part committed: a row refused alone with an unexpected SQLSTATE is condemned
     /// only when its siblings (rows of the same read) could be stored.
     committed_any: bool,
@@ -52,19 +73,28 @@ fn fault_exit_after_commit() -> bool {
     std::env::var_os("ET_FAULT_EXIT_AFTER_COMMIT").is_some_and(|v| v == "1")
 }
 
-/// What to do after one write attempt.
+/// A SQLSTATE PostgreSQL refused a part with: a data error, or (`refused`) another one, seen
+/// `count` times in a row.
+struct Refusal {
+    sqlstate: String,
+    message: String,
+    refused: bool,
+    count: u32,
+}
+
+/// Where the writes stand after one attempt.
 enum Step {
     Next,
     LeftPending,
 }
 
-impl Worker {
+impl BatchWriter<'_> {
     /// Writes groups of rows in order, each in one write, splitting a group around rows
     /// PostgreSQL refuses, and settles every entry. Backs off while PostgreSQL is unavailable,
     /// keeping the claim fresh on every entry still in hand: the groups waiting their turn too.
     /// When shutdown comes while PostgreSQL is unavailable, the entries not yet settled stay
     /// pending for another flusher to claim.
-    pub(crate) async fn write_isolating<'e>(
+    pub async fn write<'e>(
         &self,
         shard: usize,
         mut groups: Vec<Vec<Row<'e>>>,
@@ -72,43 +102,29 @@ impl Worker {
         groups.reverse(); // the last is written next
         let mut iso = Isolation {
             todo: groups,
-            backoff: self.backoff_start(),
+            backoff: Backoff::of(self.config),
             last_keep: Instant::now(),
             streak: None,
             committed_any: false,
         };
         while let Some(part) = iso.todo.pop() {
             let events: Vec<&EventView<'_>> = part.iter().map(|(_, e)| e).collect();
-            let write = sink::write(&self.pool, &events, self.config.pg_timeout(), &self.schema);
+            let write = sink::write(self.pool, &events, self.config.pg_timeout(), self.schema);
             let started = Instant::now();
             // One attempt may take up to four `--pg-timeout-ms` (taking a connection, the COPY,
             // the de-duplicating write, the guarded write of corrected rows, each bounded on its
             // own): longer than the claim idle.
-            let step = match self.keeping_claim(shard, &part, &mut iso, write).await {
+            let failed = match self.keeping_claim(shard, &part, &mut iso, write).await {
                 Ok(path) => {
-                    iso.backoff = self.backoff_start();
+                    iso.backoff.reset();
                     iso.streak = None;
                     iso.committed_any = true;
                     self.acknowledge(shard, &part, path, started).await?;
-                    Step::Next
+                    continue;
                 }
-                Err(WriteError::Data { sqlstate, message }) => {
-                    self.refused_for_data(shard, part, &mut iso, sqlstate, message)
-                        .await?
-                }
-                Err(WriteError::Refused { sqlstate, message }) => {
-                    self.refused_otherwise(shard, part, &mut iso, sqlstate, message)
-                        .await?
-                }
-                Err(WriteError::Transient(e)) => self.unavailable(shard, part, &mut iso, &e).await,
-                // Fatal: the process stops; the entries stay pending for a flusher that fits.
-                Err(WriteError::Schema(e)) => {
-                    return Err(match e {
-                        FlusherError::Schema(_) => e,
-                        other => FlusherError::Schema(other.to_string()),
-                    });
-                }
+                Err(e) => e,
             };
+            let step = self.failed(shard, part, &mut iso, failed).await?;
             if let Step::LeftPending = step {
                 return Ok(());
             }
@@ -155,7 +171,12 @@ impl Worker {
         // empty sees every row of it counted.
         self.stats.written(part.len(), path, started.elapsed());
         self.stats.writes.ok(self.index);
-        self.ack_behind(shard, part.iter().map(|(e, _)| e.id.as_str()))
+        self.acks
+            .ack(
+                self.consumer,
+                shard,
+                part.iter().map(|(e, _)| e.id.as_str()),
+            )
             .await?;
         if path == WritePath::Dedup {
             log::info!(
@@ -168,102 +189,146 @@ impl Worker {
         Ok(())
     }
 
-    /// A data error (22xxx, 23xxx, 54000/54001): split; a row alone is dead-lettered.
-    async fn refused_for_data<'e>(
+    /// Carries out what [`policy::decide`] says about a failed write of `part`.
+    async fn failed<'e>(
         &self,
         shard: usize,
         part: Vec<Row<'e>>,
         iso: &mut Isolation<'e>,
-        sqlstate: String,
-        message: String,
+        error: WriteError,
     ) -> Result<Step, FlusherError> {
-        if part.len() == 1 {
-            let (entry, _) = &part[0];
-            log::warn!(
-                "dead-lettering entry {}: PostgreSQL refused it ({sqlstate}): {message}",
-                entry.id
-            );
-            self.dead_letter_row(shard, entry, message, sqlstate)
-                .await?;
-        } else {
-            log::info!(
-                "PostgreSQL refused a row of a batch of {} ({sqlstate}); splitting it",
-                part.len()
-            );
-            iso.split(part);
-        }
-        Ok(Step::Next)
-    }
-
-    /// Another SQLSTATE tied to the write: retried with a backoff until it repeats
-    /// [`sink::REFUSED_STREAK`] times, then split as for data errors; a row refused alone is
-    /// dead-lettered once a sibling was stored (until then, the others are tried first).
-    async fn refused_otherwise<'e>(
-        &self,
-        shard: usize,
-        part: Vec<Row<'e>>,
-        iso: &mut Isolation<'e>,
-        sqlstate: String,
-        message: String,
-    ) -> Result<Step, FlusherError> {
-        let count = match &iso.streak {
-            Some((code, n)) if *code == sqlstate => n + 1,
-            _ => 1,
+        let failure = match &error {
+            WriteError::Data { sqlstate, .. } => Failure::Data { sqlstate },
+            WriteError::Refused { sqlstate, .. } => Failure::Refused { sqlstate },
+            WriteError::Transient(_) => Failure::Unavailable,
+            WriteError::Schema(_) => Failure::Schema,
         };
-        iso.streak = Some((sqlstate.clone(), count));
-        let nothing_else = part.len() == 1 && !iso.committed_any && iso.todo.is_empty();
-        if count < sink::REFUSED_STREAK || nothing_else {
-            // Not yet a pattern, or nothing of this group could be stored at all: PostgreSQL's
-            // side, not this row's.
-            let e = format!(
-                "PostgreSQL refused a batch of {} ({sqlstate}, {count} time(s) in a row): {message}",
-                part.len()
-            );
-            return Ok(self
-                .retry_later(shard, part, iso, &e, sqlstate_class(&sqlstate))
-                .await);
+        let state = Part {
+            rows: part.len(),
+            committed_any: iso.committed_any,
+            others_waiting: !iso.todo.is_empty(),
+            stopping: self.stop.is_triggered(),
+        };
+        let decision = policy::decide(failure, iso.streak.as_ref(), state);
+        iso.streak = decision.streak;
+        if decision.reset_backoff {
+            iso.backoff.reset();
         }
-        iso.streak = None;
-        iso.backoff = self.backoff_start();
-        if part.len() > 1 {
-            log::info!(
-                "PostgreSQL refused a batch of {} {} times in a row ({sqlstate}); splitting it",
-                part.len(),
-                sink::REFUSED_STREAK
-            );
-            iso.split(part);
-        } else if !iso.committed_any {
-            // Alone and refused, but no sibling stored yet: try them first.
-            iso.todo.insert(0, part);
-        } else {
-            let (entry, _) = &part[0];
-            log::warn!(
-                "dead-lettering entry {}: PostgreSQL refused it alone {} times ({sqlstate}) while its siblings were stored: {message}",
-                entry.id,
-                sink::REFUSED_STREAK
-            );
-            self.dead_letter_row(shard, entry, message, sqlstate)
-                .await?;
-        }
-        Ok(Step::Next)
-    }
-
-    /// PostgreSQL is down, restarting or silent: back off and retry the same part.
-    async fn unavailable<'e>(
-        &self,
-        shard: usize,
-        part: Vec<Row<'e>>,
-        iso: &mut Isolation<'e>,
-        e: &FlusherError,
-    ) -> Step {
-        let what = format!("writing to PostgreSQL failed: {e}");
-        self.retry_later(shard, part, iso, &what, e.postgres_class())
+        let count = iso.streak.as_ref().map_or(0, |s| s.count);
+        let (sqlstate, message, refused) = match error {
+            WriteError::Data { sqlstate, message } => (sqlstate, message, false),
+            WriteError::Refused { sqlstate, message } => (sqlstate, message, true),
+            WriteError::Transient(e) => {
+                let what = format!("writing to PostgreSQL failed: {e}");
+                let class = e.postgres_class();
+                return Ok(self
+                    .backing_off(shard, part, iso, decision.action, &what, class)
+                    .await);
+            }
+            // Fatal: the process stops; the entries stay pending for a flusher that fits.
+            WriteError::Schema(e) => {
+                return Err(match e {
+                    FlusherError::Schema(_) => e,
+                    other => FlusherError::Schema(other.to_string()),
+                });
+            }
+        };
+        let refusal = Refusal {
+            sqlstate,
+            message,
+            refused,
+            count,
+        };
+        self.refused(shard, part, iso, decision.action, refusal)
             .await
     }
 
-    /// Waits out the backoff, cut short by shutdown (or leaves everything pending when shutdown
-    /// has come), then puts the part back. The claim is kept fresh while waiting: a backoff may
-    /// be as long as `--claim-idle-ms`.
+    /// Carries out `action` for a part PostgreSQL refused with a SQLSTATE.
+    async fn refused<'e>(
+        &self,
+        shard: usize,
+        part: Vec<Row<'e>>,
+        iso: &mut Isolation<'e>,
+        action: Action,
+        refusal: Refusal,
+    ) -> Result<Step, FlusherError> {
+        let Refusal {
+            sqlstate,
+            message,
+            refused,
+            count,
+        } = refusal;
+        let rows = part.len();
+        match action {
+            Action::BackOff | Action::LeavePending => {
+                let what = format!(
+                    "PostgreSQL refused a batch of {rows} ({sqlstate}, {count} time(s) in a row): {message}"
+                );
+                let class = sqlstate_class(&sqlstate);
+                return Ok(self
+                    .backing_off(shard, part, iso, action, &what, class)
+                    .await);
+            }
+            Action::Split if refused => {
+                log::info!(
+                    "PostgreSQL refused a batch of {rows} {} times in a row ({sqlstate}); splitting it",
+                    policy::REFUSED_STREAK
+                );
+                iso.split(part);
+            }
+            Action::Split => {
+                log::info!(
+                    "PostgreSQL refused a row of a batch of {rows} ({sqlstate}); splitting it"
+                );
+                iso.split(part);
+            }
+            // Alone and refused, but no sibling stored yet: try them first.
+            Action::RetryAlone => iso.todo.insert(0, part),
+            Action::DeadLetter => {
+                let (entry, _) = &part[0];
+                if refused {
+                    log::warn!(
+                        "dead-lettering entry {}: PostgreSQL refused it alone {} times ({sqlstate}) while its siblings were stored: {message}",
+                        entry.id,
+                        policy::REFUSED_STREAK
+                    );
+                } else {
+                    log::warn!(
+                        "dead-lettering entry {}: PostgreSQL refused it ({sqlstate}): {message}",
+                        entry.id
+                    );
+                }
+                self.dead_letter_row(shard, entry, message, sqlstate)
+                    .await?;
+            }
+            Action::Stop => unreachable!("only a schema error stops"),
+        }
+        Ok(Step::Next)
+    }
+
+    /// A backoff [`policy::decide`] asked for: wait it out (or, at shutdown, leave the entries
+    /// pending).
+    async fn backing_off<'e>(
+        &self,
+        shard: usize,
+        part: Vec<Row<'e>>,
+        iso: &mut Isolation<'e>,
+        action: Action,
+        what: &str,
+        class: String,
+    ) -> Step {
+        if action == Action::LeavePending {
+            log::warn!(
+                "shutting down with {} entries unwritten; they stay pending for another flusher",
+                iso.pending(&part)
+            );
+            return Step::LeftPending;
+        }
+        self.retry_later(shard, part, iso, what, class).await
+    }
+
+    /// Waits out the backoff, cut short by shutdown, then puts the part back. The claim is
+    /// kept fresh while waiting: a backoff may be as long as `--claim-idle-ms`.
     async fn retry_later<'e>(
         &self,
         shard: usize,
@@ -272,20 +337,13 @@ impl Worker {
         what: &str,
         class: String,
     ) -> Step {
-        if self.stopping() {
-            log::warn!(
-                "shutting down with {} entries unwritten; they stay pending for another flusher",
-                iso.pending(&part)
-            );
-            return Step::LeftPending;
-        }
-        log::warn!("{what}; retrying in {:?}", iso.backoff);
+        let wait = iso.backoff.failed();
+        log::warn!("{what}; retrying in {wait:?}");
         telemetry::postgres_error(class);
         self.stats.writes.failing(self.index, what);
         self.stats.backoff();
-        let backoff = self.stop.sleep(iso.backoff);
+        let backoff = self.stop.sleep(wait);
         self.keeping_claim(shard, &part, iso, backoff).await;
-        iso.backoff = self.next_backoff(iso.backoff);
         iso.todo.push(part);
         Step::Next
     }
@@ -300,7 +358,7 @@ impl Worker {
         message: String,
         sqlstate: String,
     ) -> Result<(), FlusherError> {
-        match sink::check_columns_pooled(&self.pool, self.config.pg_timeout()).await {
+        match sink::check_columns_pooled(self.pool, self.config.pg_timeout()).await {
             Err(e) if e.is_fatal() => return Err(e),
             Err(e) => log::warn!("could not check the events columns before dead-lettering: {e}"),
             Ok(()) => {}
@@ -318,7 +376,7 @@ impl Worker {
         Duration::from_millis(self.config.claim_idle_ms / 3)
     }
 
-    /// Re-claims the entries still in hand (idle time back to 0); [`Worker::keeping_claim`]
+    /// Re-claims the entries still in hand (idle time back to 0); [`BatchWriter::keeping_claim`]
     /// calls it on schedule.
     async fn keep_fresh(&self, shard: usize, part: &[Row<'_>], iso: &mut Isolation<'_>) {
         iso.last_keep = Instant::now();

@@ -9,12 +9,15 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use futures_util::StreamExt;
+use redis_queue::QueueState;
 use service_kit::shutdown::Shutdown;
 
+use crate::backoff::Backoff;
 use crate::config::{GlobalArgs, RunConfig};
 use crate::consumer::Consumer;
 use crate::error::FlusherError;
-use crate::flush::{Stats, Worker};
+use crate::flush::Worker;
+use crate::stats::Stats;
 use crate::{retention, sink, telemetry};
 
 /// The longest the start waits for PostgreSQL to show the `events` columns (less when
@@ -186,17 +189,17 @@ async fn wait_for_layout(
     config: &RunConfig,
     stop: &Shutdown,
 ) -> Result<bool, FlusherError> {
-    let mut wait = Duration::from_millis(config.backoff_initial_ms);
+    let mut backoff = Backoff::of(config);
     loop {
         match consumer.check_layout().await {
             Ok(()) => return Ok(true),
             Err(e) if e.is_fatal() => return Err(e),
             Err(e) => {
+                let wait = backoff.failed();
                 log::warn!("cannot check the queue's shard count yet: {e}; retrying in {wait:?}");
                 if stop.sleep(wait).await {
                     return Ok(false);
                 }
-                wait = (wait * 2).min(Duration::from_millis(config.backoff_max_ms));
             }
         }
     }
@@ -266,7 +269,7 @@ async fn queue_gauges(consumer: Consumer, stats: Arc<Stats>, stop: Shutdown) {
     loop {
         match consumer.queue_state().await {
             Ok(q) => {
-                q.publish();
+                q.publish(true);
                 if let Ok(mut last) = stats.queue.lock() {
                     *last = q;
                 }
@@ -274,9 +277,9 @@ async fn queue_gauges(consumer: Consumer, stats: Arc<Stats>, stop: Shutdown) {
             // No shard answered: say so, rather than leave the last reading standing.
             Err(e) => {
                 log::debug!("reading the queue state: {e}");
-                telemetry::queue_state_unknown(consumer.shards());
+                QueueState::publish_unknown(consumer.shards(), true);
                 if let Ok(mut last) = stats.queue.lock() {
-                    *last = telemetry::QueueState::default();
+                    *last = QueueState::default();
                 }
             }
         }

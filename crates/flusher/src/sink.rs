@@ -20,6 +20,7 @@ use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
 use crate::FlusherError;
+use crate::policy::Class;
 
 const COLUMNS: &str = "time, event_id, name, source, device_id, session_id, user_id, properties, sent_at, received_at, device_time";
 
@@ -154,8 +155,8 @@ pub enum WriteError {
     Data { sqlstate: String, message: String },
     /// PostgreSQL refused the write with a SQLSTATE that is neither a data error nor its own
     /// trouble (a chunk that takes no writes, an operator's trigger or constraint): possibly
-    /// tied to one row. Retried; after [`REFUSED_STREAK`] failures in a row with the same
-    /// SQLSTATE the batch is split as for data errors.
+    /// tied to one row. Retried; after [`crate::policy::REFUSED_STREAK`] failures in a row with
+    /// the same SQLSTATE the batch is split as for data errors (see [`crate::policy::decide`]).
     Refused { sqlstate: String, message: String },
     /// PostgreSQL is down, restarting, or failed for reasons not tied to the rows: back off, retry.
     Transient(FlusherError),
@@ -164,9 +165,6 @@ pub enum WriteError {
     /// be written until an operator acts. `FlusherError::Schema`, fatal.
     Schema(FlusherError),
 }
-
-/// Failures in a row of one batch with the same unexpected SQLSTATE after which it is split.
-pub const REFUSED_STREAK: u32 = 3;
 
 /// The settings of every PostgreSQL connection the flusher makes: the URL's, plus a connect
 /// timeout of 5 s and the TCP keepalives and user timeout of [`service_kit::tcp`] (the user
@@ -499,43 +497,18 @@ pub fn encode_binary(rows: &[&EventView<'_>]) -> BytesMut {
     buf
 }
 
-/// Data errors are the rows' fault; everything else is PostgreSQL's state. 22P03 (invalid
-/// binary representation) is a data exception by its class, but binary COPY only meets it when
-/// a column's type is not the one its value is encoded for: the table's fault, not the row's.
+/// What PostgreSQL's answer means for the rows, by its SQLSTATE (see [`Class`]).
 fn classify(e: tokio_postgres::Error) -> WriteError {
-    match e.as_db_error() {
-        Some(db) if db.code() == &SqlState::INVALID_BINARY_REPRESENTATION => {
-            WriteError::Schema(FlusherError::Postgres(e))
-        }
-        Some(db) if is_data_error(db.code()) => WriteError::Data {
-            sqlstate: db.code().code().to_string(),
-            message: db.message().to_string(),
-        },
-        Some(db) if !is_server_trouble(db.code()) => WriteError::Refused {
-            sqlstate: db.code().code().to_string(),
-            message: db.message().to_string(),
-        },
-        _ => WriteError::Transient(FlusherError::Postgres(e)),
+    let Some(db) = e.as_db_error() else {
+        return WriteError::Transient(FlusherError::Postgres(e));
+    };
+    let (sqlstate, message) = (db.code().code().to_string(), db.message().to_string());
+    match Class::of(&sqlstate) {
+        Class::Schema => WriteError::Schema(FlusherError::Postgres(e)),
+        Class::Data => WriteError::Data { sqlstate, message },
+        Class::Other => WriteError::Refused { sqlstate, message },
+        Class::ServerTrouble => WriteError::Transient(FlusherError::Postgres(e)),
     }
-}
-
-/// PostgreSQL's own trouble, never the row's: connection exceptions (08), transaction rollbacks
-/// such as serialization failures and deadlocks (40), insufficient resources (53), operator
-/// intervention such as a shutdown (57), and a read-only transaction (25006, a standby after a
-/// failover). Such a batch is retried whole, never split.
-fn is_server_trouble(code: &SqlState) -> bool {
-    let c = code.code();
-    ["08", "40", "53", "57"]
-        .iter()
-        .any(|class| c.starts_with(class))
-        || c == "25006"
-}
-
-/// SQLSTATE class 22 (data exception), class 23 (integrity constraint) and 54000/54001
-/// (a value too large): refused for what the row holds, so retrying cannot help.
-fn is_data_error(code: &SqlState) -> bool {
-    let c = code.code();
-    c.starts_with("22") || c.starts_with("23") || c == "54000" || c == "54001"
 }
 
 #[cfg(test)]
@@ -618,17 +591,5 @@ mod tests {
         assert_eq!(&b[100..104], &8i32.to_be_bytes());
         assert_eq!(&b[104..112], &2i64.to_be_bytes(), "device_time, last");
         assert_eq!(&b[112..], &(-1i16).to_be_bytes(), "trailer");
-    }
-
-    #[test]
-    fn classifies_sqlstates() {
-        assert!(is_data_error(&SqlState::INVALID_TEXT_REPRESENTATION));
-        assert!(is_data_error(&SqlState::CHECK_VIOLATION));
-        assert!(is_data_error(&SqlState::NOT_NULL_VIOLATION));
-        assert!(is_data_error(&SqlState::PROGRAM_LIMIT_EXCEEDED));
-        assert!(!is_data_error(&SqlState::ADMIN_SHUTDOWN));
-        assert!(!is_data_error(&SqlState::UNDEFINED_TABLE));
-        assert!(!is_data_error(&SqlState::T_R_SERIALIZATION_FAILURE));
-        assert!(!is_data_error(&SqlState::TOO_MANY_CONNECTIONS));
     }
 }

@@ -54,34 +54,7 @@ fn describe() {
         "1 while this flusher is backing off"
     );
     describe_counter!("eventtracker_flusher_backoffs_total", "Backoff waits");
-    describe_gauge!(
-        "eventtracker_queue_backlog",
-        "Entries in the stream: the backlog"
-    );
-    describe_gauge!(
-        "eventtracker_queue_lag_seconds",
-        "Age of the oldest entry still in the stream"
-    );
-    describe_gauge!(
-        "eventtracker_queue_pending",
-        "Entries delivered to a flusher and not yet acknowledged (no backlog signal)"
-    );
-    describe_gauge!(
-        "eventtracker_queue_dead_letters",
-        "Entries in the dead-letter streams (all shards)"
-    );
-    describe_gauge!(
-        "eventtracker_queue_shards_unreachable",
-        "Shards whose node did not answer the last queue-state read"
-    );
-    describe_gauge!(
-        "eventtracker_queue_state_known",
-        "1 when the last queue-state read reached at least one shard; 0 when none answered (the queue gauges are NaN then, not their last reading)"
-    );
-    describe_gauge!(
-        redis_queue::MEMORY_RATIO_GAUGE,
-        redis_queue::MEMORY_RATIO_HELP
-    );
+    redis_queue::QueueState::describe(true);
     // Every series exists from the start: dashboards and alerts see zeros, not gaps.
     for c in [
         "eventtracker_flusher_events_written_total",
@@ -134,51 +107,6 @@ pub fn backoff(active: bool) {
     metrics::gauge!("eventtracker_flusher_backoff_active").set(if active { 1.0 } else { 0.0 });
     if active {
         metrics::counter!("eventtracker_flusher_backoffs_total").increment(1);
-    }
-}
-
-/// Not one shard answered the queue-state read: the readings are unknown, not their last
-/// values (which would say "empty" while the backlog grows). NaN is what `max()` in the
-/// alerting rules skips, and dashboards draw as a gap.
-pub fn queue_state_unknown(shards: usize) {
-    metrics::gauge!("eventtracker_queue_shards_unreachable").set(shards as f64);
-    metrics::gauge!("eventtracker_queue_state_known").set(0.0);
-    for gauge in [
-        "eventtracker_queue_backlog",
-        "eventtracker_queue_lag_seconds",
-        "eventtracker_queue_pending",
-        "eventtracker_queue_dead_letters",
-        redis_queue::MEMORY_RATIO_GAUGE,
-    ] {
-        metrics::gauge!(gauge).set(f64::NAN);
-    }
-}
-
-/// What the queue looks like, read every few seconds.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct QueueState {
-    pub backlog: u64,
-    pub lag: Duration,
-    pub pending: u64,
-    pub dead: u64,
-    /// Shards that could not be read (their node is down): not in the other numbers.
-    pub unreachable: usize,
-    /// The fullest shard node's memory over its maxmemory (see [`redis_queue::ShardStats`]).
-    pub memory_ratio: f64,
-    /// Whether at least one shard was read: false before the first reading and after a read
-    /// no shard answered (the numbers above mean nothing then).
-    pub known: bool,
-}
-
-impl QueueState {
-    pub fn publish(&self) {
-        metrics::gauge!("eventtracker_queue_backlog").set(self.backlog as f64);
-        metrics::gauge!("eventtracker_queue_lag_seconds").set(self.lag.as_secs_f64());
-        metrics::gauge!("eventtracker_queue_pending").set(self.pending as f64);
-        metrics::gauge!("eventtracker_queue_dead_letters").set(self.dead as f64);
-        metrics::gauge!("eventtracker_queue_shards_unreachable").set(self.unreachable as f64);
-        metrics::gauge!(redis_queue::MEMORY_RATIO_GAUGE).set(self.memory_ratio);
-        metrics::gauge!("eventtracker_queue_state_known").set(1.0);
     }
 }
 

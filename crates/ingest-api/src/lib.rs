@@ -386,10 +386,13 @@ async fn track_queue_length(
         }
         // Failures show in the length's read just below, over the same connection.
         let _ = state.queue.refresh_retention().await;
-        let result = state.queue.refresh_length().await;
+        let result = state.queue.refresh_state().await;
         match &result {
-            Ok(state) => telemetry::queue(state),
-            Err(_) => telemetry::redis_error(),
+            Ok(queue) => queue.publish(false),
+            Err(_) => {
+                telemetry::redis_error();
+                redis_queue::QueueState::publish_unknown(state.queue.layout().shards(), false);
+            }
         }
         match result {
             Ok(_) if failing => {

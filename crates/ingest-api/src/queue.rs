@@ -1,6 +1,7 @@
 //! The Redis side of ingest-api: each request's events go to one shard in one atomic MULTI/EXEC,
 //! requests are spread over the shards in turn, and a shard whose node does not answer is
-//! skipped until it does. Also a readiness check and cached shard lengths for backpressure.
+//! skipped until it does. Also a readiness check, and the queue's state (see
+//! [`redis_queue::QueueState`]) with cached shard lengths for backpressure.
 //! Every call is bounded by the Redis timeout.
 
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use event_model::queue::EntryEvent;
 use redis_queue::writer::Writers;
-use redis_queue::{Connector, Layout, LayoutCheck, Shared};
+use redis_queue::{Connector, Layout, LayoutCheck, QueueState, Shared};
 
 pub use redis_queue::QueueError;
 
@@ -43,19 +44,6 @@ impl ShardHealth {
     fn memory_ratio(&self) -> f64 {
         f64::from_bits(self.memory_ratio.load(Ordering::Relaxed))
     }
-}
-
-/// The whole queue as [`EventQueue::refresh_length`] read it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct QueueLength {
-    /// Entries in all shards.
-    pub len: u64,
-    /// Age of the oldest entry of any shard.
-    pub lag: Duration,
-    /// Shards that could not be read.
-    pub unreachable: usize,
-    /// The fullest shard node's memory over maxmemory.
-    pub memory_ratio: f64,
 }
 
 impl EventQueue {
@@ -203,8 +191,10 @@ impl EventQueue {
         self.layout().any_shard_answers(&self.redis).await
     }
 
-    /// The sum of the shard lengths as last seen by [`EventQueue::refresh_length`]: the
-    /// backpressure limit applies to the whole queue.
+    /// The sum of the shard lengths as last seen by [`EventQueue::refresh_state`]: the
+    /// backpressure limit applies to the whole queue. A shard that could not be read counts
+    /// with its last known length: it still holds its backlog (unlike the exported
+    /// `eventtracker_queue_backlog`, which covers the shards read, see [`QueueState`]).
     pub fn cached_length(&self) -> u64 {
         self.shards
             .iter()
@@ -212,44 +202,27 @@ impl EventQueue {
             .sum()
     }
 
-    /// Reads every shard's length (cached for backpressure) and the age of its oldest entry,
-    /// all shards at once. A shard that answers is healthy again; one that does not is marked
-    /// down. Returns the total length, the largest lag, and how many shards could not be read
-    /// (an error if none could).
-    pub async fn refresh_length(&self) -> Result<QueueLength, QueueError> {
-        let layout = self.layout();
-        let reads = futures_util::future::join_all(
-            (0..self.shards.len()).map(|n| layout.shard_stats(&self.redis, n)),
-        )
-        .await;
-        let (mut total, mut last) = (QueueLength::default(), None);
-        for (state, read) in self.shards.iter().zip(reads) {
+    /// Reads every shard's length (cached for backpressure), the age of its oldest entry and
+    /// its node's memory, all shards at once. A shard that answers is healthy again; one that
+    /// does not is marked down. Returns the queue's state over the shards read (an error if
+    /// none could be).
+    pub async fn refresh_state(&self) -> Result<QueueState, QueueError> {
+        let reads = redis_queue::queue_state::read_shards(&self.redis, self.layout(), None).await;
+        for (health, read) in self.shards.iter().zip(&reads) {
             match read {
                 Ok(stats) => {
-                    state.length.store(stats.len, Ordering::Relaxed);
-                    state.down.store(false, Ordering::Relaxed);
-                    state
+                    health.length.store(stats.backlog, Ordering::Relaxed);
+                    health.down.store(false, Ordering::Relaxed);
+                    health
                         .memory_ratio
                         .store(stats.memory_ratio.to_bits(), Ordering::Relaxed);
-                    total.len += stats.len;
-                    total.lag = total.lag.max(stats.lag);
-                    total.memory_ratio = total.memory_ratio.max(stats.memory_ratio);
                 }
-                Err(e) => {
-                    total.unreachable += 1;
-                    if e.code().is_none() {
-                        state.down.store(true, Ordering::Relaxed);
-                    }
-                    // Keep its last known length: an unreachable shard still holds its backlog.
-                    total.len += state.length.load(Ordering::Relaxed);
-                    last = Some(e);
-                }
+                // Its last known length stays cached for backpressure.
+                Err(e) if e.code().is_none() => health.down.store(true, Ordering::Relaxed),
+                Err(_) => {}
             }
         }
-        match last {
-            Some(e) if total.unreachable == self.shards.len() => Err(e),
-            _ => Ok(total),
-        }
+        QueueState::total(reads)
     }
 }
 

@@ -12,7 +12,7 @@ pub fn install_metrics() -> Option<PrometheusHandle> {
 }
 
 fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    use metrics::{describe_counter, describe_histogram};
     describe_counter!(
         "eventtracker_ingest_requests_total",
         "HTTP requests by route pattern and status"
@@ -41,23 +41,8 @@ fn describe() {
         "eventtracker_ingest_shard_failovers_total",
         "Writes that a shard's node did not take, retried on another shard"
     );
-    describe_gauge!(
-        "eventtracker_queue_backlog",
-        "Entries in the queue, all shards together (the flushers' backlog), as last read"
-    );
-    describe_gauge!(
-        "eventtracker_queue_shards_unreachable",
-        "Shards whose node did not answer the last length read"
-    );
-    describe_gauge!(
-        redis_queue::MEMORY_RATIO_GAUGE,
-        redis_queue::MEMORY_RATIO_HELP
-    );
+    redis_queue::QueueState::describe(false);
     metrics::gauge!(redis_queue::MEMORY_RATIO_GAUGE).set(0.0);
-    describe_gauge!(
-        "eventtracker_queue_lag_seconds",
-        "Age of the oldest entry still in the queue (the oldest of all shards)"
-    );
     describe_counter!(
         "eventtracker_ingest_reloads_total",
         "Rereads of the tokens file (what=tokens) or the TLS certificate and key (what=tls) on SIGHUP or a file change, by result (error: the set in force was kept)"
@@ -146,13 +131,6 @@ pub fn rejected(error: &event_model::EventError) {
 
 pub fn redis_error() {
     metrics::counter!("eventtracker_ingest_redis_errors_total").increment(1);
-}
-
-pub fn queue(state: &crate::queue::QueueLength) {
-    metrics::gauge!("eventtracker_queue_backlog").set(state.len as f64);
-    metrics::gauge!("eventtracker_queue_lag_seconds").set(state.lag.as_secs_f64());
-    metrics::gauge!("eventtracker_queue_shards_unreachable").set(state.unreachable as f64);
-    metrics::gauge!(redis_queue::MEMORY_RATIO_GAUGE).set(state.memory_ratio);
 }
 
 /// Exports the shard counters at 0 from the start, so dashboards and rate() see them before the

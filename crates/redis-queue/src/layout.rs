@@ -183,46 +183,6 @@ impl Layout {
         Ok(())
     }
 
-    /// Reads a shard's length, the age of its oldest entry (its lag: an entry ID starts with its
-    /// creation time in milliseconds) and how full its node's memory is, in one round trip.
-    pub async fn shard_stats(
-        &self,
-        redis: &Shared,
-        shard: usize,
-    ) -> Result<ShardStats, QueueError> {
-        let key = self.key(shard);
-        let mut pipe = redis::pipe();
-        pipe.cmd("XLEN")
-            .arg(&key)
-            .cmd("XRANGE")
-            .arg(&key)
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(1);
-        // EVALSHA routes by its key: on a cluster it asks the node that holds the shard.
-        crate::scripts::pipe_evalsha(&mut pipe, &crate::scripts::MEMORY)
-            .arg(1)
-            .arg(&key);
-        let (len, oldest, (used, max)): (u64, Vec<(String, redis::Value)>, (u64, u64)) =
-            crate::scripts::query_pipe(redis, &crate::scripts::MEMORY, &pipe).await?;
-        let lag = oldest
-            .first()
-            .map(|(id, _)| event_model::queue::entry_age(id, crate::now_since_epoch()))
-            .unwrap_or_default();
-        // Without maxmemory Redis never refuses a write for memory: the ratio is 0.
-        let memory_ratio = if max == 0 {
-            0.0
-        } else {
-            used as f64 / max as f64
-        };
-        Ok(ShardStats {
-            len,
-            lag,
-            memory_ratio,
-        })
-    }
-
     /// Ok as soon as the node of any shard answers (asked all at once), for readiness probes.
     pub async fn any_shard_answers(&self, redis: &Shared) -> Result<(), QueueError> {
         let probes = (0..self.shards).map(|n| {
@@ -236,24 +196,6 @@ impl Layout {
         });
         futures_util::future::select_ok(probes).await.map(|_| ())
     }
-}
-
-/// The gauge both binaries export for [`ShardStats::memory_ratio`] (the largest of any shard's
-/// node), and its help text.
-pub const MEMORY_RATIO_GAUGE: &str = "eventtracker_redis_memory_ratio";
-pub const MEMORY_RATIO_HELP: &str = "Redis memory used over maxmemory (the fullest node holding a shard; 0 without maxmemory); at 1 Redis refuses writes";
-
-/// One shard as [`Layout::shard_stats`] reads it.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct ShardStats {
-    /// Entries in the stream.
-    pub len: u64,
-    /// Age of the oldest entry.
-    pub lag: std::time::Duration,
-    /// The node's memory as Redis counts it for `maxmemory` (used memory less the replication
-    /// and AOF buffers), over `maxmemory`; 0 when no `maxmemory` is set. At 1 the node refuses
-    /// every write that may grow memory.
-    pub memory_ratio: f64,
 }
 
 /// Which of a layout's count keys were verified, shared by the tasks of one process: each is

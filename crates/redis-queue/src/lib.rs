@@ -1,7 +1,8 @@
 //! The Redis side that ingest-api and the flusher share: a connection to one Redis node or to a
 //! Redis Cluster ([`Connector`], [`Conn`]), one shared multiplexed connection with a timeout on
-//! every call ([`Shared`]), and the shard layout of the queue ([`Layout`]) with the shard count
-//! stored in Redis so that every process uses the same one.
+//! every call ([`Shared`]), the shard layout of the queue ([`Layout`]) with the shard count
+//! stored in Redis so that every process uses the same one, and the queue's state as both
+//! binaries read and export it ([`QueueState`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,12 +17,14 @@ use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFutur
 
 pub mod append;
 mod layout;
+pub mod queue_state;
 pub mod reader;
 mod resp;
 pub mod scripts;
 pub mod settle;
 pub mod writer;
-pub use layout::{Layout, LayoutCheck, MEMORY_RATIO_GAUGE, MEMORY_RATIO_HELP, ShardStats};
+pub use layout::{Layout, LayoutCheck};
+pub use queue_state::{MEMORY_RATIO_GAUGE, MEMORY_RATIO_HELP, QueueState};
 
 /// What can go wrong talking to the queue.
 #[derive(Debug, thiserror::Error)]
