@@ -14,11 +14,13 @@
 -- serves every query it served (a btree is read backwards as well), so it goes too.
 --
 -- Locks: building an index holds a SHARE lock on each chunk until this migration commits, so
--- writes to `events` wait meanwhile (reads do not): `flusher migrate` says so, with the table's
--- row count, before it starts. See README, "Upgrading".
+-- writes to `events` wait meanwhile; reads go on. Dropping an index takes an ACCESS EXCLUSIVE
+-- lock, which stops reads too: the drops come last, so reads wait only for them and the commit.
+-- `flusher migrate` says so, with the table's row count, before it starts (README, "Upgrading":
+-- 12 s for 12M rows on 2 cores).
 CREATE UNIQUE INDEX IF NOT EXISTS events_time_event_id_key ON events (time, event_id);
-DROP INDEX IF EXISTS events_event_id_time_key;
 CREATE INDEX IF NOT EXISTS events_corrected_idx ON events (event_id, device_time)
     WHERE device_time IS NOT NULL;
+DROP INDEX IF EXISTS events_event_id_time_key;
 DROP INDEX IF EXISTS events_source_time_idx;
 DROP INDEX IF EXISTS events_time_idx;

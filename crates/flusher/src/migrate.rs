@@ -34,8 +34,9 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../../migrations/0003_index_order.sql"),
         blocks: Some(
             "builds the unique index (time, event_id) on every chunk of events: writes to events \
-             wait until it commits (reads do not); flushers time out, back off and retry \
-             meanwhile, nothing is lost, and the queue holds the backlog",
+             wait until it commits, reads only for its last step (the old indexes dropped); \
+             flushers time out, back off and retry meanwhile, nothing is lost, and the queue \
+             holds the backlog",
         ),
     },
 ];
